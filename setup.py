@@ -1,0 +1,46 @@
+"""sophiavl-verl: SophiaVL-R1 (thinking reward + Trust-GRPO + annealing) as a verl plugin."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sophiavl-verl",
+    version="0.1.0",
+    description="SophiaVL-R1's Trust-GRPO, thinking reward model and annealing as a plugin for verl",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sophiavl_verl", "sophiavl_verl.*"]),
+    include_package_data=True,
+    package_data={"sophiavl_verl": ["embedded/*.jsonl", "embedded/images/*.png"]},
+    install_requires=[
+        # Tested with verl 0.9.1; the adapter refuses to patch any other version (see README).
+        "verl>=0.9.1,<0.10",
+        "torch",
+        "omegaconf",
+        "mathruler",
+        "pillow",
+        "jiwer",
+        "rouge-score",
+        "aiohttp",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        # The embedded thinking reward model of `sophiavl-verl audit` is served by `transformers serve`.
+        "serve": ["transformers[serving]", "requests"],
+        "test": ["pytest", "pytest-timeout"],
+        # GPU-only dependencies of a real training run (never installed on CPU machines).
+        "gpu": ["vllm", "flash-attn"],
+    },
+    entry_points={
+        # `import verl` loads this in every process (driver and Ray workers).
+        "verl.plugins": ["sophiavl_verl = sophiavl_verl.plugin"],
+        "console_scripts": [
+            "sophiavl-verl = sophiavl_verl.cli:main",
+            "sophiavl-verl-data = sophiavl_verl.data:main",
+        ],
+    },
+)
