@@ -1,0 +1,184 @@
+"""Options of the plugin, documented and validated in one place.
+
+``TrustGRPOConfig`` is read from ``algorithm.trust_grpo`` of a verl config. Validation runs inside
+verl's own ``validate_config`` (the adapter wraps it), i.e. in the driver before Ray or any GPU
+worker starts; every error names the offending key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from sophiavl_verl.annealing import get_schedule
+
+__all__ = ["TRUST_GRPO", "TrustGRPOConfig", "ConfigError", "is_trust_grpo"]
+
+#: The name users give to ``algorithm.adv_estimator``.
+TRUST_GRPO = "trust_grpo"
+
+UNIFORM_GROUP_POLICIES = ("skip", "trust")
+
+
+class ConfigError(ValueError):
+    """A plugin option has a wrong name, type or value; the message names the full key."""
+
+
+@dataclass(frozen=True)
+class TrustGRPOConfig:
+    """Options of the ``trust_grpo`` advantage estimator (``algorithm.trust_grpo.*``).
+
+    Args:
+        alpha: Weight α of the thinking reward in Eq. 5. The paper uses 0.3; 0 gives exactly verl's
+            GRPO advantages.
+        schedule: Annealing schedule name (``exp`` = the paper's e^(-step/T), ``linear``, ``cosine``,
+            ``constant``, or one added with ``sophiavl_verl.annealing.register_schedule``).
+        anneal_steps: T of the schedule. ``None`` uses the run's total training steps, as in the
+            paper; the authors' released config used 12000 (a much milder decay).
+        correct_threshold: A response is "correct" when its outcome reward is at least this.
+        uniform_groups: What a group gets when it lacks a scored correct or a scored wrong response:
+            ``skip`` = no thinking term (the reference code), ``trust`` = γ = 1.
+        use_trust_weight: ``False`` forces γ = 1 for every response with a thinking reward
+            (the paper's "w/o trust weight" ablations).
+        epsilon: Added to the group std in Eq. 6, as verl's GRPO does.
+    """
+
+    alpha: float = 0.3
+    schedule: str = "exp"
+    anneal_steps: int | None = None
+    correct_threshold: float = 0.5
+    uniform_groups: str = "skip"
+    use_trust_weight: bool = True
+    epsilon: float = 1e-6
+    _prefix: str = field(default="algorithm.trust_grpo", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = self._prefix
+        _require(isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool), f"{key}.alpha",
+                 f"must be a number, got {self.alpha!r}")
+        _require(self.alpha >= 0, f"{key}.alpha", f"must be >= 0, got {self.alpha}")
+        try:
+            get_schedule(self.schedule)
+        except ValueError as e:
+            raise ConfigError(f"{key}.schedule: {e}") from None
+        if self.anneal_steps is not None:
+            _require(_is_int(self.anneal_steps),
+                     f"{key}.anneal_steps", f"must be an integer or null, got {self.anneal_steps!r}")
+            _require(self.anneal_steps > 0, f"{key}.anneal_steps", f"(T) must be > 0, got {self.anneal_steps}")
+        _require(isinstance(self.correct_threshold, (int, float)) and 0 < self.correct_threshold <= 1,
+                 f"{key}.correct_threshold", f"must be in (0, 1], got {self.correct_threshold!r}")
+        _require(self.uniform_groups in UNIFORM_GROUP_POLICIES, f"{key}.uniform_groups",
+                 f"must be one of {UNIFORM_GROUP_POLICIES}, got {self.uniform_groups!r}")
+        _require(isinstance(self.use_trust_weight, bool), f"{key}.use_trust_weight",
+                 f"must be true or false, got {self.use_trust_weight!r}")
+        _require(isinstance(self.epsilon, (int, float)) and self.epsilon >= 0, f"{key}.epsilon",
+                 f"must be >= 0, got {self.epsilon!r}")
+
+    @classmethod
+    def from_algorithm_config(cls, algorithm: Mapping[str, Any] | None) -> "TrustGRPOConfig":
+        """Build from verl's ``algorithm`` config node (a DictConfig or dict); missing keys use defaults.
+
+        Raises:
+            ConfigError: On an unknown key or an invalid value, naming ``algorithm.trust_grpo.<key>``.
+        """
+        options = dict((algorithm or {}).get("trust_grpo") or {})
+        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join('algorithm.trust_grpo.' + k for k in unknown)}; "
+                f"known keys: {sorted(known)}"
+            )
+        return cls(**options)
+
+    def anneal_total_steps(self, total_training_steps: int | None) -> int:
+        """T of the schedule: ``anneal_steps`` if set, else the run's total training steps."""
+        total = self.anneal_steps if self.anneal_steps is not None else total_training_steps
+        if total is None or total <= 0:
+            raise ConfigError(
+                f"{self._prefix}.anneal_steps is null and the run's total training steps are unknown "
+                f"({total_training_steps!r}); set {self._prefix}.anneal_steps"
+            )
+        return int(total)
+
+
+def is_trust_grpo(algorithm: Mapping[str, Any] | None) -> bool:
+    """Whether ``algorithm.adv_estimator`` selects this plugin's estimator."""
+    estimator = (algorithm or {}).get("adv_estimator")
+    return getattr(estimator, "value", estimator) == TRUST_GRPO
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key} {message}")
+
+
+#: Thinking-reward-model query policies of the ``sophiavl`` reward manager.
+QUERY_POLICIES = ("all", "skip_uniform", "official")
+
+
+@dataclass(frozen=True)
+class SophiaVLRewardConfig:
+    """Options of the ``sophiavl`` reward manager (``reward.reward_kwargs.*``).
+
+    Args:
+        trm_base_url: Hosting mode B: an external OpenAI-compatible endpoint (``http://host:port/v1``,
+            e.g. ``vllm serve``). ``None`` = mode A: the reward model verl serves inside the Ray
+            cluster (``reward.reward_model.enable=True``), reached through verl's reward router.
+        trm_model: Model name sent in requests; ``None`` = ``reward.reward_model.model_path``.
+        trm_api_key_env: Environment variable holding the endpoint's API key (never logged).
+        query_policy: Which responses are sent to the thinking reward model. ``all`` (the paper);
+            ``skip_uniform``: no request for a group whose outcomes are all correct or all wrong (under
+            ``uniform_groups=skip`` they get no thinking term anyway); ``official``: the reference
+            code's rule (no request for a group with every R^o >= 0.9 or every R^o <= 0.1, and
+            R^t = 0 without a request for responses with R^o < 0.2).
+        max_concurrency: Concurrent requests per reward worker process.
+        timeout_s: Timeout of one request, seconds.
+        max_retries: Retries of a request that timed out, failed to connect, or got 5xx / 429.
+        group_wait_s: How long a response waits for the rest of its group before a skip policy is
+            decided (after which it is scored as under ``all``; never dropped).
+        require_format: Gate the outcome reward on the ``<think>…</think><answer>…</answer>`` format,
+            as the reference code does.
+    """
+
+    trm_base_url: str | None = None
+    trm_model: str | None = None
+    trm_api_key_env: str = "SOPHIAVL_TRM_API_KEY"
+    query_policy: str = "skip_uniform"
+    max_concurrency: int = 64
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    group_wait_s: float = 600.0
+    require_format: bool = True
+    _prefix: str = field(default="reward.reward_kwargs", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = self._prefix
+        _require(self.query_policy in QUERY_POLICIES, f"{key}.query_policy",
+                 f"must be one of {QUERY_POLICIES}, got {self.query_policy!r}")
+        _require(_is_int(self.max_concurrency) and self.max_concurrency >= 1, f"{key}.max_concurrency",
+                 f"must be an integer >= 1, got {self.max_concurrency!r}")
+        _require(_is_int(self.max_retries) and self.max_retries >= 0, f"{key}.max_retries",
+                 f"must be an integer >= 0, got {self.max_retries!r}")
+        for name in ("timeout_s", "group_wait_s"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and value > 0, f"{key}.{name}", f"must be > 0, got {value!r}")
+        if self.trm_base_url is not None:
+            _require(str(self.trm_base_url).startswith(("http://", "https://")), f"{key}.trm_base_url",
+                     f"must be an http(s) URL like http://host:8000/v1, got {self.trm_base_url!r}")
+
+    @classmethod
+    def from_reward_config(cls, reward: Mapping[str, Any] | None) -> "SophiaVLRewardConfig":
+        """Build from verl's ``reward`` config node; unknown keys of ``reward_kwargs`` are errors."""
+        options = dict((reward or {}).get("reward_kwargs") or {})
+        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join('reward.reward_kwargs.' + k for k in unknown)}; known keys: {sorted(known)}"
+            )
+        return cls(**options)

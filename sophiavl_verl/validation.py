@@ -1,0 +1,67 @@
+"""Checks of a whole verl config for the plugin, run inside verl's ``validate_config``.
+
+``main_ppo`` calls ``validate_config`` in the driver before Ray starts, so a wrong option fails in
+seconds, naming its key, instead of after the GPUs have loaded a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sophiavl_verl import verl_adapter
+from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_trust_grpo
+
+__all__ = ["REWARD_MANAGER_NAME", "validate_plugin_config"]
+
+#: The name of the plugin's reward manager in verl's reward-loop registry.
+REWARD_MANAGER_NAME = "sophiavl"
+
+# verl 0.9.1's own reward managers; none of them writes the thinking reward.
+_VERL_REWARD_MANAGERS = ("naive", "dapo", "gdpo", "limited", "remote")
+
+
+def validate_plugin_config(config: Any) -> None:
+    """Validate the plugin's part of a composed verl config.
+
+    Raises:
+        ConfigError: Naming the offending key, when trust_grpo or the ``sophiavl`` reward manager is
+            misconfigured or cannot run in this process.
+    """
+    algorithm = config.get("algorithm") or {}
+    reward = config.get("reward") or {}
+    manager = (reward.get("reward_manager") or {}).get("name")
+    trust_grpo = is_trust_grpo(algorithm)
+    if not trust_grpo and manager != REWARD_MANAGER_NAME:
+        return
+    if not verl_adapter.is_installed():
+        raise ConfigError(verl_adapter.adapter_missing_reason())
+
+    trust_cfg = TrustGRPOConfig.from_algorithm_config(algorithm) if trust_grpo else None
+    if trust_grpo and manager in _VERL_REWARD_MANAGERS:
+        raise ConfigError(
+            f"algorithm.adv_estimator=trust_grpo needs the thinking reward, which verl's {manager!r} reward "
+            f"manager does not write: set reward.reward_manager.name={REWARD_MANAGER_NAME}"
+        )
+    if manager != REWARD_MANAGER_NAME:
+        return
+
+    reward_cfg = SophiaVLRewardConfig.from_reward_config(reward)
+    reward_model = reward.get("reward_model") or {}
+    if reward_cfg.trm_base_url is None:
+        if not reward_model.get("enable"):
+            raise ConfigError(
+                "the sophiavl reward manager needs a thinking reward model: set reward.reward_model.enable=True "
+                "(served by verl in the cluster) or reward.reward_kwargs.trm_base_url (an external endpoint)"
+            )
+        if not (reward.get("custom_reward_function") or {}).get("path"):
+            # verl routes an enabled reward model without a custom function to /classify (discriminative).
+            raise ConfigError(
+                "reward.custom_reward_function.path is null while reward.reward_model.enable=True: verl would "
+                "bypass the sophiavl reward manager and POST to /classify. Set "
+                "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn"
+            )
+    if trust_cfg is not None and trust_cfg.uniform_groups == "trust" and reward_cfg.query_policy != "all":
+        raise ConfigError(
+            f"algorithm.trust_grpo.uniform_groups=trust gives uniform groups a thinking term, but "
+            f"reward.reward_kwargs.query_policy={reward_cfg.query_policy} does not score them: use query_policy=all"
+        )

@@ -1,0 +1,364 @@
+"""The one place where the plugin adapts verl internals (tested on verl 0.9.1 only).
+
+verl 0.9.1 calls a registered advantage estimator with ``token_level_rewards, response_mask,
+config, index`` only. Trust-GRPO also needs each response's thinking reward (reward extra info),
+the global step and T. This module carries them there, mirroring open upstream PR verl#7473
+("pass non_tensor_batch to advantage estimators that can accept it") plus the step:
+
+1. ``compute_advantage`` (bound in ``verl.trainer.ppo.ray_trainer`` and, by import, in
+   ``verl.trainer.ppo.v1.utils``) is wrapped: for ``adv_estimator == "trust_grpo"`` it calls the
+   estimator with ``non_tensor_batch`` (the per-sample reward extra info), ``global_step``,
+   ``total_training_steps`` and a ``metrics`` dict. Every other estimator goes to verl's original
+   function untouched.
+2. The v1 trainer's ``PPOTrainer._compute_advantage`` fetches only uid, masks, scores and log-probs
+   from TransferQueue; for trust_grpo the wrapper first fetches the samples' ``extra_fields`` (where
+   the reward loop stores ``reward_extra_info``) for the same keys, then runs verl's method with the
+   trainer's step and metrics dict in a context variable.
+3. The legacy ``RayPPOTrainer`` already merges reward extra info into ``batch.non_tensor_batch``;
+   its ``fit`` is wrapped only to expose the trainer's step, and ``compute_data_metrics`` (called
+   by that ``fit`` right after the advantage) to log the estimator's metrics.
+4. ``verl.utils.config.validate_config`` (which ``main_ppo`` runs in the driver before Ray starts)
+   is wrapped to validate the plugin's options.
+
+The trainer modules are patched when they are first imported (a post-import hook), so processes
+that never import a trainer (rollout and reward workers) pay nothing. On any verl version other
+than :data:`TESTED_VERL_VERSIONS` nothing is patched and a trust_grpo launch fails at config
+validation, saying why (``SOPHIAVL_ALLOW_UNTESTED_VERL=1`` patches anyway, with a warning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.abc
+import importlib.machinery
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import verl
+
+from sophiavl_verl.config import TRUST_GRPO, is_trust_grpo
+
+__all__ = [
+    "TESTED_VERL_VERSIONS",
+    "install",
+    "trainer_step",
+    "adapter_missing_reason",
+    "fetch_reward_extra_info",
+]
+
+logger = logging.getLogger(__name__)
+
+TESTED_VERL_VERSIONS = ("0.9.1",)
+ALLOW_UNTESTED_ENV = "SOPHIAVL_ALLOW_UNTESTED_VERL"
+#: Where the legacy path parks the estimator's metrics between compute_advantage and compute_data_metrics.
+METRICS_META_KEY = "sophiavl_trust_grpo_metrics"
+
+_installed = False
+_install_error: str | None = None
+
+
+class TrainingProgress(Protocol):
+    """What the estimator reads of a trainer; verl's trainers have both attributes."""
+
+    global_steps: int
+    total_training_steps: int
+
+
+@dataclass
+class _StepContext:
+    progress: TrainingProgress
+    reward_extra_info: dict[str, Any] | None = None  # None: read data.non_tensor_batch
+    metrics: dict[str, Any] | None = None  # None: park them in data.meta_info
+
+
+_STEP_CONTEXT: contextvars.ContextVar[_StepContext | None] = contextvars.ContextVar("sophiavl_step", default=None)
+
+
+@dataclass
+class _FixedProgress:
+    global_steps: int
+    total_training_steps: int | None
+
+
+@contextlib.contextmanager
+def trainer_step(
+    global_step: int,
+    total_training_steps: int | None = None,
+    *,
+    reward_extra_info: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Iterator[None]:
+    """Run verl's ``compute_advantage`` for trust_grpo outside verl's trainers (other loops, tests).
+
+    Args:
+        global_step: The training step the anneal schedule sees.
+        total_training_steps: T when ``algorithm.trust_grpo.anneal_steps`` is null.
+        reward_extra_info: Per-sample columns to use instead of ``data.non_tensor_batch``.
+        metrics: A dict that receives the estimator's metrics (else ``data.meta_info``).
+    """
+    token = _STEP_CONTEXT.set(_StepContext(_FixedProgress(global_step, total_training_steps), reward_extra_info, metrics))
+    try:
+        yield
+    finally:
+        _STEP_CONTEXT.reset(token)
+
+
+def adapter_missing_reason() -> str:
+    """Why trust_grpo cannot get its inputs in this process (for error messages)."""
+    if _install_error is not None:
+        return _install_error
+    if not _installed:
+        return "the sophiavl_verl plugin's verl adapter is not installed in this process (was verl imported?)"
+    return (
+        "it was called outside a verl trainer step; verl's trainers provide the step, other callers "
+        "wrap the call in sophiavl_verl.verl_adapter.trainer_step(...)"
+    )
+
+
+def fetch_reward_extra_info(batch: Any) -> dict[str, list[Any]]:
+    """The reward extra info of a v1 batch, as per-sample columns aligned with ``batch.keys``.
+
+    Uses verl's TransferQueue client exactly as the v1 trainer's validation does
+    (``select_fields=["extra_fields"]``; each sample's ``extra_fields["reward_extra_info"]``).
+    A key absent from a sample is ``None`` there (a missing value, never 0).
+    """
+    import transfer_queue as tq
+
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+    rows = [
+        (fields.get("reward_extra_info") or {}) if isinstance(fields, dict) else {}
+        for fields in data["extra_fields"].tolist()
+    ]
+    keys = sorted({key for row in rows for key in row})
+    return {key: np.array([row.get(key) for row in rows], dtype=object) for key in keys}
+
+
+def _current_context() -> _StepContext:
+    context = _STEP_CONTEXT.get()
+    if context is None:
+        raise RuntimeError(f"trust_grpo does not know the global step: {adapter_missing_reason()}")
+    return context
+
+
+def _wrap_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
+    """verl's ``compute_advantage``, with trust_grpo called with its extra inputs (PR #7473 + step)."""
+
+    @functools.wraps(original)
+    def compute_advantage(
+        data: Any,
+        adv_estimator: Any,
+        gamma: float = 1.0,
+        lam: float = 1.0,
+        num_repeat: int = 1,
+        norm_adv_by_std_in_grpo: bool = True,
+        config: Any = None,
+    ) -> Any:
+        if getattr(adv_estimator, "value", adv_estimator) != TRUST_GRPO:
+            return original(
+                data,
+                adv_estimator,
+                gamma=gamma,
+                lam=lam,
+                num_repeat=num_repeat,
+                norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+                config=config,
+            )
+        from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+        from verl.trainer.ppo.ray_trainer import compute_response_mask
+
+        context = _current_context()
+        if "response_mask" not in data.batch.keys():
+            data.batch["response_mask"] = compute_response_mask(data)
+        metrics: dict[str, Any] = {}
+        advantages, returns = get_adv_estimator_fn(TRUST_GRPO)(
+            token_level_rewards=data.batch["token_level_rewards"],
+            response_mask=data.batch["response_mask"],
+            index=data.non_tensor_batch["uid"],
+            config=config,
+            non_tensor_batch=(
+                data.non_tensor_batch if context.reward_extra_info is None else context.reward_extra_info
+            ),
+            global_step=context.progress.global_steps,
+            total_training_steps=context.progress.total_training_steps,
+            metrics=metrics,
+            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+        )
+        data.batch["advantages"] = advantages
+        data.batch["returns"] = returns
+        if context.metrics is not None:
+            context.metrics.update(metrics)
+        else:
+            data.meta_info[METRICS_META_KEY] = metrics
+        return data
+
+    compute_advantage.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
+    return compute_advantage
+
+
+def _wrap_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``PPOTrainer._compute_advantage`` that also fetches the reward extra info for trust_grpo."""
+
+    @functools.wraps(original)
+    def _compute_advantage(self: Any, batch: Any, metrics: dict) -> Any:
+        if not is_trust_grpo(self.config.algorithm):
+            return original(self, batch, metrics)
+        token = _STEP_CONTEXT.set(_StepContext(self, fetch_reward_extra_info(batch), metrics))
+        try:
+            return original(self, batch, metrics)
+        finally:
+            _STEP_CONTEXT.reset(token)
+
+    _compute_advantage.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
+    return _compute_advantage
+
+
+def _wrap_legacy_fit(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``RayPPOTrainer.fit`` run with the trainer exposed as the step source."""
+
+    @functools.wraps(original)
+    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _STEP_CONTEXT.set(_StepContext(self))
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _STEP_CONTEXT.reset(token)
+
+    fit.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
+    return fit
+
+
+def _wrap_compute_data_metrics(original: Callable[..., Any]) -> Callable[..., Any]:
+    """verl's ``compute_data_metrics`` plus the estimator metrics parked in ``batch.meta_info``."""
+
+    @functools.wraps(original)
+    def compute_data_metrics(batch: Any, use_critic: bool = True) -> dict[str, Any]:
+        metrics = original(batch=batch, use_critic=use_critic)
+        metrics.update(batch.meta_info.pop(METRICS_META_KEY, {}))
+        return metrics
+
+    compute_data_metrics.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
+    return compute_data_metrics
+
+
+def _wrap_validate_config(original: Callable[..., Any]) -> Callable[..., Any]:
+    """verl's ``validate_config`` followed by the plugin's own checks."""
+
+    @functools.wraps(original)
+    def validate_config(config: Any, use_reference_policy: bool, use_critic: bool) -> None:
+        original(config=config, use_reference_policy=use_reference_policy, use_critic=use_critic)
+        from sophiavl_verl.validation import validate_plugin_config
+
+        validate_plugin_config(config)
+
+    validate_config.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
+    return validate_config
+
+
+def _patch_attr(owner: Any, name: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    current = getattr(owner, name)
+    if not hasattr(current, "__sophiavl_wrapped__"):
+        setattr(owner, name, wrapper(current))
+
+
+def _patch_ray_trainer(module: ModuleType) -> None:
+    _patch_attr(module, "compute_advantage", _wrap_compute_advantage)
+    _patch_attr(module, "compute_data_metrics", _wrap_compute_data_metrics)
+    _patch_attr(module.RayPPOTrainer, "fit", _wrap_legacy_fit)
+
+
+def _patch_v1_utils(module: ModuleType) -> None:
+    _patch_attr(module, "compute_advantage", _wrap_compute_advantage)
+
+
+def _patch_v1_trainer_base(module: ModuleType) -> None:
+    _patch_attr(module.PPOTrainer, "_compute_advantage", _wrap_v1_compute_advantage)
+
+
+_TRAINER_PATCHES: dict[str, Callable[[ModuleType], None]] = {
+    "verl.trainer.ppo.ray_trainer": _patch_ray_trainer,
+    "verl.trainer.ppo.v1.utils": _patch_v1_utils,
+    "verl.trainer.ppo.v1.trainer_base": _patch_v1_trainer_base,
+}
+
+
+class _PostImportPatcher(importlib.abc.MetaPathFinder):
+    """Runs a patch function right after a named module finishes executing."""
+
+    def __init__(self, patches: dict[str, Callable[[ModuleType], None]]) -> None:
+        self._patches = dict(patches)
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in self._patches:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _PatchingLoader(spec.loader, self._patches.pop(fullname))
+        return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, patch: Callable[[ModuleType], None]) -> None:
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec: Any) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        self._patch(module)
+
+
+def _version_ok() -> bool:
+    global _install_error
+    if verl.__version__ in TESTED_VERL_VERSIONS:
+        return True
+    if os.environ.get(ALLOW_UNTESTED_ENV) == "1":
+        logger.warning(
+            "sophiavl_verl: patching untested verl %s (tested: %s) because %s=1",
+            verl.__version__, TESTED_VERL_VERSIONS, ALLOW_UNTESTED_ENV,
+        )
+        return True
+    _install_error = (
+        f"sophiavl_verl was tested with verl {', '.join(TESTED_VERL_VERSIONS)} and this is verl "
+        f"{verl.__version__}: its adapter was not installed, so trust_grpo cannot run. Install a tested "
+        f"verl, or set {ALLOW_UNTESTED_ENV}=1 to try anyway."
+    )
+    return False
+
+
+def install() -> bool:
+    """Install the adapter in this process (idempotent). Returns whether it is installed."""
+    global _installed
+    if _installed:
+        return True
+    import verl.utils.config as verl_config
+
+    if not _version_ok():
+        # Still make a trust_grpo launch fail in the driver, before any worker starts.
+        _patch_attr(verl_config, "validate_config", _wrap_validate_config)
+        return False
+    _patch_attr(verl_config, "validate_config", _wrap_validate_config)
+    pending = {}
+    for name, patch in _TRAINER_PATCHES.items():
+        if name in sys.modules:
+            patch(sys.modules[name])
+        else:
+            pending[name] = patch
+    if pending:
+        sys.meta_path.insert(0, _PostImportPatcher(pending))
+    _installed = True
+    return True
+
+
+def is_installed() -> bool:
+    """Whether :func:`install` patched verl in this process."""
+    return _installed
