@@ -1,0 +1,646 @@
+"""Data preparation for SophiaVL-R1 on verl: ``python -m sophiavl_verl.data {rl,trm} ...``.
+
+``rl``
+    SophiaVL-R1-130k rows (``problem``, ``solution``, ``path``, ``problem_type``, ``data_type``, optional
+    ``options``) -> verl RL parquet (``data_source``, ``prompt``, ``images``, ``ability``, ``reward_model``,
+    ``extra_info``), readable by ``verl.utils.dataset.rl_dataset.RLHFDataset``.
+``trm``
+    SophiaVL-R1-Thinking-156k-style rows (question, image path, response, score) -> verl SFT parquet
+    (``messages``, ``images``) for the thinking reward model, readable by
+    ``verl.utils.dataset.multiturn_sft_dataset.MultiTurnSFTDataset``.
+
+Inputs are JSON lists, JSONL or parquet files, or a folder in the released Hugging Face layout (the data
+file(s) next to image sub-folders; image paths are relative to ``--image-root``, by default the folder).
+Images are opened and fully decoded with Pillow (its decompression-bomb guard stays on) and embedded as
+``{"bytes": ...}``. Bad rows are skipped and listed in ``<output stem>_rejected.jsonl`` (one JSON object a
+line: ``row``, ``file``, ``field``, ``reason``); ``--strict`` stops at the first one instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import math
+import os
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from sophiavl_verl.rewards import PROBLEM_TYPES, canonical_problem_type, unwrap_answer
+from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
+
+__all__ = [
+    "QUESTION_TEMPLATE",
+    "TYPE_TEMPLATE",
+    "DataError",
+    "Rejection",
+    "Summary",
+    "build_rl_prompt",
+    "find_data_files",
+    "main",
+    "prepare_rl",
+    "prepare_trm",
+]
+
+# The RL prompt of the authors' training code (verl/utils/dataset.py of kxfan2002/SophiaVL-R1); the paper
+# does not print it. Their inference script says "between the <think> and </think> tags"; we keep the
+# wording the policy was trained with.
+QUESTION_TEMPLATE = (
+    "{Question}\n"
+    "Please think about this question as if you were a human pondering deeply. "
+    "Engage in an internal dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', "
+    "'let's break it down', etc, or other natural language thought expressions "
+    "It's encouraged to include self-reflection or verification in the reasoning process. "
+    "Provide your detailed reasoning between the <think> </think> tags, and then give your final answer "
+    "between the <answer> </answer> tags."
+)
+TYPE_TEMPLATE = {
+    "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the "
+    "<answer> </answer> tags.",
+    "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
+    "OCR": " Please transcribe text from the image/video clearly and provide your text answer within the "
+    "<answer> </answer> tags.",
+    "free-form": " Please provide your text answer within the <answer> </answer> tags.",
+    "text": " Please provide the short text answer within the <answer> </answer> tags.",
+}
+IMAGE_PLACEHOLDER = "<image>"  # what verl's datasets replace by the row's images, in order
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+# Accepted column names, first match wins.
+RL_FIELDS = {"question": ("problem",), "answer": ("solution",), "problem_type": ("problem_type",)}
+TRM_FIELDS = {
+    "question": ("question", "problem", "prompt"),
+    "response": ("response", "reasoning", "process", "output"),
+    "score": ("score", "reward", "label"),
+}
+IMAGE_FIELDS = ("path", "image", "images", "image_path")
+
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_IMAGES = pa.list_(pa.struct([("bytes", pa.binary())]))
+RL_SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("prompt", _MESSAGES),
+        ("images", _IMAGES),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        (
+            "extra_info",
+            pa.struct(
+                [
+                    ("problem_type", pa.string()),
+                    ("question", pa.string()),
+                    ("index", pa.int64()),
+                    ("data_type", pa.string()),
+                ]
+            ),
+        ),
+    ]
+)
+TRM_SCHEMA = pa.schema(
+    [("messages", _MESSAGES), ("images", _IMAGES), ("extra_info", pa.struct([("index", pa.int64())]))]
+)
+
+
+class DataError(ValueError):
+    """A bad input row under ``--strict``, or an unusable input or option."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One skipped row, as written to the rejected-rows report."""
+
+    row: int
+    file: str
+    field: str
+    reason: str
+
+
+class _RowError(ValueError):
+    """A bad row: the field to blame, why, and which image count it adds to (missing/unreadable/oversized)."""
+
+    def __init__(self, field: str, reason: str, image_problem: str | None = None):
+        super().__init__(reason)
+        self.field, self.reason, self.image_problem = field, reason, image_problem
+
+
+@dataclass
+class Summary:
+    """Counts of one run; :meth:`format` is what the CLI prints."""
+
+    command: str
+    files: list[str] = field(default_factory=list)
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_val: int = 0
+    per_type: Counter = field(default_factory=Counter)
+    images_embedded: int = 0
+    images_missing: int = 0
+    images_unreadable: int = 0
+    images_oversized: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    report: str | None = None
+
+    def count_image_problem(self, kind: str) -> None:
+        attribute = f"images_{kind}"
+        setattr(self, attribute, getattr(self, attribute) + 1)
+
+    def format(self) -> str:
+        lines = [f"sophiavl-verl-data {self.command}: {self.rows_read} rows read from {len(self.files)} file(s)"]
+        split = f" (train {self.rows_written - self.rows_val}, val {self.rows_val})" if self.rows_val else ""
+        lines.append(f"  rows written: {self.rows_written}{split} -> {', '.join(self.outputs)}")
+        if self.per_type:
+            lines.append("  rows per problem type: " + ", ".join(f"{t} {self.per_type[t]}" for t in PROBLEM_TYPES))
+        lines.append(
+            f"  images: {self.images_embedded} embedded, {self.images_missing} missing, "
+            f"{self.images_unreadable} unreadable, {self.images_oversized} oversized"
+        )
+        by_field = Counter(r.field for r in self.rejected)
+        detail = f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_field.items()))})" if by_field else ""
+        lines.append(f"  rows rejected: {len(self.rejected)}{detail} -> {self.report}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def _rows_of(path: Path) -> tuple[int, Iterator[Any]]:
+    """The number of rows of a data file and an iterator over them (parquet is streamed: it may embed images)."""
+    if path.suffix == ".parquet":
+        source = pq.ParquetFile(path)
+        batches = source.iter_batches(batch_size=256)
+        return source.metadata.num_rows, (row for batch in batches for row in batch.to_pylist())
+    with open(path, encoding="utf-8") as f:
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in f if line.strip()]
+        else:
+            rows = json.load(f)
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
+    return len(rows), iter(rows)
+
+
+def _columns_of(path: Path) -> set[str]:
+    """Column names of a data file, from its schema or first row; empty when it holds no row objects."""
+    if path.suffix == ".parquet":
+        return set(pq.read_schema(path).names)
+    try:
+        first = next(_rows_of(path)[1], None)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError and DataError are ValueErrors
+        return set()
+    return set(first) if isinstance(first, dict) else set()
+
+
+def find_data_files(path: str | os.PathLike, fields: dict[str, tuple[str, ...]]) -> list[Path]:
+    """The data files of an input: the file itself, or the JSON/JSONL/parquet files under a folder.
+
+    In a folder, files whose rows lack the expected columns (``fields``: one alias of each must be present)
+    are skipped with a printed note, e.g. dataset cards' metadata or an earlier run's output.
+
+    Raises:
+        DataError: If the path does not exist or a folder holds no data file.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"input not found: {path}")
+    found = []
+    for candidate in sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file()):
+        if any(part.startswith(".") for part in candidate.relative_to(path).parts):
+            continue
+        columns = _columns_of(candidate)
+        if all(any(alias in columns for alias in aliases) for aliases in fields.values()):
+            found.append(candidate)
+        else:
+            print(f"skipping {candidate}: not a data file (needs columns {_describe(fields)})", file=sys.stderr)
+    if not found:
+        raise DataError(f"no data file (.json, .jsonl, .parquet with columns {_describe(fields)}) under {path}")
+    return found
+
+
+def _describe(fields: dict[str, tuple[str, ...]]) -> str:
+    return ", ".join("/".join(aliases) for aliases in fields.values())
+
+
+def _text(row: dict, aliases: Sequence[str]) -> str:
+    for key in aliases:
+        value = row.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        return str(value).strip()
+    return ""
+
+
+def _image_sources(row: dict) -> list[str | bytes]:
+    """The row's images: paths (str) or embedded bytes (``{"bytes": ...}`` as Hugging Face stores images)."""
+
+    def source(value: Any) -> str | bytes | None:
+        if isinstance(value, dict):
+            value = value.get("bytes") or value.get("path")
+        if isinstance(value, bytes | str) and value.strip():
+            return value
+        return None
+
+    for key in IMAGE_FIELDS:
+        value = row.get(key)
+        if value is None:
+            continue
+        values = value if isinstance(value, list | tuple) else [value]
+        return [s for s in map(source, values) if s is not None]
+    return []
+
+
+# ------------------------------------------------------------------------------------------------- images
+
+
+@contextmanager
+def _pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
+    """Temporarily set Pillow's decompression-bomb limit (never disable it)."""
+    if max_image_pixels is not None and max_image_pixels <= 0:
+        raise DataError(f"--max-image-pixels must be positive, got {max_image_pixels}")
+    saved = Image.MAX_IMAGE_PIXELS
+    if max_image_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_image_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _load_image(source: str | bytes, image_root: Path) -> dict:
+    """Read, fully decode and return one image as ``{"bytes": png_or_jpeg_bytes}``."""
+    where = "embedded image"
+    if isinstance(source, str):
+        path = image_root / source
+        if not path.is_file():
+            raise _RowError("path", f"image not found: {path}", "missing")
+        where, source = str(path), path.read_bytes()
+    try:
+        with warnings.catch_warnings():
+            # Above MAX_IMAGE_PIXELS Pillow only warns (it raises at twice the limit): make both errors.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source)) as image:
+                image.verify()
+            with Image.open(io.BytesIO(source)) as image:
+                image.load()
+                if image.format not in ("PNG", "JPEG"):
+                    buffer = io.BytesIO()
+                    image.save(buffer, format="PNG")
+                    source = buffer.getvalue()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _RowError("path", f"image too large: {where}: {exc}", "oversized") from None
+    except Exception as exc:  # Pillow raises many types for corrupt files
+        raise _RowError("path", f"unreadable image: {where}: {type(exc).__name__}: {exc}", "unreadable") from None
+    return {"bytes": source}
+
+
+def _load_images(row: dict, image_root: Path) -> list[dict]:
+    return [_load_image(source, image_root) for source in _image_sources(row)]
+
+
+def _with_placeholders(text: str, num_images: int, field_name: str) -> str:
+    """Put one ``<image>`` per image in front of ``text``, unless the text already places them all."""
+    present = text.count(IMAGE_PLACEHOLDER)
+    if present == 0:
+        return IMAGE_PLACEHOLDER * num_images + text
+    if present != num_images:
+        raise _RowError(field_name, f"has {present} {IMAGE_PLACEHOLDER} placeholder(s) for {num_images} image(s)")
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+def build_rl_prompt(question: str, problem_type: str, num_images: int = 0) -> str:
+    """The user message of an RL row: image placeholders, question, reasoning template, answer instruction.
+
+    Args:
+        question: The question (with its options for multiple choice).
+        problem_type: One of :data:`sophiavl_verl.rewards.PROBLEM_TYPES`.
+        num_images: Number of images; one ``<image>`` each goes in front of the question, unless the
+            question already contains them.
+
+    Raises:
+        ValueError: If the question has ``<image>`` placeholders but not ``num_images`` of them, or the
+            problem type is unknown.
+    """
+    question = _with_placeholders(question, num_images, "problem")
+    return QUESTION_TEMPLATE.format(Question=question) + TYPE_TEMPLATE[canonical_problem_type(problem_type)]
+
+
+def _rl_record(row: dict, index: int, image_root: Path, data_source: str) -> tuple[dict, str]:
+    question = _text(row, RL_FIELDS["question"])
+    if not question:
+        raise _RowError("problem", "empty question")
+    raw_type = _text(row, RL_FIELDS["problem_type"])
+    try:
+        problem_type = canonical_problem_type(raw_type)
+    except ValueError as exc:
+        raise _RowError("problem_type", str(exc)) from None
+    answer = unwrap_answer(_text(row, RL_FIELDS["answer"]))
+    if not answer:
+        raise _RowError("solution", "empty answer")
+    data_type = _text(row, ("data_type",)).lower()
+    if data_type == "video":
+        raise _RowError("data_type", "video rows are not supported")
+    images = [] if data_type == "text" else _load_images(row, image_root)
+    if data_type == "image" and not images:
+        raise _RowError("path", "data_type is 'image' but the row has no image path", "missing")
+    options = row.get("options")
+    if problem_type == "multiple choice" and isinstance(options, list | tuple) and options:
+        # The reference appends the options to the question (many questions already contain them).
+        question = f"{question}\n" + "; ".join(map(str, options))
+    record = {
+        "data_source": data_source,
+        "prompt": [{"role": "user", "content": build_rl_prompt(question, problem_type, len(images))}],
+        "images": images,
+        "ability": problem_type,
+        "reward_model": {"style": "rule", "ground_truth": answer},
+        "extra_info": {
+            "problem_type": problem_type,
+            "question": question.replace(IMAGE_PLACEHOLDER, "").strip(),
+            "index": index,
+            "data_type": "image" if images else "text",
+        },
+    }
+    return record, problem_type
+
+
+def _trm_record(row: dict, index: int, image_root: Path) -> tuple[dict, None]:
+    question = _text(row, TRM_FIELDS["question"])
+    if not question:
+        raise _RowError("question", "empty question")
+    response = _text(row, TRM_FIELDS["response"])
+    if not response:
+        raise _RowError("response", "empty response")
+    raw_score = _text(row, TRM_FIELDS["score"])
+    try:
+        score = float(unwrap_answer(raw_score))
+    except ValueError:
+        score = math.nan
+    if not 0.0 <= score <= 1.0:
+        raise _RowError("score", f"score must be a number in [0, 1], got {raw_score!r}" if raw_score else "empty score")
+    images = _load_images(row, image_root)
+    # Same layout as ThinkingRewardClient's requests: images first, then the Table-4 prompt.
+    prompt = IMAGE_PLACEHOLDER * len(images) + build_trm_prompt(question.replace(IMAGE_PLACEHOLDER, ""), response)
+    messages = [
+        {"role": "system", "content": TRM_SYSTEM_PROMPT},
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": f"<answer>{score}</answer>"},
+    ]
+    return {"messages": messages, "images": images, "extra_info": {"index": index}}, None
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+class _Sink:
+    """Streams records to a parquet file in row groups, so that image bytes never pile up in memory."""
+
+    def __init__(self, path: Path, schema: pa.Schema, rows_per_group: int = 256):
+        self.writer = pq.ParquetWriter(path, schema)
+        self.schema, self.rows_per_group, self.pending = schema, rows_per_group, []
+
+    def add(self, record: dict) -> None:
+        self.pending.append(record)
+        if len(self.pending) >= self.rows_per_group:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.Table.from_pylist(self.pending, schema=self.schema))
+            self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def _val_count(val_size: float, rows: int) -> int:
+    count = int(val_size) if val_size >= 1 else round(val_size * rows)
+    if count >= rows > 0:
+        raise DataError(f"--val-size {val_size} leaves no training rows: only {rows} rows were written")
+    return count
+
+
+def _finalize(tmp: Path, outputs: list[Path], val_rows: set[int], keep_images: bool) -> None:
+    """Move the streamed file into place: split off the val rows, drop ``images`` if no row has one."""
+    if not val_rows and keep_images:
+        os.replace(tmp, outputs[0])
+        return
+    source = pq.ParquetFile(tmp)
+    schema = source.schema_arrow
+    if not keep_images:
+        schema = schema.remove(schema.get_field_index("images"))
+    writers = [pq.ParquetWriter(path, schema) for path in outputs]
+    start = 0
+    for batch in source.iter_batches(batch_size=256):
+        table = pa.Table.from_batches([batch]).select(schema.names)
+        in_val = [start + i in val_rows for i in range(len(table))]
+        writers[0].write_table(table.filter(pa.array([not v for v in in_val])))
+        if len(writers) > 1:
+            writers[1].write_table(table.filter(pa.array(in_val)))
+        start += len(table)
+    for writer in writers:
+        writer.close()
+    tmp.unlink()
+
+
+def _default_paths(output: Path, val_output: str | os.PathLike | None) -> tuple[Path, Path]:
+    """The validation parquet (``train.parquet`` -> ``val.parquet``, else ``<stem>_val.parquet``) and the report."""
+    if val_output:
+        val = Path(val_output)
+    else:
+        val = output.with_name("val.parquet" if output.stem == "train" else f"{output.stem}_val.parquet")
+    return val, output.with_name(f"{output.stem}_rejected.jsonl")
+
+
+def _convert_files(
+    files: list[Path],
+    convert: Callable[[dict, int, Path], tuple[dict, str | None]],
+    image_root: Path,
+    sink: _Sink,
+    summary: Summary,
+    strict: bool,
+) -> None:
+    """Convert every row of ``files`` into ``sink``, counting into ``summary``; ``index`` runs over all files."""
+    index = 0
+    for file in files:
+        total, rows = _rows_of(file)
+        for file_row, row in enumerate(tqdm(rows, total=total, desc=f"{summary.command}: {file.name}", unit="row")):
+            summary.rows_read += 1
+            try:
+                if not isinstance(row, dict):
+                    raise _RowError("row", f"expected an object, got {type(row).__name__}")
+                record, problem_type = convert(row, index, image_root)
+            except _RowError as exc:
+                if strict:
+                    raise DataError(f"row {file_row} of {file}: field '{exc.field}': {exc.reason}") from None
+                if exc.image_problem:
+                    summary.count_image_problem(exc.image_problem)
+                summary.rejected.append(Rejection(file_row, str(file), exc.field, exc.reason))
+            else:
+                sink.add(record)
+                summary.rows_written += 1
+                summary.images_embedded += len(record["images"])
+                if problem_type:
+                    summary.per_type[problem_type] += 1
+            index += 1
+
+
+def _prepare(
+    command: str,
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    convert: Callable[[dict, int, Path], tuple[dict, str | None]],
+    fields: dict[str, tuple[str, ...]],
+    schema: pa.Schema,
+    *,
+    image_root: str | os.PathLike | None = None,
+    val_size: float = 0,
+    val_output: str | os.PathLike | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    max_image_pixels: int | None = None,
+) -> Summary:
+    output = Path(output)
+    if output.suffix != ".parquet":
+        raise DataError(f"--output must be a .parquet file, got {output}")
+    if val_size < 0:
+        raise DataError(f"--val-size must be >= 0, got {val_size}")
+    files = [f for path in inputs for f in find_data_files(path, fields)]
+    if image_root is None:
+        first = Path(inputs[0])
+        image_root = first if first.is_dir() else first.parent
+    image_root = Path(image_root)
+    val_path, report_path = _default_paths(output, val_output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.partial")
+    summary = Summary(command=command, files=[str(f) for f in files])
+    sink = _Sink(tmp, schema)
+    try:
+        with _pixel_limit(max_image_pixels):
+            _convert_files(files, convert, image_root, sink, summary, strict)
+        sink.close()
+    except BaseException:
+        sink.writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    val_rows: set[int] = set()
+    if val_size:
+        import numpy as np
+
+        count = _val_count(val_size, summary.rows_written)
+        val_rows = set(np.random.default_rng(seed).choice(summary.rows_written, size=count, replace=False).tolist())
+    summary.rows_val = len(val_rows)
+    summary.outputs = [str(output)] + ([str(val_path)] if val_rows else [])
+    _finalize(tmp, [Path(p) for p in summary.outputs], val_rows, keep_images=summary.images_embedded > 0)
+    with open(report_path, "w", encoding="utf-8") as f:
+        for rejection in summary.rejected:
+            f.write(json.dumps(asdict(rejection), ensure_ascii=False) + "\n")
+    summary.report = str(report_path)
+    return summary
+
+
+def prepare_rl(
+    inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, data_source: str = "sophiavl_r1", **options: Any
+) -> Summary:
+    """Convert SophiaVL-R1-130k rows into verl RL parquet.
+
+    Args:
+        inputs: Data files (JSON list, JSONL, parquet) or folders holding them.
+        output: The output parquet (the train split when ``val_size`` is set).
+        data_source: Value of the ``data_source`` column.
+        **options: Shared with :func:`prepare_trm`:
+
+            * ``image_root``: folder the rows' image paths are relative to; default: the first input's folder.
+            * ``val_size`` (0): rows held out for validation, a count (>= 1) or a fraction (< 1); 0 = no split.
+            * ``val_output``: validation parquet; default ``val.parquet`` next to a ``train.parquet`` output,
+              else ``<output stem>_val.parquet``.
+            * ``strict`` (False): raise :class:`DataError` at the first bad row instead of skipping it.
+            * ``seed`` (0): seed of the validation draw.
+            * ``max_image_pixels``: Pillow's decompression-bomb limit for this run (default: Pillow's own).
+
+    Returns:
+        The run's :class:`Summary`; the rejected rows are also in ``<output stem>_rejected.jsonl``.
+    """
+    convert = functools.partial(_rl_record, data_source=data_source)
+    return _prepare("rl", inputs, output, convert, RL_FIELDS, RL_SCHEMA, **options)
+
+
+def prepare_trm(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, **options: Any) -> Summary:
+    """Convert (question, image, response, score) rows into verl SFT parquet for the thinking reward model.
+
+    Each row becomes ``messages`` = system, user (``<image>`` placeholders + the Table-4 prompt of
+    :func:`sophiavl_verl.thinking_reward.build_trm_prompt`), assistant ``<answer>score</answer>``.
+    Arguments as :func:`prepare_rl`.
+    """
+    return _prepare("trm", inputs, output, _trm_record, TRM_FIELDS, TRM_SCHEMA, **options)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sophiavl-verl-data", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    helps = {
+        "rl": "SophiaVL-R1-130k rows -> verl RL parquet",
+        "trm": "(question, image, response, score) rows -> verl SFT parquet for the thinking reward model",
+    }
+    for name, help_text in helps.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("inputs", nargs="+", help="data files (.json, .jsonl, .parquet) or dataset folders")
+        sub.add_argument("-o", "--output", required=True, help="output .parquet (the train split with --val-size)")
+        sub.add_argument("--image-root", help="folder image paths are relative to (default: the first input's folder)")
+        sub.add_argument("--val-size", type=float, default=0, help="validation rows: a count, or a fraction < 1")
+        sub.add_argument(
+            "--val-output",
+            help="validation parquet (default: val.parquet next to train.parquet, else <output stem>_val.parquet)",
+        )
+        sub.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
+        sub.add_argument("--strict", action="store_true", help="fail on the first bad row")
+        sub.add_argument("--max-image-pixels", type=int, help="Pillow's decompression-bomb limit (default: Pillow's)")
+        if name == "rl":
+            sub.add_argument("--data-source", default="sophiavl_r1", help="value of the data_source column")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sophiavl-verl-data`` and ``python -m sophiavl_verl.data``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    options = dict(
+        image_root=args.image_root, val_size=args.val_size, val_output=args.val_output, strict=args.strict,
+        seed=args.seed, max_image_pixels=args.max_image_pixels,
+    )
+    try:
+        if args.command == "rl":
+            summary = prepare_rl(args.inputs, args.output, data_source=args.data_source, **options)
+        else:
+            summary = prepare_trm(args.inputs, args.output, **options)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.format())
+    if not summary.rows_written:
+        print("error: no row was written; see the rejected-rows report", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
