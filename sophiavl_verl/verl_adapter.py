@@ -134,7 +134,7 @@ def fetch_reward_extra_info(batch: Any) -> dict[str, list[Any]]:
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
     rows = [
         (fields.get("reward_extra_info") or {}) if isinstance(fields, dict) else {}
-        for fields in data["extra_fields"].tolist()
+        for fields in data.pop("extra_fields").tolist()
     ]
     keys = sorted({key for row in rows for key in row})
     return {key: np.array([row.get(key) for row in rows], dtype=object) for key in keys}

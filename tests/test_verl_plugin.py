@@ -1,0 +1,266 @@
+"""The plugin inside stock verl: registration in every process, the delivery path, config validation."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from verl import DataProto
+from verl.trainer.ppo import ray_trainer
+
+from conftest import SMALL_RUN, TRUST_GRPO_RUN, compose_verl_config, run_verl_validation
+from paper_reference import reference_advantage, reference_rewards
+from sophiavl_verl.config import ConfigError
+from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY
+from sophiavl_verl.verl_adapter import METRICS_META_KEY, _wrap_legacy_fit, trainer_step
+
+REGISTRATION_PROBE = """
+import verl
+from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
+import verl.utils.config
+print(ADV_ESTIMATOR_REGISTRY["trust_grpo"].__module__, REWARD_MANAGER["sophiavl"].__module__,
+      hasattr(verl.utils.config.validate_config, "__sophiavl_wrapped__"))
+"""
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+def test_bare_import_verl_registers_everything_in_a_fresh_process():
+    result = _python(REGISTRATION_PROBE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["sophiavl_verl.trust_grpo", "sophiavl_verl.reward_manager", "True"]
+
+
+def test_verl_plugin_filter_can_exclude_us():
+    result = _python(REGISTRATION_PROBE, VERL_USE_EXTERNAL_PLUGINS="none")
+    assert result.returncode != 0 and "KeyError: 'trust_grpo'" in result.stderr
+
+
+def test_a_ray_worker_registers_the_plugin_by_importing_verl(ray_with_transfer_queue):
+    ray = ray_with_transfer_queue
+
+    @ray.remote(num_cpus=0)
+    def probe() -> tuple[int, bool, bool]:
+        import verl  # noqa: F401
+        from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
+        from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+
+        return os.getpid(), "trust_grpo" in ADV_ESTIMATOR_REGISTRY, "sophiavl" in REWARD_MANAGER
+
+    pid, has_estimator, has_manager = ray.get(probe.remote())
+    assert pid != os.getpid() and has_estimator and has_manager
+
+
+def test_a_broken_install_is_loud_not_silent():
+    # Make one of our modules unimportable: verl itself would only log it at DEBUG level.
+    result = _python(
+        """
+        import sys
+        sys.modules["sophiavl_verl.thinking_reward"] = None
+        import verl
+        from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+        try:
+            get_adv_estimator_fn("trust_grpo")()
+        except RuntimeError as e:
+            print("ESTIMATOR:", str(e).splitlines()[0])
+        import verl.utils.config as c
+        from omegaconf import OmegaConf
+        try:
+            c.validate_config(OmegaConf.create({"algorithm": {"adv_estimator": "trust_grpo"}}), False, False)
+        except RuntimeError as e:
+            print("VALIDATE:", "ImportError" in str(e) or "ModuleNotFoundError" in str(e))
+        """
+    )
+    assert "sophiavl_verl plugin failed to load" in result.stderr  # logged at ERROR, visible by default
+    assert "ESTIMATOR: the sophiavl_verl plugin failed to load, so trust_grpo is unavailable:" in result.stdout
+    assert "VALIDATE: True" in result.stdout
+
+
+@pytest.mark.parametrize("allow", ["0", "1"])
+def test_an_untested_verl_version_is_refused_at_config_validation(allow):
+    result = _python(
+        """
+        import verl
+        verl.__version__ = "0.10.0"
+        from sophiavl_verl import verl_adapter
+        print("INSTALLED:", verl_adapter.install())
+        import verl.utils.config as c
+        from omegaconf import OmegaConf
+        try:
+            c.validate_config.__sophiavl_wrapped__ = lambda **kw: None  # skip verl's own checks here
+            from sophiavl_verl.validation import validate_plugin_config
+            validate_plugin_config(OmegaConf.create({"algorithm": {"adv_estimator": "trust_grpo"}}))
+            print("VALID")
+        except Exception as e:
+            print("ERROR:", e)
+        """,
+        VERL_USE_EXTERNAL_PLUGINS="none",
+        SOPHIAVL_ALLOW_UNTESTED_VERL=allow,
+    )
+    if allow == "1":
+        assert "INSTALLED: True" in result.stdout and "patching untested verl 0.10.0" in result.stderr
+    else:
+        assert "INSTALLED: False" in result.stdout
+        assert "ERROR: sophiavl_verl was tested with verl 0.9.1 and this is verl 0.10.0" in result.stdout
+
+
+def test_trust_grpo_recipe_options_pass_verls_validation():
+    run_verl_validation(compose_verl_config([*TRUST_GRPO_RUN, "+algorithm.trust_grpo.alpha=0.3"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+algorithm.trust_grpo.alpha=-1"], "algorithm.trust_grpo.alpha must be >= 0, got -1"),
+        (["+algorithm.trust_grpo.schedule=bogus"], "algorithm.trust_grpo.schedule: unknown annealing schedule 'bogus'"),
+        (["+algorithm.trust_grpo.anneal_steps=0"], r"algorithm.trust_grpo.anneal_steps \(T\) must be > 0, got 0"),
+        (["+algorithm.trust_grpo.alpah=0.3"], r"unknown key\(s\) algorithm.trust_grpo.alpah"),
+        (["+algorithm.trust_grpo.uniform_groups=maybe"], "algorithm.trust_grpo.uniform_groups must be one of"),
+        (["reward.reward_manager.name=naive"], "set reward.reward_manager.name=sophiavl"),
+        (["+reward.reward_kwargs.query_policy=some"], "reward.reward_kwargs.query_policy must be one of"),
+        (["+reward.reward_kwargs.timeout=3"], r"unknown key\(s\) reward.reward_kwargs.timeout"),
+        (["+algorithm.trust_grpo.uniform_groups=trust"], "use query_policy=all"),
+    ],
+)
+def test_config_errors_name_the_key_before_any_worker_starts(overrides, message):
+    config = compose_verl_config([*TRUST_GRPO_RUN, *overrides])
+    with pytest.raises(ConfigError, match=message):
+        run_verl_validation(config)
+
+
+def test_generative_reward_model_without_custom_function_is_the_classify_trap():
+    in_cluster = [
+        *SMALL_RUN, "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
+        "reward.reward_model.enable=True", "reward.reward_model.model_path=/models/trm", "reward.reward_model.rollout.name=vllm",
+    ]
+    with pytest.raises(ConfigError, match="POST to /classify"):
+        run_verl_validation(compose_verl_config(in_cluster))
+    run_verl_validation(compose_verl_config(
+        [*in_cluster, "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn"]
+    ))
+
+
+GROUPS = {
+    # uid: (outcomes, thinking rewards) — a trusted group, a distrusted one, an all-wrong one.
+    "p0": ([1.0, 0.0, 1.0, 0.0], [0.9, 0.3, 0.7, math.nan]),
+    "p1": ([1.0, 0.0, 0.0, 0.0], [0.2, 0.8, 0.7, 0.9]),
+    "p2": ([0.0, 0.0, 0.0, 0.0], [0.5, 0.6, 0.1, 0.3]),
+}
+
+
+def _expected_advantages(alpha: float, anneal: float) -> dict[str, float]:
+    index = [uid for uid, (o, _) in GROUPS.items() for _ in o]
+    outcome = [x for o, _ in GROUPS.values() for x in o]
+    thinking = [x for _, t in GROUPS.values() for x in t]
+    rewards, _ = reference_rewards(outcome, thinking, index, alpha=alpha, anneal=anneal, threshold=0.5,
+                                   uniform_groups="skip")
+    advantages = reference_advantage(rewards, index)
+    keys = [f"{uid}_{s}_0" for uid, (o, _) in GROUPS.items() for s in range(len(o))]
+    return dict(zip(keys, advantages))
+
+
+def test_v1_trainer_delivers_thinking_rewards_and_step_through_transfer_queue(ray_with_transfer_queue):
+    import transfer_queue as tq
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    keys, rows = [], []
+    for uid, (outcomes, thinking) in GROUPS.items():
+        for session, (r_o, r_t) in enumerate(zip(outcomes, thinking)):
+            length = 3 + session  # ragged responses, as the agent loop stores them
+            rm_scores = torch.zeros(length)
+            rm_scores[-1] = r_o
+            keys.append(f"{uid}_{session}_0")
+            rows.append({
+                "uid": uid,
+                "response_mask": torch.ones(length, dtype=torch.int64),
+                "rm_scores": rm_scores,
+                "extra_fields": {"reward_extra_info": {OUTCOME_KEY: r_o, THINKING_KEY: r_t}},
+            })
+    # verl's agent loop writes samples with this very call (AgentLoopWorkerTQ._agent_loop_postprocess).
+    tq.kv_batch_put(keys=keys, fields=list_of_dict_to_tensordict(rows), partition_id="train")
+
+    config = compose_verl_config([*TRUST_GRPO_RUN, "actor_rollout_ref.rollout.n=4"])
+    # A trainer resumed from global_step_6 runs step 7 next; T defaults to its total steps.
+    trainer = SimpleNamespace(config=config, global_steps=7, total_training_steps=20)
+    metrics: dict = {}
+    PPOTrainer._compute_advantage(trainer, KVBatchMeta(keys=keys, tags=[{}] * len(keys), partition_id="train"), metrics)
+
+    stored = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["advantages"])["advantages"]
+    anneal = math.exp(-7 / 20)
+    expected = _expected_advantages(alpha=0.3, anneal=anneal)
+    for key, advantages in zip(keys, stored.unbind()):
+        assert torch.allclose(advantages, torch.full_like(advantages, expected[key]), atol=1e-5), key
+    assert metrics["trust_grpo/anneal"] == pytest.approx(anneal)
+    assert metrics["trust_grpo/untrusted_group_frac"] == pytest.approx(0.5)
+    assert metrics["trust_grpo/thinking_missing_frac"] == pytest.approx(1 / 12)
+    tq.kv_clear(keys=keys, partition_id="train")
+
+
+def test_v1_compute_advantage_for_multi_trajectories_uses_trust_grpo():
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    keys = [f"{uid}_{s}_0" for uid, (o, _) in GROUPS.items() for s in range(len(o))]
+    outcome = [x for o, _ in GROUPS.values() for x in o]
+    thinking = [x for _, t in GROUPS.values() for x in t]
+    token_level = torch.zeros(len(keys), 4)
+    token_level[:, -1] = torch.tensor(outcome)
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": token_level, "response_mask": torch.ones(len(keys), 4)},
+        non_tensors={"uid": np.array([k.split("_")[0] for k in keys], dtype=object)},
+    )
+    extra = {OUTCOME_KEY: np.array(outcome), THINKING_KEY: np.array(thinking)}
+    config = compose_verl_config([*TRUST_GRPO_RUN, "+algorithm.trust_grpo.anneal_steps=100"]).algorithm
+    with trainer_step(global_step=10, reward_extra_info=extra):
+        out = compute_advantage_for_multi_trajectories(data, batch_keys=keys, adv_estimator="trust_grpo", config=config)
+    expected = _expected_advantages(alpha=0.3, anneal=math.exp(-10 / 100))
+    torch.testing.assert_close(out.batch["advantages"][:, -1], torch.tensor([expected[k] for k in keys]),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_legacy_trainer_path_values_step_and_metrics():
+    keys = [f"{uid}_{s}_0" for uid, (o, _) in GROUPS.items() for s in range(len(o))]
+    outcome = [x for o, _ in GROUPS.values() for x in o]
+    token_level = torch.zeros(len(keys), 4)
+    token_level[:, -1] = torch.tensor(outcome)
+    # The legacy trainer merges reward_extra_info into non_tensor_batch before compute_advantage.
+    bs = len(keys)
+    tensors = {
+        "token_level_scores": token_level, "token_level_rewards": token_level.clone(),
+        "response_mask": torch.ones(bs, 4), "prompts": torch.ones(bs, 2, dtype=torch.long),
+        "responses": torch.ones(bs, 4, dtype=torch.long), "attention_mask": torch.ones(bs, 6, dtype=torch.long),
+    }
+    data = DataProto.from_dict(
+        tensors=tensors,
+        non_tensors={"uid": np.array([k.split("_")[0] for k in keys], dtype=object),
+                     OUTCOME_KEY: np.array(outcome), THINKING_KEY: np.array([x for _, t in GROUPS.values() for x in t])},
+    )
+    config = compose_verl_config(TRUST_GRPO_RUN)
+    trainer = SimpleNamespace(config=config, global_steps=4, total_training_steps=8)
+
+    def fit(self):  # stands in for RayPPOTrainer.fit's body: the calls it makes around the advantage
+        batch = ray_trainer.compute_advantage(data, adv_estimator="trust_grpo", config=self.config.algorithm)
+        return ray_trainer.compute_data_metrics(batch=batch, use_critic=False)
+
+    assert ray_trainer.RayPPOTrainer.fit.__sophiavl_wrapped__.__qualname__ == "RayPPOTrainer.fit"
+    metrics = _wrap_legacy_fit(fit)(trainer)
+    expected = _expected_advantages(alpha=0.3, anneal=math.exp(-4 / 8))
+    torch.testing.assert_close(data.batch["advantages"][:, -1], torch.tensor([expected[k] for k in keys]),
+                               atol=1e-5, rtol=1e-5)
+    assert metrics["trust_grpo/anneal"] == pytest.approx(math.exp(-0.5))
+    assert "critic/score/mean" in metrics and METRICS_META_KEY not in data.meta_info
