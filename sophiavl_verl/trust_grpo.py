@@ -20,9 +20,10 @@ import math
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
-from verl.utils import as_torch_index, group_mean_std
+from verl.utils import group_mean_std
 
 from sophiavl_verl.annealing import get_schedule
 from sophiavl_verl.config import TRUST_GRPO, TrustGRPOConfig
@@ -87,10 +88,20 @@ def _group_trust(
     return GroupTrust(mu_correct, mu_wrong, mixed, gamma)
 
 
+def _group_ids(index: np.ndarray) -> tuple[torch.Tensor, int]:
+    """Group ids 0..G-1 of shape (bs,) for verl's uid array, by hashing (pandas.factorize)."""
+    codes, uniques = pd.factorize(np.asarray(index, dtype=object), use_na_sentinel=True)
+    if (codes < 0).any():
+        row = int(np.flatnonzero(codes < 0)[0])
+        raise ValueError(f"the group index (uid) of row {row} is missing")
+    return torch.from_numpy(codes.astype(np.int64, copy=False)), len(uniques)
+
+
 def _thinking_terms(
     outcome: torch.Tensor,
     thinking: torch.Tensor,
-    index: np.ndarray,
+    group: torch.Tensor,
+    num_groups: int,
     *,
     alpha: float,
     anneal: float,
@@ -99,13 +110,11 @@ def _thinking_terms(
     use_trust_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, GroupTrust]:
     """The thinking term γ·α·anneal·R^t of every response (float64, shape (bs,)), its γ, and the group stats."""
-    if outcome.ndim != 1 or thinking.shape != outcome.shape or len(index) != outcome.shape[0]:
+    if outcome.ndim != 1 or thinking.shape != outcome.shape or group.shape != outcome.shape:
         raise ValueError(
             f"outcome, thinking and index must be 1-D of one length, got {tuple(outcome.shape)}, "
-            f"{tuple(thinking.shape)}, {len(index)}"
+            f"{tuple(thinking.shape)}, {tuple(group.shape)}"
         )
-    group = as_torch_index(index, device="cpu")
-    num_groups = int(group.max().item()) + 1 if group.numel() else 0
     thinking64 = thinking.detach().to("cpu", torch.float64)
     trust = _group_trust(
         outcome.detach().to("cpu", torch.float64),
@@ -158,7 +167,7 @@ def trust_weighted_rewards(
     term, gamma, _ = _thinking_terms(
         outcome,
         thinking,
-        index,
+        *_group_ids(index),
         alpha=alpha,
         anneal=anneal,
         correct_threshold=correct_threshold,
@@ -193,8 +202,16 @@ def group_normalized_advantage(
         advantages: `(torch.Tensor)` shape (bs, response_length).
         returns: `(torch.Tensor)` shape (bs, response_length), equal to ``advantages``.
     """
+    group, _ = _group_ids(index)
+    return _normalize(scores, response_mask, group, norm_by_std=norm_by_std, epsilon=epsilon)
+
+
+def _normalize(
+    scores: torch.Tensor, response_mask: torch.Tensor, group: torch.Tensor, *, norm_by_std: bool, epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6 given group ids; see :func:`group_normalized_advantage`."""
     with torch.no_grad():
-        group = as_torch_index(index, device=scores.device)
+        group = group.to(scores.device)
         mean, std, _ = group_mean_std(scores, group, eps=0.0, device=scores.device)
         centred = scores - mean[group]
         scalars = centred / (std[group] + epsilon) if norm_by_std else centred
@@ -207,8 +224,11 @@ def _column(non_tensor_batch: dict[str, Any], key: str, size: int) -> torch.Tens
     values = non_tensor_batch[key]
     if len(values) != size:
         raise ValueError(f"reward extra info {key!r} has {len(values)} rows, the batch has {size}")
-    column = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    return torch.from_numpy(column)
+    try:
+        return torch.from_numpy(np.asarray(values, dtype=np.float64))  # None -> NaN
+    except (TypeError, ValueError):
+        row = next(i for i, v in enumerate(values) if v is not None and not isinstance(v, (int, float, np.number)))
+        raise ValueError(f"reward extra info {key!r} of row {row} is {values[row]!r}, not a number") from None
 
 
 def _read_rewards(
@@ -324,18 +344,20 @@ def compute_trust_grpo_advantage(
     anneal = get_schedule(cfg.schedule)(global_step, cfg.anneal_total_steps(total_training_steps))
 
     # The correct/wrong split uses R^o; the thinking term is added to verl's base score.
+    group, num_groups = _group_ids(index)
     term, gamma, trust = _thinking_terms(
         outcome,
         thinking,
-        index,
+        group,
+        num_groups,
         alpha=cfg.alpha,
         anneal=anneal,
         correct_threshold=cfg.correct_threshold,
         uniform_groups=cfg.uniform_groups,
         use_trust_weight=cfg.use_trust_weight,
     )
-    advantages, returns = group_normalized_advantage(
-        _add_term(scores, term), response_mask, index, norm_by_std=norm_adv_by_std_in_grpo, epsilon=cfg.epsilon
+    advantages, returns = _normalize(
+        _add_term(scores, term), response_mask, group, norm_by_std=norm_adv_by_std_in_grpo, epsilon=cfg.epsilon
     )
     metrics = _metrics(trust, thinking, term, outcome, anneal=anneal, cfg=cfg, non_tensor_batch=non_tensor_batch)
     return advantages, returns, metrics

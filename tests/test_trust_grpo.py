@@ -213,6 +213,9 @@ def test_bad_reward_extra_info_fails_naming_the_row_or_key():
             ray_trainer.compute_advantage(_data_proto([math.nan, 0], [0.2, 0.5], index, lengths=[2, 2]),
                                           "trust_grpo", config=_algorithm())
         data = _data_proto([1, 0], [0.2, 0.5], index, lengths=[2, 2])
+        data.non_tensor_batch[THINKING_KEY] = np.array([0.2, "error"], dtype=object)
+        with pytest.raises(ValueError, match=rf"{THINKING_KEY}' of row 1 is 'error', not a number"):
+            ray_trainer.compute_advantage(data, "trust_grpo", config=_algorithm())
         del data.non_tensor_batch[THINKING_KEY]
         with pytest.raises(KeyError, match="reward.reward_manager.name=sophiavl"):
             ray_trainer.compute_advantage(data, "trust_grpo", config=_algorithm())
