@@ -5,7 +5,7 @@
 Ours = trust weights (Eq. 1-5) + group normalisation (Eq. 6), i.e. everything the registered
 estimator does per step; the baseline is ``verl.trainer.ppo.core_algos.compute_grpo_outcome_advantage``
 (verl's default ``grpo``, which loops in Python per response). Both see the same token-level rewards,
-mask and uid array; the median of ``--repeats`` runs is compared. Target: ratio <= 0.15.
+mask and uid array; they run in turns and the medians of ``--repeats`` runs are compared. Target: ratio <= 0.15.
 """
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ def make_batch(batch: int, length: int, group: int, seed: int = 0):
     return token_level, mask, index, {OUTCOME_KEY: outcome.astype(float), THINKING_KEY: thinking}
 
 
-def median_seconds(fn, repeats: int, label: str) -> float:
-    times = []
-    for _ in tqdm(range(repeats), desc=label, leave=False):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
+    """Median wall time of each function, run in turns (ABAB...) so background load hits both alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in tqdm(range(repeats), desc="timing (interleaved)"):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -52,7 +54,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16384)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -68,8 +70,8 @@ def main() -> None:
         compute_grpo_outcome_advantage(token_level, mask, index)
 
     ours()  # warm-up (allocator, lazy imports)
-    t_ours = median_seconds(ours, args.repeats, "trust_grpo (ours)")
-    t_verl = median_seconds(verl_grpo, args.repeats, "verl grpo")
+    medians = interleaved_medians({"ours": ours, "verl": verl_grpo}, args.repeats)
+    t_ours, t_verl = medians["ours"], medians["verl"]
     print(f"batch={args.batch} length={args.length} group={args.group} threads={torch.get_num_threads()}")
     print(f"verl compute_grpo_outcome_advantage: {t_verl * 1e3:9.1f} ms (median of {args.repeats})")
     print(f"sophiavl trust_grpo (weights + norm): {t_ours * 1e3:9.1f} ms (median of {args.repeats})")
