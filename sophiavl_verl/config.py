@@ -140,7 +140,9 @@ class SophiaVLRewardConfig:
         timeout_s: Timeout of one request, seconds.
         max_retries: Retries of a request that timed out, failed to connect, or got 5xx / 429.
         group_wait_s: How long a response waits for the rest of its group before a skip policy is
-            decided (after which it is scored as under ``all``; never dropped).
+            decided (after which it is scored as under ``all``; never dropped). verl does not tell a
+            reward manager whether a sample is a validation sample, so under a skip policy a
+            validation pass with ``val_kwargs.n`` < ``rollout.n`` waits this long once.
         require_format: Gate the outcome reward on the ``<think>…</think><answer>…</answer>`` format,
             as the reference code does.
     """
@@ -152,7 +154,7 @@ class SophiaVLRewardConfig:
     max_concurrency: int = 64
     timeout_s: float = 60.0
     max_retries: int = 5
-    group_wait_s: float = 600.0
+    group_wait_s: float = 120.0
     require_format: bool = True
     _prefix: str = field(default="reward.reward_kwargs", repr=False, compare=False)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sophiavl_verl import verl_adapter
+from sophiavl_verl import outcome_reward_fn, verl_adapter
 from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_trust_grpo
 
 __all__ = ["REWARD_MANAGER_NAME", "validate_plugin_config"]
@@ -53,12 +53,20 @@ def validate_plugin_config(config: Any) -> None:
                 "the sophiavl reward manager needs a thinking reward model: set reward.reward_model.enable=True "
                 "(served by verl in the cluster) or reward.reward_kwargs.trm_base_url (an external endpoint)"
             )
+        if not reward_model.get("enable_resource_pool"):
+            # Colocated, verl scores in one batch after rollout and passes no ground truth or extra_info.
+            raise ConfigError(
+                "reward.reward_model.enable_resource_pool=False: verl 0.9.1's colocated reward path gives reward "
+                "managers no ground truth, so the sophiavl manager cannot score. Set "
+                "reward.reward_model.enable_resource_pool=True (the TRM on its own GPUs) or use an external "
+                "endpoint (reward.reward_kwargs.trm_base_url)"
+            )
         if not (reward.get("custom_reward_function") or {}).get("path"):
             # verl routes an enabled reward model without a custom function to /classify (discriminative).
             raise ConfigError(
                 "reward.custom_reward_function.path is null while reward.reward_model.enable=True: verl would "
                 "bypass the sophiavl reward manager and POST to /classify. Set "
-                "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn"
+                f"reward.custom_reward_function.path={outcome_reward_fn.VERL_PATH}"
             )
     if trust_cfg is not None and trust_cfg.uniform_groups == "trust" and reward_cfg.query_policy != "all":
         raise ConfigError(

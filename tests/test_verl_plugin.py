@@ -142,11 +142,14 @@ def test_config_errors_name_the_key_before_any_worker_starts(overrides, message)
         run_verl_validation(config)
 
 
-def test_generative_reward_model_without_custom_function_is_the_classify_trap():
+def test_in_cluster_trm_needs_its_own_pool_and_a_custom_function_to_avoid_classify():
     in_cluster = [
         *SMALL_RUN, "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
         "reward.reward_model.enable=True", "reward.reward_model.model_path=/models/trm", "reward.reward_model.rollout.name=vllm",
     ]
+    with pytest.raises(ConfigError, match="enable_resource_pool=False: verl 0.9.1's colocated reward path"):
+        run_verl_validation(compose_verl_config(in_cluster))
+    in_cluster.append("reward.reward_model.enable_resource_pool=True")
     with pytest.raises(ConfigError, match="POST to /classify"):
         run_verl_validation(compose_verl_config(in_cluster))
     run_verl_validation(compose_verl_config(

@@ -1,0 +1,383 @@
+"""recipes/sophiavl_r1 and examples/: verl's real Hydra composition and validation of every recipe,
+the paper's values, what each ablation changes, the run scripts' guards and hand-off to verl, and the
+public-API example.
+
+Tests in ``TestPluginValidator`` need the plugin's wrapper around ``verl.utils.config.validate_config``
+(sophiavl_verl.validation); everything else needs only verl and Hydra.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from conftest import compose_verl_config, run_verl_validation
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes" / "sophiavl_r1"
+MAIN = "sophiavl_r1_7b"
+
+#: What each PPO recipe sets differently from sophiavl_r1_7b (dotted key -> value). Keys whose value
+#: equals the main recipe's are re-stated settings, checked for their value only.
+VARIANTS = {
+    MAIN: {},
+    "sophiavl_r1_7b_external_trm": {
+        "reward.reward_kwargs.trm_base_url": "http://127.0.0.1:8000/v1",
+        "reward.reward_kwargs.trm_model": "sophiavl-trm",
+        "reward.reward_model.enable": False,
+        "reward.reward_model.enable_resource_pool": False,
+        "reward.reward_model.model_path": None,
+        "trainer.experiment_name": "sophiavl_r1_7b_trust_grpo_external_trm",
+    },
+    "ablation_grpo": {
+        "algorithm.adv_estimator": "grpo",
+        "reward.reward_manager.name": "naive",
+        "reward.custom_reward_function.path": "pkg://sophiavl_verl.outcome_reward_fn",
+        "reward.reward_model.enable": False,
+        "reward.reward_model.enable_resource_pool": False,
+        "reward.reward_model.model_path": None,
+        "trainer.experiment_name": "ablation_grpo",
+    },
+    "ablation_untrained_trm": {
+        "reward.reward_model.model_path": "Qwen/Qwen2.5-VL-3B-Instruct",
+        "trainer.experiment_name": "ablation_untrained_trm",
+    },
+    "ablation_no_trust_no_anneal": {
+        "algorithm.trust_grpo.use_trust_weight": False,
+        "algorithm.trust_grpo.schedule": "constant",
+        "trainer.experiment_name": "ablation_no_trust_no_anneal",
+    },
+    "ablation_no_trust": {
+        "algorithm.trust_grpo.use_trust_weight": False,
+        "algorithm.trust_grpo.schedule": "exp",
+        "trainer.experiment_name": "ablation_no_trust",
+    },
+    "official": {
+        "reward.reward_kwargs.query_policy": "official",
+        "algorithm.trust_grpo.uniform_groups": "skip",
+        "algorithm.trust_grpo.anneal_steps": 12000,
+        "algorithm.trust_grpo.alpha": 0.3,
+        "reward.reward_kwargs.timeout_s": 60,
+        "reward.reward_kwargs.max_retries": 10,
+        "trainer.experiment_name": "official",
+    },
+}
+SFT = "trm_sft_3b"
+
+#: The paper's values (§4.1) in the composed main recipe.
+PAPER_VALUES = {
+    "actor_rollout_ref.model.path": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "actor_rollout_ref.rollout.n": 8,
+    "actor_rollout_ref.actor.use_kl_loss": True,
+    "actor_rollout_ref.actor.kl_loss_coef": 0.04,
+    "actor_rollout_ref.actor.kl_loss_type": "low_var_kl",
+    "algorithm.use_kl_in_reward": False,
+    "actor_rollout_ref.actor.optim.lr": 5e-7,
+    "trainer.total_training_steps": 1500,
+    "trainer.n_gpus_per_node": 8,
+    "trainer.nnodes": 1,
+    "algorithm.adv_estimator": "trust_grpo",
+    "algorithm.trust_grpo.alpha": 0.3,
+    "algorithm.trust_grpo.schedule": "exp",
+    "algorithm.trust_grpo.anneal_steps": None,
+    "algorithm.trust_grpo.correct_threshold": 0.5,
+    "algorithm.trust_grpo.uniform_groups": "skip",
+    "algorithm.trust_grpo.epsilon": 1e-6,
+    "algorithm.trust_grpo.use_trust_weight": True,
+    "data.image_key": "images",
+    "reward.reward_manager.name": "sophiavl",
+    "reward.custom_reward_function.path": "pkg://sophiavl_verl.outcome_reward_fn",
+    "reward.custom_reward_function.name": "compute_score",
+    "reward.reward_model.enable": True,
+    "reward.reward_model.enable_resource_pool": True,
+    "reward.reward_model.rollout.name": "vllm",
+    "reward.reward_model.rollout.free_cache_engine": False,
+    "reward.reward_kwargs.trm_base_url": None,
+    "reward.reward_kwargs.query_policy": "skip_uniform",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def recipe(name: str, overrides: tuple[str, ...] = ()):
+    """The recipe ``name`` composed by Hydra on verl's config (read-only: cached)."""
+    return compose_verl_config(overrides, config_dir=RECIPES, config_name=name)
+
+
+def validate(config) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Disabled critic")
+        run_verl_validation(config)
+
+
+def flat(config) -> dict:
+    """Dotted key -> leaf value, interpolations left as written."""
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                yield from walk(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1], node
+    return dict(walk(OmegaConf.to_container(config, resolve=False), ""))
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+def test_every_recipe_yaml_is_covered():
+    launchable = {p.stem for p in RECIPES.glob("*.yaml")} - {f"{MAIN}_base"}
+    assert launchable == set(VARIANTS) | {SFT}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_recipe_composes_and_passes_verl_validation(name):
+    from verl.utils.config import omega_conf_to_dataclass
+
+    config = recipe(name)
+    validate(config)
+    # verl's workers build these dataclasses at start-up; a misspelt rollout key fails here
+    for rollout in (config.actor_rollout_ref.rollout, config.reward.reward_model.rollout):
+        assert type(omega_conf_to_dataclass(rollout)).__name__ == "RolloutConfig"
+
+
+def test_main_recipe_has_the_paper_values():
+    values = flat(recipe(MAIN))
+    assert {key: values[key] for key in PAPER_VALUES} == PAPER_VALUES
+    # the DESIGN.md options of the reward manager are declared, so overrides need no `+`
+    assert set(recipe(MAIN).reward.reward_kwargs) >= {
+        "trm_base_url", "trm_model", "trm_api_key_env", "query_policy", "max_concurrency", "timeout_s",
+        "max_retries", "require_format",
+    }
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if n != MAIN])
+def test_variant_changes_exactly_its_keys(name):
+    main, variant, expected = flat(recipe(MAIN)), flat(recipe(name)), VARIANTS[name]
+    assert {key: variant[key] for key in expected} == expected
+    changed = {key for key in main.keys() | variant.keys() if main.get(key) != variant.get(key)}
+    assert changed == {key for key, value in expected.items() if main.get(key) != value}
+
+
+def test_every_run_has_its_own_checkpoint_directory():
+    names = [recipe(name).trainer.experiment_name for name in VARIANTS]
+    assert len(set(names)) == len(names)
+
+
+def test_placeholders_are_not_verls_gsm8k_defaults():
+    data = recipe(MAIN).data
+    assert OmegaConf.to_container(data)["train_files"].endswith("/data/sophiavl_r1/train.parquet")
+    assert "gsm8k" not in str(data.val_files)
+    assert recipe(MAIN).reward.reward_model.model_path.endswith("/models/sophiavl-trm-3b")
+
+
+def test_declared_options_override_without_plus_and_misspelt_ones_fail_in_hydra():
+    config = recipe(MAIN, ("algorithm.trust_grpo.alpha=0.1", "reward.reward_kwargs.query_policy=all"))
+    assert (config.algorithm.trust_grpo.alpha, config.reward.reward_kwargs.query_policy) == (0.1, "all")
+    with pytest.raises(ConfigCompositionException) as error:
+        recipe(MAIN, ("algorithm.trust_grpo.alpah=0.1",))
+    assert "algorithm.trust_grpo.alpah" in str(error.value)
+
+
+def test_real_command_line_composes_the_recipe(tmp_path):
+    """`python -m verl.trainer.main_ppo --config-path ... --config-name ... --cfg job` prints the config."""
+    result = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(RECIPES), "--config-name", MAIN,
+         "--cfg", "job", "algorithm.trust_grpo.alpha=0.25"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "adv_estimator: trust_grpo" in result.stdout and "alpha: 0.25" in result.stdout
+
+
+def test_trm_sft_recipe():
+    from verl.utils.config import omega_conf_to_dataclass
+
+    config = recipe(SFT)
+    assert config.model.path == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert (config.trainer.total_epochs, config.trainer.n_gpus_per_node) == (2, 4)
+    assert (config.data.messages_key, config.data.image_key) == ("messages", "images")
+    assert not str(config.data.train_files).endswith("gsm8k/train.parquet")
+    assert omega_conf_to_dataclass(config.optim).lr == config.optim.lr
+    assert "hf_model" in omega_conf_to_dataclass(config.checkpoint).save_contents
+
+
+class TestPluginValidator:
+    """Need the plugin's validate_config wrapper (sophiavl_verl.validation): each bad option fails
+    verl's validation in the driver, naming the key."""
+
+    @pytest.mark.parametrize(
+        ("name", "override", "key"),
+        [
+            (MAIN, "algorithm.trust_grpo.alpha=-1", "algorithm.trust_grpo.alpha"),
+            (MAIN, "algorithm.trust_grpo.schedule=bogus", "algorithm.trust_grpo.schedule"),
+            (MAIN, "algorithm.trust_grpo.uniform_groups=sometimes", "algorithm.trust_grpo.uniform_groups"),
+            (MAIN, "+algorithm.trust_grpo.alpah=0.3", "algorithm.trust_grpo.alpah"),
+            (MAIN, "reward.reward_kwargs.query_policy=bogus", "reward.reward_kwargs.query_policy"),
+            (MAIN, "+reward.reward_kwargs.trm_url=http://x:1/v1", "reward.reward_kwargs.trm_url"),
+            (MAIN, "reward.custom_reward_function.path=null", "reward.custom_reward_function.path"),
+            ("sophiavl_r1_7b_external_trm", "reward.reward_kwargs.trm_base_url=ftp://x", "reward.reward_kwargs.trm_base_url"),
+            ("ablation_no_trust", "algorithm.trust_grpo.use_trust_weight=maybe", "algorithm.trust_grpo.use_trust_weight"),
+        ],
+    )
+    def test_bad_option_fails_validation_naming_the_key(self, name, override, key):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            validate(recipe(name, (override,)))
+
+
+# ------------------------------------------------------------------------------------------ scripts
+
+SCRIPTS = sorted(p.name for p in RECIPES.glob("run_*.sh"))
+#: script -> (arguments, the path variables it checks, the recipe it launches)
+LAUNCHES = {
+    "run_sophiavl_r1_7b.sh": ([], ["ACTOR_MODEL", "TRM_MODEL", "TRAIN_FILES", "VAL_FILES"], MAIN),
+    "run_sophiavl_r1_7b_external_trm.sh": ([], ["ACTOR_MODEL", "TRAIN_FILES", "VAL_FILES"],
+                                           "sophiavl_r1_7b_external_trm"),
+    "run_multinode.sh": ([], ["ACTOR_MODEL", "TRM_MODEL", "TRAIN_FILES", "VAL_FILES"], MAIN),
+    "run_ablation.sh": (["untrained_trm"], ["ACTOR_MODEL", "UNTRAINED_TRM_MODEL", "TRAIN_FILES", "VAL_FILES"],
+                        "ablation_untrained_trm"),
+    "run_trm_sft_3b.sh": ([], ["TRM_BASE_MODEL", "TRM_TRAIN_FILES"], SFT),
+}
+ABLATIONS = {"grpo": "ablation_grpo", "no_trust_no_anneal": "ablation_no_trust_no_anneal",
+             "no_trust": "ablation_no_trust", "full": MAIN, "official": "official"}
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """Existing models and data, and a PATH whose python3/torchrun only record their arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("python3", "torchrun"):
+        (bin_dir / tool).write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$LAUNCH_LOG"\n')
+        (bin_dir / tool).chmod(0o755)
+    paths = {}
+    for var in ("ACTOR_MODEL", "TRM_MODEL", "UNTRAINED_TRM_MODEL", "TRM_BASE_MODEL"):
+        paths[var] = tmp_path / "models" / var.lower()
+        paths[var].mkdir(parents=True)
+    for var in ("TRAIN_FILES", "VAL_FILES", "TRM_TRAIN_FILES"):
+        paths[var] = tmp_path / "data dir" / f"{var.lower()}.parquet"  # a space, quoted for Hydra
+        paths[var].parent.mkdir(exist_ok=True)
+        paths[var].touch()
+    env = {"HOME": str(tmp_path), "PATH": f"{bin_dir}:/usr/bin:/bin", "LAUNCH_LOG": str(tmp_path / "launch.log"),
+           "TRM_CHECK": "0", "RAY_CHECK": "0", "SAVE_DIR": str(tmp_path / "ckpt")}
+    env.update({var: str(path) for var, path in paths.items()})
+    return env
+
+
+def run_script(script, args, env):
+    Path(env["LAUNCH_LOG"]).unlink(missing_ok=True)
+    result = subprocess.run(["bash", str(RECIPES / script), *args], env=env, capture_output=True, text=True,
+                            timeout=60)
+    log = Path(env["LAUNCH_LOG"])
+    return result, (log.read_text().splitlines() if log.exists() else None)
+
+
+def launched_config(argv):
+    """Compose what the script handed to verl (its Hydra arguments) as verl would."""
+    at = argv.index("--config-name")
+    assert argv[argv.index("--config-path") + 1] == str(RECIPES)
+    return argv[at + 1], recipe(argv[at + 1], tuple(argv[at + 2:]))
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, "common.sh"])
+def test_script_syntax(script):
+    assert subprocess.run(["bash", "-n", str(RECIPES / script)]).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_scripts_are_shellcheck_clean():
+    result = subprocess.run(["shellcheck", "-x", *SCRIPTS, "common.sh"], cwd=RECIPES, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_help(script, sandbox):
+    result, launched = run_script(script, ["--help"], sandbox)
+    assert result.returncode == 0 and "Usage: bash " + script in result.stdout
+    assert launched is None
+
+
+@pytest.mark.parametrize(("script", "var"), [(s, v) for s, (_, vs, _) in LAUNCHES.items() for v in vs])
+def test_script_refuses_a_missing_path(script, var, sandbox):
+    sandbox[var] = "/nonexistent/" + var.lower()
+    result, launched = run_script(script, LAUNCHES[script][0], sandbox)
+    assert result.returncode == 1 and var in result.stderr, result.stderr
+    assert launched is None  # exited before python3/torchrun
+
+
+def test_script_refuses_a_path_hydra_cannot_quote(sandbox, tmp_path):
+    (tmp_path / "it's.parquet").touch()
+    result, launched = run_script("run_sophiavl_r1_7b.sh", [], {**sandbox, "VAL_FILES": str(tmp_path / "it's.parquet")})
+    assert result.returncode == 1 and "quotes" in result.stderr and launched is None
+
+
+@pytest.mark.parametrize("script", LAUNCHES)
+def test_script_launches_its_recipe_with_valid_overrides(script, sandbox):
+    args, _, expected = LAUNCHES[script]
+    result, launched = run_script(script, [*args, "trainer.project_name=from_cli"], sandbox)
+    assert result.returncode == 0, result.stderr
+    assert launched[-1] == "trainer.project_name=from_cli"  # "$@" goes last, to verl
+    name, config = launched_config(launched)
+    assert name == expected and config.trainer.project_name == "from_cli"
+    if script == "run_trm_sft_3b.sh":
+        assert launched[:2] == ["--standalone", "--nnodes=1"] and config.model.path == sandbox["TRM_BASE_MODEL"]
+        return
+    assert config.data.train_files == [sandbox["TRAIN_FILES"]]
+    assert config.actor_rollout_ref.model.path == sandbox["ACTOR_MODEL"]
+    validate(config)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_run_ablation_names(ablation, sandbox):
+    result, launched = run_script("run_ablation.sh", [ablation], sandbox)
+    assert result.returncode == 0, result.stderr
+    name, config = launched_config(launched)
+    assert name == ABLATIONS[ablation]
+    assert config.reward.reward_model.enable == (ablation != "grpo")
+    validate(config)
+
+
+def test_run_ablation_in_mode_b_and_with_bad_names(sandbox):
+    result, launched = run_script("run_ablation.sh", ["no_trust"], {**sandbox, "TRM_BASE_URL": "http://h:8000/v1"})
+    assert result.returncode == 0, result.stderr
+    _, config = launched_config(launched)
+    assert (config.reward.reward_model.enable, config.reward.reward_kwargs.trm_base_url) == (False, "http://h:8000/v1")
+    validate(config)
+    for args in ([], ["bogus"]):
+        result, launched = run_script("run_ablation.sh", args, sandbox)
+        assert result.returncode == 1 and "ablation" in result.stderr and launched is None
+
+
+def test_run_multinode_sets_nodes_and_needs_a_ray_cluster(sandbox):
+    result, launched = run_script("run_multinode.sh", [], {**sandbox, "NNODES": "2", "TRM_GPUS": "4"})
+    assert result.returncode == 0, result.stderr
+    _, config = launched_config(launched)
+    assert (config.trainer.nnodes, config.reward.reward_model.n_gpus_per_node) == (2, 4)
+    validate(config)
+    result, launched = run_script("run_multinode.sh", [], {**sandbox, "RAY_CHECK": "1"})  # no `ray` on PATH
+    assert result.returncode == 1 and "ray" in result.stderr and launched is None
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_mode_b_refuses_an_unreachable_trm_server(sandbox):
+    env = {**sandbox, "TRM_CHECK": "1", "TRM_BASE_URL": "http://127.0.0.1:9/v1"}
+    result, launched = run_script("run_sophiavl_r1_7b_external_trm.sh", [], env)
+    assert result.returncode == 1 and "127.0.0.1:9/v1/models" in result.stderr and launched is None
+
+
+# ------------------------------------------------------------------------------------------ example
+
+
+def test_example_runs_standalone():
+    """The example imports sophiavl_verl.trust_grpo first (before verl), as a user script would."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "trust_grpo_by_hand.py")],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gamma=" in result.stdout and "(Eq. 3)" in result.stdout
