@@ -81,15 +81,7 @@ class TrustGRPOConfig:
         Raises:
             ConfigError: On an unknown key or an invalid value, naming ``algorithm.trust_grpo.<key>``.
         """
-        options = dict((algorithm or {}).get("trust_grpo") or {})
-        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {', '.join('algorithm.trust_grpo.' + k for k in unknown)}; "
-                f"known keys: {sorted(known)}"
-            )
-        return cls(**options)
+        return cls(**_known_options(cls, algorithm, "trust_grpo", "algorithm.trust_grpo"))
 
     def anneal_total_steps(self, total_training_steps: int | None) -> int:
         """T of the schedule: ``anneal_steps`` if set, else the run's total training steps."""
@@ -106,6 +98,16 @@ def is_trust_grpo(algorithm: Mapping[str, Any] | None) -> bool:
     """Whether ``algorithm.adv_estimator`` selects this plugin's estimator."""
     estimator = (algorithm or {}).get("adv_estimator")
     return getattr(estimator, "value", estimator) == TRUST_GRPO
+
+
+def _known_options(cls: type, parent: Mapping[str, Any] | None, name: str, prefix: str) -> dict[str, Any]:
+    """The ``name`` block of a config node as keyword arguments of ``cls``; an unknown key is an error."""
+    options = dict((parent or {}).get(name) or {})
+    known = {f.name for f in fields(cls) if not f.name.startswith("_")}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{prefix}.{k}' for k in unknown)}; known keys: {sorted(known)}")
+    return options
 
 
 def _is_int(value: Any) -> bool:
@@ -176,11 +178,4 @@ class SophiaVLRewardConfig:
     @classmethod
     def from_reward_config(cls, reward: Mapping[str, Any] | None) -> "SophiaVLRewardConfig":
         """Build from verl's ``reward`` config node; unknown keys of ``reward_kwargs`` are errors."""
-        options = dict((reward or {}).get("reward_kwargs") or {})
-        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {', '.join('reward.reward_kwargs.' + k for k in unknown)}; known keys: {sorted(known)}"
-            )
-        return cls(**options)
+        return cls(**_known_options(cls, reward, "reward_kwargs", "reward.reward_kwargs"))

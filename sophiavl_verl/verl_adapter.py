@@ -88,6 +88,15 @@ class _FixedProgress:
 
 
 @contextlib.contextmanager
+def _step_context(context: _StepContext) -> Iterator[None]:
+    token = _STEP_CONTEXT.set(context)
+    try:
+        yield
+    finally:
+        _STEP_CONTEXT.reset(token)
+
+
+@contextlib.contextmanager
 def trainer_step(
     global_step: int,
     total_training_steps: int | None = None,
@@ -103,11 +112,8 @@ def trainer_step(
         reward_extra_info: Per-sample columns to use instead of ``data.non_tensor_batch``.
         metrics: A dict that receives the estimator's metrics (else ``data.meta_info``).
     """
-    token = _STEP_CONTEXT.set(_StepContext(_FixedProgress(global_step, total_training_steps), reward_extra_info, metrics))
-    try:
+    with _step_context(_StepContext(_FixedProgress(global_step, total_training_steps), reward_extra_info, metrics)):
         yield
-    finally:
-        _STEP_CONTEXT.reset(token)
 
 
 def adapter_missing_reason() -> str:
@@ -209,11 +215,8 @@ def _wrap_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., An
     def _compute_advantage(self: Any, batch: Any, metrics: dict) -> Any:
         if not is_trust_grpo(self.config.algorithm):
             return original(self, batch, metrics)
-        token = _STEP_CONTEXT.set(_StepContext(self, fetch_reward_extra_info(batch), metrics))
-        try:
+        with _step_context(_StepContext(self, fetch_reward_extra_info(batch), metrics)):
             return original(self, batch, metrics)
-        finally:
-            _STEP_CONTEXT.reset(token)
 
     _compute_advantage.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
     return _compute_advantage
@@ -224,11 +227,8 @@ def _wrap_legacy_fit(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def fit(self: Any, *args: Any, **kwargs: Any) -> Any:
-        token = _STEP_CONTEXT.set(_StepContext(self))
-        try:
+        with _step_context(_StepContext(self)):
             return original(self, *args, **kwargs)
-        finally:
-            _STEP_CONTEXT.reset(token)
 
     fit.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
     return fit
