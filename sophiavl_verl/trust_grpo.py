@@ -188,7 +188,7 @@ def group_normalized_advantage(
     """GRPO advantage from one scalar score per response (Eq. 6), vectorised.
 
     Same contract and values as verl's ``compute_grpo_outcome_advantage`` given per-response scores:
-    a one-response group has mean 0 and std 1; the std is the unbiased one.
+    a one-response group has mean 0 and std 1; the std is the unbiased one; the result is float32.
 
     Args:
         scores: `(torch.Tensor)` shape (bs,). Per-response rewards R_i.
@@ -211,6 +211,7 @@ def _normalize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6 given group ids; see :func:`group_normalized_advantage`."""
     with torch.no_grad():
+        scores = scores.float()  # verl's GRPO works in float32 (and group_mean_std returns float32)
         group = group.to(scores.device)
         mean, std, _ = group_mean_std(scores, group, eps=0.0, device=scores.device)
         centred = scores - mean[group]

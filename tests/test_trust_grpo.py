@@ -242,3 +242,9 @@ def test_other_estimators_go_to_verl_untouched():
     )
     out = ray_trainer.compute_advantage(data, "rloo", config=OmegaConf.create({"adv_estimator": "rloo"}))
     assert torch.equal(out.batch["advantages"], expected.batch["advantages"])
+
+
+def test_equal_rewards_give_zero_advantage_in_any_dtype():
+    scores = torch.full((8,), 0.3 + 0.3 * math.exp(-0.1), dtype=torch.float64)
+    advantages, _ = group_normalized_advantage(scores, torch.ones(8, 3), np.array(["g"] * 8, dtype=object))
+    assert advantages.dtype == torch.float32 and torch.count_nonzero(advantages) == 0
