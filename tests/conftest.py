@@ -62,3 +62,14 @@ def ray_with_transfer_queue():
     yield ray
     tq.close()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def embedded_trm_server():
+    """The embedded tiny thinking reward model (built once, cached) behind a real `transformers serve`."""
+    from sophiavl_verl.audit import default_cache_dir
+    from sophiavl_verl.local_server import LocalOpenAIServer
+    from sophiavl_verl.tiny_vl import make_embedded_trm
+
+    with LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm")) as server:
+        yield server

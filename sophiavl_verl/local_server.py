@@ -1,0 +1,251 @@
+# Copyright 2025 sophiavl-verl authors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""A real OpenAI-compatible server on 127.0.0.1: ``transformers serve`` in a child process.
+
+Used by ``sophiavl-verl audit`` to serve the embedded tiny thinking reward model on CPU, and by the tests.
+The child runs ``python -m sophiavl_verl.local_server serve MODEL [transformers serve options]``, which installs
+:func:`sophiavl_verl.tiny_vl.install_processor_shim` (Qwen2.5-VL processors need it without torchvision) and
+then runs transformers' own ``serve`` command in-process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LocalOpenAIServer", "ServerStartError", "free_port", "main"]
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not answer in time; the message ends with the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class LocalOpenAIServer:
+    """``transformers serve`` for one local model, as a context manager.
+
+    Example::
+
+        with LocalOpenAIServer(make_embedded_trm(path)) as server:
+            client = ThinkingRewardClient(server.base_url, server.model)
+
+    Args:
+        model_path: A local model directory (it is also the model name clients must send).
+        host: Address to listen on.
+        port: Port; None picks a free one.
+        startup_timeout_s: How long to wait for the server to answer ``/health``.
+        num_threads: Torch CPU threads of the server (``OMP_NUM_THREADS``); None leaves torch's default.
+        extra_args: More ``transformers serve`` options (e.g. ``["--continuous-batching"]``).
+        progress: Called with progress lines while starting; defaults to ``logger.info``.
+        log_path: File for the server's stdout and stderr; None makes a temporary file.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        startup_timeout_s: float = 180.0,
+        num_threads: int | None = None,
+        extra_args: Sequence[str] = (),
+        progress: Callable[[str], None] | None = None,
+        log_path: str | os.PathLike | None = None,
+    ) -> None:
+        self.model_path = Path(model_path).resolve()
+        if not self.model_path.is_dir():
+            raise FileNotFoundError(f"model directory {self.model_path} does not exist")
+        self.host = host
+        self.port = port
+        self.startup_timeout_s = startup_timeout_s
+        self.num_threads = num_threads
+        self.extra_args = list(extra_args)
+        self._progress = progress or logger.info
+        self._log_path = Path(log_path) if log_path is not None else None
+        self._owns_log = log_path is None
+        self._proc: subprocess.Popen | None = None
+        self._cache_dir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def model(self) -> str:
+        """The model name to send in requests (the server is pinned to it)."""
+        return str(self.model_path)
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT/v1``."""
+        if self.port is None:
+            raise RuntimeError("server not started")
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def log_path(self) -> Path | None:
+        """Where the server's output goes."""
+        return self._log_path
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"LocalOpenAIServer(model={self.model!r}, host={self.host!r}, port={self.port}, {state})"
+
+    @property
+    def running(self) -> bool:
+        """Whether the child process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> LocalOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> LocalOpenAIServer:
+        """Start the server and wait until it answers.
+
+        Raises:
+            ServerStartError: The process exited, or ``/health`` did not answer within ``startup_timeout_s``.
+        """
+        if self.running:
+            return self
+        if self.port is None:
+            self.port = free_port(self.host)
+        if self._log_path is None:
+            fd, name = tempfile.mkstemp(prefix="sophiavl_serve_", suffix=".log")
+            os.close(fd)
+            self._log_path = Path(name)
+        # transformers serve scans HF_HUB_CACHE; it must exist. A private one keeps the user's cache untouched.
+        self._cache_dir = tempfile.TemporaryDirectory(prefix="sophiavl_hf_cache_")
+        env = dict(os.environ)
+        env.update(
+            HF_HUB_CACHE=self._cache_dir.name,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p),
+        )
+        if self.num_threads is not None:
+            env["OMP_NUM_THREADS"] = str(self.num_threads)
+        cmd = [
+            sys.executable, "-m", "sophiavl_verl.local_server", "serve", self.model,
+            "--host", self.host, "--port", str(self.port), "--device", "cpu", *self.extra_args,
+        ]  # fmt: skip
+        self._progress(f"starting transformers serve for {self.model_path.name} on {self.host}:{self.port}")
+        with open(self._log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        atexit.register(self.stop)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        start = time.monotonic()
+        next_note = start + 10.0
+        url = f"http://{self.host}:{self.port}/health"
+        while True:
+            if self._proc.poll() is not None:
+                raise ServerStartError(
+                    f"transformers serve exited with code {self._proc.returncode} while starting; "
+                    f"log {self._log_path}:\n{self._log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2.0) as resp:
+                    if resp.status == 200:
+                        self._progress(f"transformers serve ready at {self.base_url} ({time.monotonic() - start:.1f}s)")
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            now = time.monotonic()
+            if now - start > self.startup_timeout_s:
+                raise ServerStartError(
+                    f"transformers serve did not answer on {url} within {self.startup_timeout_s:.0f}s; "
+                    f"log {self._log_path}:\n{self._log_tail()}"
+                )
+            if now >= next_note:
+                self._progress(f"waiting for transformers serve ({now - start:.0f}s)")
+                next_note = now + 10.0
+            time.sleep(0.25)
+
+    def _log_tail(self, n_bytes: int = 4000) -> str:
+        try:
+            data = self._log_path.read_bytes()
+        except OSError:
+            return "<no log>"
+        return data[-n_bytes:].decode("utf-8", "replace")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server: SIGTERM to its process group, then SIGKILL after ``timeout_s``. Idempotent."""
+        atexit.unregister(self.stop)
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(proc.pid, sig)  # pgid == pid: start_new_session=True
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self._cache_dir is not None:
+            self._cache_dir.cleanup()
+            self._cache_dir = None
+        if self._owns_log and self._log_path is not None and proc is not None:
+            # Keep the log of a server that crashed; drop the log of a clean run.
+            if proc.returncode in (0, -signal.SIGTERM, -signal.SIGKILL):
+                self._log_path.unlink(missing_ok=True)
+                self._log_path = None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m sophiavl_verl.local_server serve MODEL [options]``: ``transformers serve`` with the shim."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "serve":
+        sys.exit("usage: python -m sophiavl_verl.local_server serve MODEL [transformers serve options]")
+    from sophiavl_verl.tiny_vl import install_processor_shim
+
+    install_processor_shim()
+    # transformers' CLI app, called directly: its `main()` would first check PyPI for a newer release.
+    from transformers.cli.transformers import app
+
+    app(args=args, prog_name="transformers")
+
+
+if __name__ == "__main__":
+    main()

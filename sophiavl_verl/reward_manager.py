@@ -1,0 +1,285 @@
+"""The ``sophiavl`` reward manager of verl's reward loop: outcome reward + thinking reward per response.
+
+verl's reward loop calls :meth:`SophiaVLRewardManager.run_single` once per response, during rollout
+(as soon as the response is generated, when the reward model has its own GPUs or is external) or
+right after it (colocated reward model). For each response it computes the rule-based outcome
+reward R^o and asks the thinking reward model (TRM) for R^t, returning
+
+    {"reward_score": R^o, "reward_extra_info": {OUTCOME_KEY: R^o, THINKING_KEY: R^t or NaN, ...}}
+
+R^o is the canonical score, so verl's accuracy metrics stay meaningful; the trust-weighted
+thinking term is added later by the ``trust_grpo`` estimator, which alone sees whole groups and the
+training step.
+
+Query policies (``reward.reward_kwargs.query_policy``) decide which responses cost a TRM request.
+``all`` asks for every response at once. ``skip_uniform`` and ``official`` need the outcomes of the
+whole group first, so a response waits on a :class:`GroupOutcomeBoard` until all ``rollout.n``
+responses of its prompt have their outcome (or ``group_wait_s`` passes, after which it is scored as
+under ``all``: a timeout costs a request, never a thinking reward).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager import register
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+from sophiavl_verl.config import SophiaVLRewardConfig, TrustGRPOConfig
+from sophiavl_verl import outcome_reward_fn
+from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
+from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
+from sophiavl_verl.validation import REWARD_MANAGER_NAME
+
+__all__ = ["SophiaVLRewardManager", "GroupOutcomeBoard", "thinking_reward_decision"]
+
+#: The reference code skips a group whose outcomes are all >= 0.9 or all <= 0.1 ...
+OFFICIAL_UNIFORM_HIGH, OFFICIAL_UNIFORM_LOW = 0.9, 0.1
+#: ... and gives R^t = 0, without a request, to responses with R^o below this.
+OFFICIAL_MIN_OUTCOME = 0.2
+
+BOARD_ACTOR_NAME = "sophiavl_group_outcome_board"
+
+
+def thinking_reward_decision(
+    policy: str, outcome: float, group_outcomes: Sequence[float] | None, correct_threshold: float
+) -> str:
+    """Whether a response is sent to the thinking reward model.
+
+    Args:
+        policy: ``all``, ``skip_uniform`` or ``official`` (see ``SophiaVLRewardConfig.query_policy``).
+        outcome: This response's R^o.
+        group_outcomes: R^o of every response of its group, or ``None`` if the group did not complete.
+        correct_threshold: R^o at or above this is correct (``algorithm.trust_grpo.correct_threshold``).
+
+    Returns:
+        ``"query"`` (ask the TRM), ``"skip"`` (no request; R^t missing) or ``"zero"`` (no request;
+        R^t = 0, the reference code's rule for R^o < 0.2 under ``official``).
+    """
+    if policy == "all":
+        return "query"
+    if policy == "skip_uniform":
+        if group_outcomes is None:
+            return "query"
+        correct = [o >= correct_threshold for o in group_outcomes]
+        return "skip" if all(correct) or not any(correct) else "query"
+    if policy == "official":
+        if group_outcomes is not None and (
+            all(o >= OFFICIAL_UNIFORM_HIGH for o in group_outcomes)
+            or all(o <= OFFICIAL_UNIFORM_LOW for o in group_outcomes)
+        ):
+            return "skip"
+        return "zero" if outcome < OFFICIAL_MIN_OUTCOME else "query"
+    raise ValueError(f"unknown query policy {policy!r}")
+
+
+@dataclass
+class _Group:
+    outcomes: list[float] = field(default_factory=list)
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: int = 0
+
+
+class GroupOutcomeBoard:
+    """Collects the outcome rewards of a group's responses until the group is complete.
+
+    Used in-process, or as a Ray actor (one per cluster, named ``sophiavl_group_outcome_board``)
+    when reward workers run under Ray, because verl sends each response to a random reward worker.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[str, _Group] = {}
+
+    async def arrive(self, uid: str, outcome: float, group_size: int, timeout_s: float) -> list[float] | None:
+        """Post one response's R^o and wait for its group.
+
+        Returns:
+            The outcomes of all ``group_size`` responses (in arrival order), or ``None`` if the group
+            was not complete within ``timeout_s``.
+        """
+        group = self._groups.setdefault(uid, _Group())
+        group.outcomes.append(float(outcome))
+        if len(group.outcomes) >= group_size:
+            group.complete.set()
+        group.waiting += 1
+        try:
+            await asyncio.wait_for(group.complete.wait(), timeout=timeout_s)
+            return list(group.outcomes)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            group.waiting -= 1
+            if group.waiting == 0:
+                # Complete, or timed out (a late arrival then waits anew and is scored as under `all`).
+                self._groups.pop(uid, None)
+
+    def pending_groups(self) -> int:
+        """Number of groups currently held (for tests and leak checks)."""
+        return len(self._groups)
+
+
+_board: Any = None  # this process's board (or handle to the cluster's); holding it keeps the actor alive
+
+
+def _group_board() -> Any:
+    """The cluster's board (a named Ray actor) inside Ray, else a process-local one."""
+    global _board
+    import ray
+
+    if _board is None:
+        if ray.is_initialized():
+            actor = ray.remote(GroupOutcomeBoard).options(
+                name=BOARD_ACTOR_NAME, get_if_exists=True, num_cpus=0, max_concurrency=100_000
+            )
+            _board = _RayBoard(actor.remote())
+        else:
+            _board = GroupOutcomeBoard()
+    return _board
+
+
+class _RayBoard:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def arrive(self, uid: str, outcome: float, group_size: int, timeout_s: float) -> list[float] | None:
+        return await self._handle.arrive.remote(uid, outcome, group_size, timeout_s)
+
+
+def _question_and_images(non_tensor: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """The question text and the images of a sample (from ``extra_info.question`` and ``raw_prompt``)."""
+    extra_info = non_tensor.get("extra_info") or {}
+    texts, images = [], []
+    for message in non_tensor.get("raw_prompt", None) or []:
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        for part in content or []:
+            if part.get("type") == "text":
+                texts.append(part.get("text", ""))
+            elif part.get("type") == "image":
+                image = part.get("image") if part.get("image") is not None else part.get("bytes")
+                if image is None:
+                    raise ValueError(f"an image of the prompt has neither 'image' nor 'bytes': keys {sorted(part)}")
+                images.append(image)
+    question = extra_info.get("question") or "\n".join(texts)
+    return question, tuple(images)
+
+
+@register(REWARD_MANAGER_NAME)
+class SophiaVLRewardManager(RewardManagerBase):
+    """verl reward-loop manager ``sophiavl``: R^o as the score, R^t (NaN = missing) as extra info.
+
+    Args:
+        config: The full verl config. Reads ``reward.reward_kwargs`` (``SophiaVLRewardConfig``),
+            ``reward.reward_model.model_path``, ``actor_rollout_ref.rollout.n`` and
+            ``algorithm.trust_grpo.correct_threshold``.
+        tokenizer: The policy's tokenizer (decodes responses).
+        compute_score: verl's loaded ``reward.custom_reward_function``. A user's own function gives
+            R^o; when none is set, or it is ``pkg://sophiavl_verl.outcome_reward_fn``, the plugin's
+            outcome reward by ``extra_info.problem_type`` is used with ``reward_kwargs.require_format``.
+        reward_router_address: ``host:port`` of verl's reward-model router (hosting mode A).
+        reward_model_tokenizer: Unused (the TRM is reached through its chat API).
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        tokenizer: Any,
+        compute_score: Any,
+        reward_router_address: str | None = None,
+        reward_model_tokenizer: Any = None,
+    ) -> None:
+        super().__init__(config, tokenizer, compute_score)
+        reward = config.reward
+        self.options = SophiaVLRewardConfig.from_reward_config(reward)
+        custom_path = (reward.get("custom_reward_function") or {}).get("path")
+        if custom_path and custom_path != outcome_reward_fn.VERL_PATH:
+            self.outcome_score = compute_score  # the user's own outcome reward
+        else:
+            self.outcome_score = functools.partial(
+                outcome_reward_fn.compute_score, require_format=self.options.require_format
+            )
+        self.correct_threshold = TrustGRPOConfig.from_algorithm_config(config.get("algorithm")).correct_threshold
+        self.group_size = int(config.actor_rollout_ref.rollout.n)
+        if self.options.trm_base_url is not None:
+            base_url, model = self.options.trm_base_url, self.options.trm_model
+        elif reward_router_address is not None:
+            base_url = f"http://{reward_router_address}/v1"
+            model = self.options.trm_model or reward.reward_model.model_path
+        else:
+            raise ValueError(
+                "the sophiavl reward manager has no thinking reward model: set reward.reward_kwargs.trm_base_url "
+                "or enable reward.reward_model (verl then passes its router address)"
+            )
+        if not model:
+            raise ValueError("reward.reward_kwargs.trm_model is required with reward.reward_kwargs.trm_base_url")
+        self.client = ThinkingRewardClient(
+            base_url,
+            model,
+            api_key=os.environ.get(self.options.trm_api_key_env),
+            max_concurrency=self.options.max_concurrency,
+            timeout_s=self.options.timeout_s,
+            max_retries=self.options.max_retries,
+        )
+        self._board = _group_board() if self.options.query_policy != "all" else None
+
+    async def _outcome(self, data_source: str, response: str, ground_truth: str, extra_info: dict) -> float:
+        kwargs = dict(data_source=data_source, solution_str=response, ground_truth=ground_truth, extra_info=extra_info)
+        if asyncio.iscoroutinefunction(self.outcome_score):
+            result = await self.outcome_score(**kwargs)
+        else:
+            result = await self.loop.run_in_executor(None, lambda: self.outcome_score(**kwargs))
+        score = float(result["score"] if isinstance(result, dict) else result)
+        if not math.isfinite(score):
+            raise ValueError(f"the outcome reward of a {data_source!r} sample is {score}; it must be finite")
+        return score
+
+    async def _decision(self, uid: Any, outcome: float) -> str:
+        if self._board is None:
+            return "query"
+        group = await self._board.arrive(str(uid), outcome, self.group_size, self.options.group_wait_s)
+        return thinking_reward_decision(self.options.query_policy, outcome, group, self.correct_threshold)
+
+    async def run_single(self, data: DataProto) -> dict:
+        """Score the last sequence of one sample (verl's reward-loop contract)."""
+        item = data[-1:][0]
+        response_ids = item.batch["responses"]
+        valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+        response = await self.loop.run_in_executor(
+            None, lambda: self.tokenizer.decode(response_ids[:valid_length], skip_special_tokens=True)
+        )
+        non_tensor = item.non_tensor_batch
+        extra_info = dict(non_tensor.get("extra_info") or {})
+        outcome = await self._outcome(
+            non_tensor["data_source"], response, non_tensor["reward_model"]["ground_truth"], extra_info
+        )
+
+        decision = await self._decision(non_tensor.get("uid"), outcome)
+        thinking, latency = (0.0 if decision == "zero" else math.nan), math.nan
+        status = "skipped"
+        if decision == "query":
+            question, images = _question_and_images(non_tensor)
+            start = time.perf_counter()
+            (thinking,) = await self.client.score([ThinkingRewardItem(question, response, images)])
+            latency = time.perf_counter() - start
+            status = "failed" if math.isnan(thinking) else "scored"
+        return {
+            "reward_score": outcome,
+            "reward_extra_info": {
+                "acc": outcome,
+                OUTCOME_KEY: outcome,
+                THINKING_KEY: thinking,
+                TRM_STATUS_KEY: status,
+                TRM_LATENCY_KEY: latency,
+            },
+        }

@@ -1,0 +1,191 @@
+"""The `sophiavl` reward manager inside verl's real reward loop worker, against a real TRM server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from verl import DataProto
+from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+from verl.utils.ray_utils import get_event_loop
+
+from conftest import SMALL_RUN, compose_verl_config
+from sophiavl_verl.reward_manager import GroupOutcomeBoard, thinking_reward_decision
+from sophiavl_verl.rewards import outcome_reward
+from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
+
+GOOD = "<think>The bars read 3 and 4, so 3 + 4 = 7.</think><answer>7</answer>"
+BAD = "<think>Looks like about 9.</think><answer>9</answer>"
+UNFORMATTED = "It is 7."
+
+# uid -> responses; ground truth 7 everywhere: a mixed group, an all-correct one, an all-wrong one.
+GROUPS = {
+    "mixed": [GOOD, BAD, GOOD, UNFORMATTED],
+    "all_correct": [GOOD] * 4,
+    "all_wrong": [BAD, BAD, UNFORMATTED, BAD],
+}
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcome", "group", "expected"),
+    [
+        ("all", 0.0, [0.0, 0.0], "query"),
+        ("skip_uniform", 1.0, [1.0, 1.0, 1.0], "skip"),
+        ("skip_uniform", 0.0, [0.0, 0.4, 0.1], "skip"),  # all below the 0.5 threshold: all wrong
+        ("skip_uniform", 0.0, [0.0, 1.0], "query"),
+        ("skip_uniform", 1.0, None, "query"),  # the group timed out: scored, never dropped
+        ("official", 1.0, [0.95, 0.9, 1.0], "skip"),
+        ("official", 0.05, [0.05, 0.1, 0.0], "skip"),
+        ("official", 0.1, [0.1, 0.7], "zero"),  # R^o < 0.2 in a mixed group: R^t = 0 without a request
+        ("official", 0.7, [0.1, 0.7], "query"),
+        ("official", 0.1, None, "zero"),
+    ],
+)
+def test_query_policy_decisions(policy, outcome, group, expected):
+    assert thinking_reward_decision(policy, outcome, group, correct_threshold=0.5) == expected
+
+
+def test_group_board_waits_for_the_whole_group_and_forgets_it():
+    async def run():
+        board = GroupOutcomeBoard()
+        first = asyncio.create_task(board.arrive("g", 1.0, group_size=3, timeout_s=5))
+        second = asyncio.create_task(board.arrive("g", 0.0, group_size=3, timeout_s=5))
+        await asyncio.sleep(0.05)
+        assert not first.done() and board.pending_groups() == 1
+        third = await board.arrive("g", 1.0, group_size=3, timeout_s=5)
+        results = [await first, await second, third]
+        lonely = await board.arrive("h", 0.0, group_size=3, timeout_s=0.05)
+        return results, lonely, board.pending_groups()
+
+    results, lonely, pending = asyncio.run(run())
+    assert all(sorted(r) == [0.0, 1.0, 1.0] for r in results)
+    assert lonely is None and pending == 0
+
+
+def _image(color: tuple[int, int, int]) -> Image.Image:
+    image = Image.new("RGB", (56, 56), color)
+    image.paste((255, 255, 255), (10, 20, 30, 50))
+    return image
+
+
+def _reward_batch(tokenizer) -> tuple[DataProto, list[float]]:
+    """One row per response in the shape verl's agent loop hands the reward loop (see AgentLoopWorker._compute_score)."""
+    prompts, responses, rows, expected_outcomes = [], [], [], []
+    for g, (uid, group) in enumerate(GROUPS.items()):
+        question = f"What is the sum of the two bars? (chart {g})"
+        raw_prompt = [{"role": "user", "content": [
+            {"type": "image", "image": _image((40 * g, 90, 160))},
+            {"type": "text", "text": question + "\nPlease think ..."},
+        ]}]
+        for session, response in enumerate(group):
+            prompts.append(torch.tensor(tokenizer.encode(question), dtype=torch.long))
+            responses.append(torch.tensor(tokenizer.encode(response), dtype=torch.long))
+            rows.append({
+                "uid": uid, "session_id": session, "data_source": "sophiavl_r1", "raw_prompt": raw_prompt,
+                "reward_model": {"style": "rule", "ground_truth": "<answer>7</answer>"},
+                "extra_info": {"problem_type": "numerical", "question": question},
+            })
+            expected_outcomes.append(outcome_reward("numerical", response, "7"))
+    pad = torch.nn.utils.rnn.pad_sequence
+    prompt_ids, response_ids = pad(prompts, batch_first=True), pad(responses, batch_first=True)
+    attention = torch.cat([
+        pad([torch.ones_like(p) for p in prompts], batch_first=True),
+        pad([torch.ones_like(r) for r in responses], batch_first=True),
+    ], dim=1)
+    non_tensors = {key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]}
+    data = DataProto.from_dict(
+        tensors={"prompts": prompt_ids, "responses": response_ids, "attention_mask": attention},
+        non_tensors=non_tensors,
+    )
+    return data, expected_outcomes
+
+
+def _requests_seen(server) -> int:
+    return server.log_path.read_text(errors="replace").count('"POST /v1/chat/completions')
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_requests"),
+    [
+        ("all", 12),
+        ("skip_uniform", 4),  # only the mixed group
+        ("official", 2),  # the mixed group's responses with R^o >= 0.2
+    ],
+)
+def test_reward_loop_worker_scores_through_the_real_server(embedded_trm_server, policy, expected_requests):
+    config = compose_verl_config([
+        *SMALL_RUN,
+        "actor_rollout_ref.rollout.n=4",
+        f"actor_rollout_ref.model.path={embedded_trm_server.model}",  # the tiny model's tokenizer
+        "algorithm.adv_estimator=trust_grpo",
+        "reward.reward_manager.name=sophiavl",
+        f"+reward.reward_kwargs.trm_base_url={embedded_trm_server.base_url}",
+        f"+reward.reward_kwargs.trm_model={embedded_trm_server.model}",
+        f"+reward.reward_kwargs.query_policy={policy}",
+        "+reward.reward_kwargs.group_wait_s=60",
+    ])
+    worker = RewardLoopWorker(config, reward_router_address=None)  # verl's worker, run in-process
+    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
+
+    before = _requests_seen(embedded_trm_server)
+    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
+    assert _requests_seen(embedded_trm_server) - before == expected_requests
+
+    scores = [out["reward_score"] for out in outputs]
+    info = {key: [out["reward_extra_info"][key] for out in outputs] for key in outputs[0]["reward_extra_info"]}
+    assert scores == expected_outcomes == info[OUTCOME_KEY]
+    queried = [status != "skipped" for status in info[TRM_STATUS_KEY]]
+    assert sum(queried) == expected_requests
+    rows = zip(data.non_tensor_batch["uid"], queried, info[THINKING_KEY], info[TRM_LATENCY_KEY], expected_outcomes)
+    for uid, asked, r_t, latency, r_o in rows:
+        if asked:
+            assert 0.0 <= r_t <= 1.0 and latency > 0
+        elif policy == "official" and uid == "mixed" and r_o < 0.2:
+            assert r_t == 0.0  # the reference code's explicit zero
+        else:
+            assert math.isnan(r_t) and math.isnan(latency)  # missing, never 0
+    assert set(info[TRM_STATUS_KEY]) <= {"scored", "skipped"}
+
+
+def test_reward_loop_worker_failing_trm_gives_nan_and_failed_status(tmp_path):
+    config = compose_verl_config([
+        *SMALL_RUN, "actor_rollout_ref.rollout.n=4", "reward.reward_manager.name=sophiavl",
+        f"actor_rollout_ref.model.path={_tokenizer_dir(tmp_path)}",
+        "+reward.reward_kwargs.trm_base_url=http://127.0.0.1:9/v1",  # nothing listens on port 9
+        "+reward.reward_kwargs.trm_model=trm", "+reward.reward_kwargs.query_policy=all",
+        "+reward.reward_kwargs.max_retries=1", "+reward.reward_kwargs.timeout_s=2",
+    ])
+    worker = RewardLoopWorker(config, reward_router_address=None)
+    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
+    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
+    assert [o["reward_score"] for o in outputs] == expected_outcomes
+    assert all(math.isnan(o["reward_extra_info"][THINKING_KEY]) for o in outputs)
+    assert {o["reward_extra_info"][TRM_STATUS_KEY] for o in outputs} == {"failed"}
+
+
+def _tokenizer_dir(tmp_path):
+    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path / "tiny")
+
+
+def test_groups_split_across_ray_reward_workers_share_one_board(ray_with_transfer_queue, tmp_path):
+    """verl sends each response to a random reward worker: the board is a cluster-wide named actor."""
+    ray = ray_with_transfer_queue
+    from sophiavl_verl import reward_manager
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        async def arrive(self, uid, outcome):
+            board = reward_manager._group_board()
+            return await board.arrive(uid, outcome, 4, 30)
+
+    workers = [Worker.remote(), Worker.remote()]
+    refs = [workers[i % 2].arrive.remote("g", float(i % 3 == 0)) for i in range(4)]
+    results = ray.get(refs, timeout=120)
+    assert all(sorted(r) == [0.0, 0.0, 1.0, 1.0] for r in results)
