@@ -12,8 +12,9 @@ Writes ``sophiavl_verl/embedded/groups.jsonl`` and ``sophiavl_verl/embedded/imag
 
 Every group follows one scenario (stored in the row as ``scenario``): ``mixed`` (correct and wrong
 answers, sound and flawed reasoning), ``fluent_wrong`` (the wrong answers come with the longer, more
-confident reasoning -- the case Trust-GRPO's trust weight exists for), ``all_correct``, ``all_wrong``
-and ``malformed_mix`` (some responses break the required format). Each response's intended kind is
+confident reasoning -- the case Trust-GRPO's trust weight exists for), ``careful_right`` (the correct
+answers have the careful reasoning), ``mostly_correct``, ``all_correct``, ``all_wrong`` and
+``malformed_mix`` (some responses break the required format). Each response's intended kind is
 kept in ``response_kinds`` (``sound``, ``terse``, ``lucky`` = right answer from flawed reasoning,
 ``slip``, ``misread``, ``fluent`` = fluent reasoning to a wrong answer, ``malformed``) so a reader can
 compare the thinking reward model's scores with what the response really is; the audit itself only
@@ -36,7 +37,17 @@ from PIL import Image, ImageDraw, ImageFont
 SIZE = 192
 SEED = 20250522
 N_PER_TYPE = 8
-SCENARIOS = ["mixed", "fluent_wrong", "mixed", "all_correct", "fluent_wrong", "all_wrong", "malformed_mix", "mixed"]
+# The scenario of each of the 8 questions of a task type (see the module docstring).
+SCENARIOS = {
+    "numerical": ["mixed", "fluent_wrong", "careful_right", "all_correct", "fluent_wrong", "all_wrong",
+                  "malformed_mix", "mostly_correct"],
+    "multiple choice": ["fluent_wrong", "mixed", "all_correct", "careful_right", "all_wrong", "malformed_mix",
+                        "mixed", "fluent_wrong"],
+    "OCR": ["mixed", "careful_right", "fluent_wrong", "all_wrong", "malformed_mix", "mixed", "mostly_correct",
+            "fluent_wrong"],
+    "free-form": ["all_correct", "fluent_wrong", "careful_right", "malformed_mix", "mixed", "mostly_correct",
+                  "fluent_wrong", "all_wrong"],
+}
 # Response kinds per scenario (8 each, the order they are written in; correct kinds first).
 KINDS = {
     "mixed": ["sound", "sound", "terse", "lucky", "slip", "slip", "misread", "fluent"],
@@ -44,6 +55,8 @@ KINDS = {
     "all_correct": ["sound", "sound", "sound", "terse", "terse", "lucky", "lucky", "sound"],
     "all_wrong": ["slip", "slip", "misread", "misread", "fluent", "fluent", "slip", "misread"],
     "malformed_mix": ["sound", "terse", "lucky", "slip", "misread", "fluent", "malformed", "malformed"],
+    "careful_right": ["sound", "sound", "sound", "sound", "slip", "misread", "misread", "slip"],
+    "mostly_correct": ["sound", "sound", "terse", "terse", "lucky", "sound", "slip", "fluent"],
 }
 COLORS = {
     "red": (214, 64, 52), "blue": (52, 101, 196), "green": (60, 150, 72), "orange": (236, 140, 40),
@@ -514,7 +527,8 @@ def scene_group(rng: random.Random, q: int, kinds: list[str]) -> tuple[Image.Ima
                 f"Background: the sky dominates the upper part of the image; {sky_w}, giving the scene its mood.\n"
                 f"Middle ground: a {house} cottage with a chimney sits beside a tall pine and a wooden fence.\n"
                 f"Foreground: a {thing} stands by the fence while {animal}.\n"
-                "Together these elements compose a peaceful countryside scene.",
+                "Together these elements compose a peaceful countryside scene. "
+                f"{nth(FLUENT_CLOSERS, v).format(x='this description')}",
                 f"A countryside scene: a {house} cottage beside a pine tree and a fence, a {thing} in front, "
                 f"{animal}, and {sky_w}.",
             )
@@ -540,7 +554,7 @@ def build(out: Path) -> list[dict]:
     for t, (ptype, stem, make) in enumerate(TASKS):
         for q in range(N_PER_TYPE):
             rng = random.Random(SEED * 100 + t * 10 + q)
-            scenario = SCENARIOS[(q + t) % len(SCENARIOS)]
+            scenario = SCENARIOS[ptype][q]
             kinds = list(KINDS[scenario])
             img, row = make(rng, q, kinds)
             order = list(range(len(kinds)))

@@ -17,7 +17,10 @@ from typing import Any
 
 from sophiavl_verl.rewards import PROBLEM_TYPES, canonical_problem_type, outcome_reward
 
-__all__ = ["compute_score"]
+__all__ = ["VERL_PATH", "compute_score"]
+
+#: The value for ``reward.custom_reward_function.path`` that selects this function.
+VERL_PATH = "pkg://sophiavl_verl.outcome_reward_fn"
 
 
 def _problem_type(data_source: Any, extra_info: Any) -> str:

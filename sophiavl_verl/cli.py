@@ -1,0 +1,214 @@
+"""``sophiavl-verl``: the command line of the plugin.
+
+``sophiavl-verl audit [INPUT]``
+    Score rollouts with a thinking reward model and show what Trust-GRPO would do with them (γ, rewards,
+    advantages), without a GPU. No INPUT: the embedded sample and the embedded tiny TRM.
+``sophiavl-verl plot LOG``
+    Training curves of a verl run (outcome reward, γ metrics, thinking term, anneal factor, TRM service)
+    from its console log or file-logger JSONL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sophiavl_verl.audit import AuditSettings
+
+    d = AuditSettings()
+    parser = argparse.ArgumentParser(
+        prog="sophiavl-verl",
+        description="SophiaVL-R1's Trust-GRPO for verl: audit your rollouts with a thinking reward model (CPU), "
+        "plot a run's training curves. See docs/readme_audit.md.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser(
+        "audit",
+        help="what Trust-GRPO would make of your rollouts (CPU only)",
+        description="Score every response with a thinking reward model and compute, with the plugin's own "
+        "functions, the outcome rewards, γ, the Eq. 5 rewards and the advantages of every group. Writes "
+        "report.json, report.md and PNG plots. Without INPUT: the embedded sample (32 questions x 8 responses) "
+        "with the embedded tiny thinking reward model, served on 127.0.0.1 for the duration of the command.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a.add_argument("input", nargs="?", default=None,
+                   help="a groups JSONL (question, images, ground_truth, problem_type, responses) or verl rollout "
+                   "dumps (a <step>.jsonl of trainer.rollout_data_dir, or that folder); default: the embedded sample")
+    a.add_argument("--out", default="audit_report", help="report folder")
+    a.add_argument("--format", dest="fmt", default="auto", choices=("auto", "groups", "verl-dump"),
+                   help="input format")
+    g = a.add_argument_group("input options (verl rollout dumps carry no images and no problem types)")
+    g.add_argument("--problem-type", default=None,
+                   help="problem type of rows without one: numerical, 'multiple choice', OCR, free-form")
+    g.add_argument("--image-root", default=None,
+                   help="folder that relative image paths are resolved against (default: the input's folder)")
+    g.add_argument("--dataset", default=None,
+                   help="verl dumps: the RL parquet/JSONL the run trained on; each prompt is matched to its row "
+                   "to recover images, problem type and the clean question")
+    g.add_argument("--raw-prompt", action="store_true",
+                   help="verl dumps: send the whole decoded prompt to the TRM instead of the extracted question")
+    g.add_argument("--limit", type=_positive_int, default=None, help="audit only the first N groups")
+    t = a.add_argument_group("thinking reward model (default: the embedded tiny TRM)")
+    t.add_argument("--trm-url", default=None, help="OpenAI-compatible base URL, e.g. http://host:8000/v1 (vllm serve)")
+    t.add_argument("--trm-model", default=None, help="model name the server serves")
+    t.add_argument("--trm-api-key-env", default="SOPHIAVL_TRM_API_KEY",
+                   help="environment variable holding the API key (never printed)")
+    t.add_argument("--max-concurrency", type=_positive_int, default=None,
+                   help="TRM requests in flight (default: 1 for the embedded CPU server, 16 for --trm-url)")
+    t.add_argument("--timeout", type=float, default=60.0, help="seconds per TRM request")
+    t.add_argument("--max-retries", type=int, default=3, help="retries of a TRM request")
+    t.add_argument("--query-policy", default=d.query_policy, choices=("all", "skip_uniform"),
+                   help="skip_uniform: do not ask the TRM about groups whose answers are all correct or all wrong")
+    t.add_argument("--cache-dir", default=None,
+                   help="where the embedded TRM is built (default $SOPHIAVL_VERL_CACHE or ~/.cache/sophiavl_verl)")
+    s = a.add_argument_group("Trust-GRPO settings (algorithm.trust_grpo.* of the plugin)")
+    s.add_argument("--alpha", type=float, default=d.alpha, help="α of Eq. 5")
+    s.add_argument("--schedule", default=d.schedule, help="annealing schedule: exp, linear, cosine, constant, ...")
+    s.add_argument("--step", type=int, default=None,
+                   help="training step for the annealing factor (default: each dump row's step, else 1)")
+    s.add_argument("--anneal-steps", type=int, default=d.anneal_steps,
+                   help="T of the schedule (the paper: the run's total steps)")
+    s.add_argument("--correct-threshold", type=float, default=d.correct_threshold, help="R^o >= this is correct")
+    s.add_argument("--uniform-groups", default=d.uniform_groups, choices=("skip", "trust"),
+                   help="thinking term of groups that are not mixed: none (skip) or γ = 1 (trust)")
+    s.add_argument("--no-trust-weight", action="store_true", help="γ = 1 everywhere (the w/o-trust-weight ablation)")
+    s.add_argument("--epsilon", type=float, default=d.epsilon, help="std epsilon of the advantage")
+    s.add_argument("--no-norm-by-std", action="store_true", help="advantage R - mean (Dr.GRPO), not / std")
+    s.add_argument("--no-require-format", action="store_true",
+                   help="grade answers of responses without the <think>/<answer> format")
+    o = a.add_argument_group("output")
+    o.add_argument("--text-limit", type=int, default=2000,
+                   help="characters of each question/response kept in report.json (0 = all)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "plot",
+        help="training curves from a verl log",
+        description="Plot the outcome reward (critic/score/mean, critic/rewards/mean), the Trust-GRPO metrics "
+        "(trust_grpo/*: γ, μ_c, μ_w, thinking term, anneal factor) and the thinking reward model's (trm/*) from "
+        "a verl console log (step:N - key:value - ...) or file-logger JSONL ({\"step\": N, \"data\": {...}}).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("log", help="verl console output saved to a file, or the file logger's JSONL")
+    p.add_argument("--out", default="training_plots", help="folder for the PNGs and metrics.csv")
+    return parser
+
+
+def _audit(args) -> int:
+    from sophiavl_verl.audit import AuditSettings, run_audit
+
+    settings = AuditSettings(
+        alpha=args.alpha,
+        schedule=args.schedule,
+        step=args.step,
+        anneal_steps=args.anneal_steps,
+        correct_threshold=args.correct_threshold,
+        uniform_groups=args.uniform_groups,
+        use_trust_weight=not args.no_trust_weight,
+        epsilon=args.epsilon,
+        norm_by_std=not args.no_norm_by_std,
+        require_format=not args.no_require_format,
+        query_policy=args.query_policy,
+    )
+    started = time.monotonic()
+    report = run_audit(
+        args.input,
+        out_dir=args.out,
+        settings=settings,
+        fmt=args.fmt,
+        problem_type=args.problem_type,
+        image_root=args.image_root,
+        dataset=args.dataset,
+        raw_prompt=args.raw_prompt,
+        trm_url=args.trm_url,
+        trm_model=args.trm_model,
+        trm_api_key_env=args.trm_api_key_env,
+        cache_dir=args.cache_dir,
+        max_concurrency=args.max_concurrency,
+        timeout_s=args.timeout,
+        max_retries=args.max_retries,
+        limit=args.limit,
+        text_limit=args.text_limit or None,
+        progress=not args.no_progress,
+    )
+    o, trm = report["overall"], report["trm"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.0f}%"
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    print(
+        f"\nAudited {o['groups']} groups / {o['responses']} responses in {time.monotonic() - started:.0f} s.\n"
+        f"  untrusted groups (mixed, γ < 1): {o['untrusted_groups']} of {o['mixed_groups']} mixed "
+        f"({pct(o['untrusted_group_frac'])}); γ mean {num(o['gamma_mean'])}, min {num(o['gamma_min'])}\n"
+        f"  μ_c vs μ_w (mixed groups): {num(o['mu_correct_mean'])} vs {num(o['mu_wrong_mean'])}; "
+        f"thinking reward correct vs wrong: {num(o['thinking_reward_correct_mean'])} vs "
+        f"{num(o['thinking_reward_wrong_mean'])}\n"
+        f"  TRM failures: {trm['failed']} of {trm['requested']}; latency p50 {num(trm['latency_p50_s'])} s, "
+        f"p95 {num(trm['latency_p95_s'])} s\n"
+        f"Report: {Path(report['paths']['markdown']).resolve()}\n"
+        f"        {Path(report['paths']['json']).resolve()}"
+    )
+    return 0
+
+
+def _plot(args) -> int:
+    from sophiavl_verl.plots import PlotError, parse_metrics_log, plot_training, write_series_csv
+
+    series = parse_metrics_log(args.log)
+    try:
+        paths = plot_training(series, args.out)
+    except PlotError as exc:
+        raise PlotError(f"{args.log}: {exc}") from None
+    csv = write_series_csv(series, Path(args.out) / "metrics.csv")
+    steps = sorted({s for points in series.values() for s, _ in points})
+    print(f"Parsed {len(series)} metrics over {len(steps)} steps ({steps[0]}..{steps[-1]}) from {args.log}")
+    for name, path in paths.items():
+        print(f"  {name}: {Path(path).resolve()}")
+    print(f"  all metrics: {csv.resolve()}")
+    return 0
+
+
+def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sophiavl-verl`` console script."""
+    from sophiavl_verl.audit import AuditError
+    from sophiavl_verl.plots import PlotError
+
+    args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the embedded TRM server is stopped by its context manager.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _audit(args) if args.command == "audit" else _plot(args)
+    except (AuditError, PlotError) as exc:
+        print(f"sophiavl-verl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sophiavl-verl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

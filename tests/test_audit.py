@@ -1,0 +1,578 @@
+"""`sophiavl-verl audit`: the embedded sample end to end, verl's own rollout dumps, bad input, TRM failures.
+
+The report's numbers are checked against Eq. 1-6 recomputed here, group by group with Python floats, from the
+per-response scores the report itself lists (not through the package's functions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from sophiavl_verl.audit import EMBEDDED_SAMPLE
+from sophiavl_verl.cli import main
+
+SAMPLE_ROWS = [json.loads(line) for line in EMBEDDED_SAMPLE.read_text(encoding="utf-8").splitlines()]
+PLOTS = ("gamma_hist.png", "thinking_by_correctness.png", "by_problem_type.png")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+class FaultInjectionServer:
+    """An OpenAI-compatible stand-in thinking reward model that fails chosen requests on purpose.
+
+    It scores a response with the embedded TRM's keyword rule (``because`` -> 0.9, ``guess`` -> 0.1, else 0.5)
+    and answers ``400`` (not retried by the client) to requests whose text contains one of ``fail_400``,
+    ``503`` (retried, then failed) to those containing one of ``fail_503``, and ``500`` to every request when
+    ``fail_all``. Runs on 127.0.0.1 in a thread; records whether each request carried an image.
+    """
+
+    model = "fault-injection-trm"
+
+    def __init__(self, *, fail_400=(), fail_503=(), fail_all=False):
+        self.fail_400, self.fail_503, self.fail_all = tuple(fail_400), tuple(fail_503), fail_all
+        self.requests: list[dict] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+
+    async def _chat(self, request):
+        from aiohttp import web
+
+        body = await request.json()
+        parts = body["messages"][-1]["content"]
+        text = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
+        images = sum(p.get("type") == "image_url" for p in parts)
+        self.requests.append({"text": text, "images": images})
+        if self.fail_all:
+            return web.Response(status=500, text="injected fault: everything fails")
+        if any(marker in text for marker in self.fail_400):
+            return web.Response(status=400, text="injected fault (400)")
+        if any(marker in text for marker in self.fail_503):
+            return web.Response(status=503, text="injected fault (503)")
+        reasoning = text.split("Reasoning process:", 1)[1].lower()
+        score = 0.9 if "because" in reasoning else 0.1 if "guess" in reasoning else 0.5
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": f"<answer>{score}</answer>"}}]})
+
+    async def _models(self, request):
+        from aiohttp import web
+
+        return web.json_response({"object": "list", "data": [{"id": self.model}]})
+
+    def _serve(self):
+        from aiohttp import web
+
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup())
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "fault-injection server did not start"
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        return self
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 2000, path
+    with Image.open(path) as img:
+        img.verify()
+        assert img.format == "PNG"
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else None
+
+
+def _approx(x, y, tol=1e-9):
+    if x is None or y is None:
+        return x is None and y is None
+    return math.isclose(x, y, rel_tol=tol, abs_tol=tol)
+
+
+def check_report_numbers(report: dict) -> None:
+    """Every group's γ, rewards and advantages (Eq. 1-6) and the overall numbers, recomputed independently."""
+    s = report["settings"]
+    assert s["schedule"] == "exp"
+    alpha, thr, eps = s["alpha"], s["correct_threshold"], s["epsilon"]
+    for g in report["groups"]:
+        rs = g["responses"]
+        ro = [r["outcome_reward"] for r in rs]
+        rt = [r["thinking_reward"] for r in rs]
+        assert all(r["correct"] == (o >= thr) for r, o in zip(rs, ro))
+        # A missing thinking reward is null with status failed/skipped, never 0 in disguise.
+        assert all((t is None) == (r["trm_status"] != "scored") for r, t in zip(rs, rt))
+        mu_c = _mean([t for o, t in zip(ro, rt) if t is not None and o >= thr])
+        mu_w = _mean([t for o, t in zip(ro, rt) if t is not None and o < thr])
+        mixed = mu_c is not None and mu_w is not None
+        if not s["use_trust_weight"]:
+            gamma = 1.0  # the w/o-trust-weight ablation
+        elif mixed:
+            gamma = 1.0 if mu_c >= mu_w else math.exp(mu_c - mu_w)  # Eq. 3
+        else:
+            gamma = 0.0 if s["uniform_groups"] == "skip" else 1.0
+        anneal = math.exp(-g["step"] / s["anneal_steps"])  # Eq. 5's e^(-step/T)
+        assert _approx(g["anneal"], anneal)
+        assert g["mixed"] == mixed and g["untrusted"] == (mixed and gamma < 1), g["id"]
+        assert _approx(g["mu_correct"], mu_c) and _approx(g["mu_wrong"], mu_w), g["id"]
+        assert _approx(g["gamma"], gamma), (g["id"], g["gamma"], gamma)
+        rewards = [o + (gamma * alpha * anneal * t if t is not None else 0.0) for o, t in zip(ro, rt)]  # Eq. 5
+        for r, want in zip(rs, rewards):
+            assert _approx(r["reward"], want), (g["id"], r["index"])
+            assert _approx(r["thinking_term"], want - r["outcome_reward"], 1e-7)
+
+        def advantages(values):  # Eq. 6 with verl's unbiased std and epsilon
+            m = sum(values) / len(values)
+            if not s["norm_by_std"]:
+                return [v - m for v in values]
+            std = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+            return [(v - m) / (std + eps) for v in values]
+
+        # The package computes advantages in float32, as verl does; the recomputation is float64.
+        for r, a, a0 in zip(rs, advantages(rewards), advantages(ro)):
+            assert math.isclose(r["advantage"], a, rel_tol=1e-5, abs_tol=1e-5), (g["id"], r["index"])
+            assert math.isclose(r["advantage_grpo"], a0, rel_tol=1e-5, abs_tol=1e-5), (g["id"], r["index"])
+
+    def aggregate(groups):
+        responses = [r for g in groups for r in g["responses"]]
+        mixed = [g for g in groups if g["mixed"]]
+        untrusted = [g for g in mixed if g["gamma"] < 1]
+        scored = [r for r in responses if r["thinking_reward"] is not None]
+        return {
+            "groups": len(groups),
+            "responses": len(responses),
+            "mixed_groups": len(mixed),
+            "untrusted_groups": len(untrusted),
+            "untrusted_group_frac": len(untrusted) / len(mixed) if mixed else None,
+            "gamma_mean": _mean([g["gamma"] for g in mixed]),
+            "mu_correct_mean": _mean([g["mu_correct"] for g in mixed]),
+            "mu_wrong_mean": _mean([g["mu_wrong"] for g in mixed]),
+            "thinking_reward_correct_mean": _mean([r["thinking_reward"] for r in scored if r["correct"]]),
+            "thinking_reward_wrong_mean": _mean([r["thinking_reward"] for r in scored if not r["correct"]]),
+            "accuracy": _mean([float(r["correct"]) for r in responses]),
+            "trm_failed": sum(r["trm_status"] == "failed" for r in responses),
+        }
+
+    for scope, groups in [("overall", report["groups"])] + [
+        (t, [g for g in report["groups"] if g["problem_type"] == t]) for t in report["by_problem_type"]
+    ]:
+        got = report["overall"] if scope == "overall" else report["by_problem_type"][scope]
+        for key, want in aggregate(groups).items():
+            assert _approx(got[key], want), (scope, key, got[key], want)
+    failed = report["overall"]["trm_failed"]
+    assert report["trm"]["failed"] == failed
+    assert report["trm"]["requested"] == report["trm"]["scored"] + failed
+
+
+# ------------------------------------------------------------------------------- the embedded default
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    """`sophiavl-verl audit` with no input: the embedded sample, the embedded TRM served by the command."""
+    out = tmp_path_factory.mktemp("embedded") / "audit_report"
+    script = Path(sys.executable).with_name("sophiavl-verl")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "sophiavl_verl.cli"]
+    started = time.monotonic()
+    result = subprocess.run([*command, "audit", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    return SimpleNamespace(out=out, report=report, stdout=result.stdout, stderr=result.stderr,
+                           wall_s=time.monotonic() - started)
+
+
+def test_embedded_audit_numbers_match_eq_1_to_6(embedded_run):
+    report = embedded_run.report
+    assert report["input"]["embedded_sample"] and report["trm"]["embedded"]
+    assert report["overall"]["groups"] == len(SAMPLE_ROWS) == 32
+    assert report["overall"]["responses"] == 256
+    assert {g["problem_type"] for g in report["groups"]} == {"numerical", "multiple choice", "OCR", "free-form"}
+    check_report_numbers(report)
+    # The real client scored through the real server: latencies measured, most responses scored. (The tiny
+    # TRM may now and then answer something unparseable: that is counted as a failure, checked above.)
+    trm = report["trm"]
+    assert trm["requested"] == 256 and trm["skipped"] == 0
+    assert trm["scored"] >= 128, trm["failures"]
+    assert sum(trm["failures"].values()) == trm["failed"]
+    assert 0 < trm["latency_p50_s"] <= trm["latency_p95_s"]
+    assert all(r["thinking_reward"] is None or 0 <= r["thinking_reward"] <= 1
+               for g in report["groups"] for r in g["responses"])
+
+
+def test_embedded_audit_outcome_rewards_and_settings(embedded_run):
+    from sophiavl_verl.rewards import outcome_reward
+
+    report = embedded_run.report
+    s = report["settings"]
+    assert (s["alpha"], s["schedule"], s["anneal_steps"], s["steps_used"]) == (0.3, "exp", 1500, [1])
+    for g, row in zip(report["groups"], SAMPLE_ROWS, strict=True):
+        assert g["id"] == row["id"] and g["meta"]["scenario"] == row["scenario"]
+        for r, text, kind in zip(g["responses"], row["responses"], row["response_kinds"], strict=True):
+            assert r["outcome_reward"] == pytest.approx(outcome_reward(row["problem_type"], text, row["ground_truth"]))
+            if kind == "malformed":
+                assert r["outcome_reward"] == 0 and not r["format_ok"]
+    o = report["overall"]
+    assert o["all_correct_groups"] >= 2 and o["all_wrong_groups"] >= 2 and o["mixed_groups"] >= 20
+    assert o["format_failures"] == sum(k == "malformed" for row in SAMPLE_ROWS for k in row["response_kinds"])
+
+
+def test_embedded_audit_writes_plots_markdown_and_stops_its_server(embedded_run):
+    out, report = embedded_run.out, embedded_run.report
+    for name in PLOTS:
+        _assert_png(out / name)
+        assert f"]({name})" in (out / "report.md").read_text(encoding="utf-8")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    o = report["overall"]
+    assert f"{o['untrusted_groups']} of {o['mixed_groups']} mixed" in md
+    assert f"**{report['trm']['failed']} of {report['trm']['requested']}**" in md
+    # Prints where the report is.
+    assert f"Report: {(out / 'report.md').resolve()}" in embedded_run.stdout
+    assert "thinking rewards" in embedded_run.stderr  # the progress bar
+    port = int(re.search(r":(\d+)/", report["trm"]["base_url"]).group(1))
+    assert not _port_open(port), "the embedded TRM server is still running after the command"
+
+
+# ------------------------------------------------------------------- partial and total TRM failure
+
+
+def test_partial_trm_failure_is_reported_as_failures_not_zeros(tmp_path, capsys):
+    markers_400, markers_503 = ("Line one:",), ("Hmm.",)
+    expected_failed = sum(any(m in text for m in markers_400 + markers_503)
+                          for row in SAMPLE_ROWS for text in row["responses"])
+    assert expected_failed >= 5
+    with FaultInjectionServer(fail_400=markers_400, fail_503=markers_503) as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--max-retries", "1", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    check_report_numbers(report)
+    assert report["trm"]["failed"] == expected_failed
+    assert report["trm"]["failures"] == {"http_4xx": sum("Line one:" in t for r in SAMPLE_ROWS for t in r["responses"]),
+                                         "http_5xx": sum("Hmm." in t for r in SAMPLE_ROWS for t in r["responses"])}
+    for g, row in zip(report["groups"], SAMPLE_ROWS):
+        for r, text in zip(g["responses"], row["responses"]):
+            if any(m in text for m in markers_400 + markers_503):
+                assert r["trm_status"] == "failed" and r["thinking_reward"] is None
+                assert r["thinking_term"] == 0 and r["reward"] == r["outcome_reward"]
+            else:
+                assert r["trm_status"] == "scored" and r["thinking_reward"] in (0.1, 0.5, 0.9)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert f"**{expected_failed} of 256**" in md
+    # The keyword rule rewards the fluent wrong reasoning, so the fluent_wrong groups are distrusted.
+    fluent = [g for g in report["groups"] if g["meta"]["scenario"] == "fluent_wrong"]
+    assert fluent and all(g["untrusted"] and g["gamma"] < 0.7 for g in fluent)
+    careful = [g for g in report["groups"] if g["meta"]["scenario"] == "careful_right" and g["mixed"]]
+    assert careful and all(g["gamma"] == 1.0 for g in careful)
+
+
+def test_other_trust_grpo_settings_reach_the_math(tmp_path, capsys):
+    with FaultInjectionServer() as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--no-progress", "--alpha", "0.5", "--step", "300", "--anneal-steps", "600",
+                   "--uniform-groups", "trust", "--no-norm-by-std", "--correct-threshold", "0.6"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    s = report["settings"]
+    assert (s["alpha"], s["step"], s["anneal_steps"], s["uniform_groups"], s["norm_by_std"], s["correct_threshold"]) \
+        == (0.5, 300, 600, "trust", False, 0.6)
+    assert report["groups"][0]["anneal"] == pytest.approx(math.exp(-0.5))
+    check_report_numbers(report)
+    # uniform_groups=trust: an all-correct group gets its thinking term with γ = 1.
+    uniform = [g for g in report["groups"] if not g["mixed"]]
+    assert uniform and all(g["gamma"] == 1.0 for g in uniform)
+
+
+def test_no_trust_weight_and_skip_uniform_query_policy(tmp_path, capsys):
+    with FaultInjectionServer() as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--no-progress", "--no-trust-weight", "--query-policy", "skip_uniform"])
+        sent = len(server.requests)
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    check_report_numbers(report)
+    uniform = [g for g in report["groups"] if g["n_correct"] == 0 or g["n_wrong"] == 0]
+    assert report["trm"]["skipped"] == sum(len(g["responses"]) for g in uniform) == 256 - sent
+    assert all(r["trm_status"] == "skipped" and r["thinking_reward"] is None for g in uniform for r in g["responses"])
+    assert report["overall"]["untrusted_groups"] == 0 and report["overall"]["gamma_mean"] == 1.0
+
+
+def test_every_trm_request_failing_is_an_error_but_the_report_is_written(tmp_path, capsys):
+    with FaultInjectionServer(fail_all=True) as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--max-retries", "0", "--no-progress", "--limit", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "all 16 thinking reward requests" in err and "http_5xx: 16" in err
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert report["trm"]["failed"] == 16 and report["overall"]["thinking_reward_correct_mean"] is None
+    assert all(r["thinking_reward"] is None for g in report["groups"] for r in g["responses"])
+
+
+# ------------------------------------------------------------------------- verl's own rollout dumps
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
+
+    return AutoTokenizer.from_pretrained(build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tok")))
+
+
+def _decoded_prompt(tokenizer, prompt: str) -> str:
+    """What verl's _log_rollout_data writes as `input`: the chat prompt's ids decoded without special tokens."""
+    parts = prompt.split("<image>")
+    content = [{"type": "image"} for _ in parts[1:]] + [{"type": "text", "text": "".join(parts)}]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    return tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)
+
+
+DUMP_GROUPS = SAMPLE_ROWS[:2] + SAMPLE_ROWS[8:9] + SAMPLE_ROWS[16:17]  # numerical x2, multiple choice, OCR
+STEP = 40
+
+
+@pytest.fixture(scope="module")
+def verl_dumps(tmp_path_factory, tokenizer):
+    """Rollout dumps written by verl's own writers (v1 trainer and legacy trainer), and the RL dataset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    from sophiavl_verl.data import build_rl_prompt
+    from sophiavl_verl.rewards import outcome_reward
+
+    root = tmp_path_factory.mktemp("dumps")
+    dataset, inputs, outputs, gts, scores, keys = [], [], [], [], [], []
+    for row in DUMP_GROUPS:
+        prompt = build_rl_prompt(row["question"], row["problem_type"], num_images=1)
+        image = (EMBEDDED_SAMPLE.parent / row["images"][0]).read_bytes()
+        dataset.append({"data_source": "sophiavl", "prompt": [{"role": "user", "content": prompt}],
+                        "images": [{"bytes": image}], "ability": row["problem_type"],
+                        "reward_model": {"style": "rule", "ground_truth": row["ground_truth"]},
+                        "extra_info": {"problem_type": row["problem_type"], "question": row["question"]}})
+        uid = str(uuid.UUID(int=len(dataset)))
+        decoded = _decoded_prompt(tokenizer, prompt)
+        for session, text in enumerate(row["responses"]):
+            if session == 0:  # a multi-turn session: an earlier output (index 0) before the final one (index 1)
+                inputs.append(decoded)
+                outputs.append("<think>first turn, superseded</think><answer>0</answer>")
+                gts.append(row["ground_truth"])
+                scores.append(0.0)
+                keys.append(f"{uid}_{session}_0")
+            inputs.append(decoded)
+            outputs.append(text)
+            gts.append(row["ground_truth"])
+            scores.append(outcome_reward(row["problem_type"], text, row["ground_truth"]))
+            keys.append(f"{uid}_{session}_{1 if session == 0 else 0}")
+    pq.write_table(pa.Table.from_pylist(dataset), root / "train.parquet")
+
+    # v1 trainer: the real _dump_generations on the minimal object it needs (no Ray, no TransferQueue).
+    trainer = SimpleNamespace(global_steps=STEP, _write_generations=PPOTrainer._write_generations)
+    PPOTrainer._init_dump_executor(trainer)
+    PPOTrainer._dump_generations(trainer, inputs=inputs, outputs=outputs, gts=gts, scores=scores,
+                                 reward_extra_infos_dict={"uid": keys}, dump_path=str(root / "v1"))
+    PPOTrainer._shutdown_dump_executor(trainer)
+
+    # Legacy RayPPOTrainer: its static writer; rows have no uid, only the prompt text ties a group together.
+    numerical = [i for i, k in enumerate(keys) if not k.endswith("_0_0") and i < 2 * 9]
+    RayPPOTrainer._write_generations(
+        [inputs[i] for i in numerical], [outputs[i] for i in numerical], [gts[i] for i in numerical],
+        [scores[i] for i in numerical], {"acc": [scores[i] for i in numerical]}, str(root / "legacy"), STEP,
+    )
+    return SimpleNamespace(root=root, v1=root / "v1" / f"{STEP}.jsonl", legacy=root / "legacy" / f"{STEP}.jsonl",
+                           dataset=root / "train.parquet")
+
+
+def test_verl_dump_file_is_verls_format(verl_dumps):
+    rows = [json.loads(line) for line in verl_dumps.v1.read_text().splitlines()]
+    assert set(rows[0]) == {"input", "output", "gts", "score", "step", "uid"} and rows[0]["step"] == STEP
+    assert rows[0]["input"].startswith("system\nYou are a helpful assistant.\nuser\n")
+
+
+def test_audit_of_a_v1_dump_with_the_dataset(verl_dumps, tmp_path, capsys):
+    with FaultInjectionServer() as server:
+        rc = main(["audit", str(verl_dumps.v1.parent), "--dataset", str(verl_dumps.dataset),
+                   "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path), "--no-progress"])
+        requests = list(server.requests)
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    check_report_numbers(report)
+    inp = report["input"]
+    assert inp["format"] == "verl_dump" and inp["rows"] == len(DUMP_GROUPS) * 9
+    assert inp["dataset_matched_groups"] == len(DUMP_GROUPS) and inp["groups_without_images"] == 0
+    assert len(report["groups"]) == len(DUMP_GROUPS)
+    for g, row in zip(report["groups"], DUMP_GROUPS):
+        assert g["problem_type"] == row["problem_type"] and g["question"] == row["question"]
+        assert g["step"] == STEP and g["anneal"] == pytest.approx(math.exp(-STEP / 1500))
+        # Only the final output of the multi-turn session counts, as in verl's GRPO.
+        assert [r["response"] for r in g["responses"]] == row["responses"]
+        assert all(r["dump_score"] == pytest.approx(r["outcome_reward"]) for r in g["responses"])
+    assert len(requests) == len(DUMP_GROUPS) * 8 and all(r["images"] == 1 for r in requests)
+    # The TRM gets the clean question, not the decoded chat prompt with the reasoning instructions.
+    questions = [f"Question: {row['question'].strip()}\nReasoning process:" for row in DUMP_GROUPS]
+    assert all(sum(q in r["text"] for q in questions) == 1 for r in requests)
+    assert not any("pondering deeply" in r["text"] for r in requests)
+
+
+def test_audit_of_a_legacy_dump_without_images(verl_dumps, tmp_path, capsys):
+    with FaultInjectionServer() as server:
+        rc = main(["audit", str(verl_dumps.legacy), "--problem-type", "numerical", "--trm-url", server.base_url,
+                   "--trm-model", server.model, "--out", str(tmp_path), "--no-progress", "--step", "0"])
+        requests = list(server.requests)
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    check_report_numbers(report)
+    assert [g["problem_type"] for g in report["groups"]] == ["numerical", "numerical"]
+    assert [g["question"] for g in report["groups"]] == [row["question"] for row in DUMP_GROUPS[:2]]
+    assert report["input"]["groups_without_images"] == 2 and all(r["images"] == 0 for r in requests)
+    assert report["settings"]["steps_used"] == [0] and report["groups"][0]["anneal"] == 1.0
+    assert "without their images" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_groups_file_with_base64_images(tmp_path, capsys):
+    import base64
+
+    png = (EMBEDDED_SAMPLE.parent / SAMPLE_ROWS[0]["images"][0]).read_bytes()
+    rows = [SAMPLE_ROWS[0] | {"images": ["data:image/png;base64," + base64.b64encode(png).decode()]},
+            SAMPLE_ROWS[1] | {"images": [base64.b64encode(png).decode()]}]
+    groups = tmp_path / "groups.jsonl"
+    groups.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with FaultInjectionServer() as server:
+        rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model,
+                   "--out", str(tmp_path / "o"), "--no-progress"])
+        requests = list(server.requests)
+    assert rc == 0, capsys.readouterr().err
+    assert len(requests) == 16 and all(r["images"] == 1 for r in requests)
+    report = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))
+    assert [g["images"] for g in report["groups"]] == [["<base64 image>"], ["<base64 image>"]]
+    check_report_numbers(report)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_dump_with_a_missing_field_names_file_and_line(verl_dumps, tmp_path, capsys):
+    lines = verl_dumps.v1.read_text().splitlines()
+    row = json.loads(lines[4])
+    del row["gts"]
+    lines[4] = json.dumps(row)
+    bad = tmp_path / "7.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    err = _error(["audit", str(bad), "--problem-type", "numerical", "--trm-url", "http://127.0.0.1:9/v1",
+                  "--trm-model", "m", "--out", str(tmp_path / "o")], capsys)
+    assert f"{bad}:5: missing field 'gts'" in err
+
+
+def test_dump_with_a_group_of_one_names_file_and_line(verl_dumps, tmp_path, capsys):
+    lines = verl_dumps.v1.read_text().splitlines()
+    row = json.loads(lines[-1])
+    row["uid"] = f"{uuid.uuid4()}_0_0"  # its own prompt uid: a group of one response
+    bad = tmp_path / "8.jsonl"
+    bad.write_text("\n".join(lines[:-1] + [json.dumps(row)]) + "\n")
+    err = _error(["audit", str(bad), "--problem-type", "numerical", "--out", str(tmp_path / "o")], capsys)
+    assert f"{bad}:{len(lines)}: a group of 1 response" in err
+
+
+def test_unreadable_image_names_file_line_and_image(tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
+    row = dict(SAMPLE_ROWS[0], images=["broken.png"])
+    groups = tmp_path / "groups.jsonl"
+    groups.write_text(json.dumps(SAMPLE_ROWS[1] | {"images": []}) + "\n" + json.dumps(row) + "\n")
+    err = _error(["audit", str(groups), "--out", str(tmp_path / "o")], capsys)
+    assert f"{groups}:2: image 'broken.png' cannot be read" in err
+
+
+def test_unknown_problem_type_and_malformed_json_name_file_and_line(tmp_path, capsys):
+    groups = tmp_path / "groups.jsonl"
+    groups.write_text(json.dumps(SAMPLE_ROWS[0] | {"images": [], "problem_type": "essay"}) + "\n")
+    assert f"{groups}:1: unknown problem_type 'essay'" in _error(["audit", str(groups)], capsys)
+    groups.write_text(json.dumps(SAMPLE_ROWS[0] | {"images": []}) + "\n{not json\n")
+    assert f"{groups}:2: not valid JSON" in _error(["audit", str(groups)], capsys)
+
+
+def test_unreachable_trm_url_is_a_clear_error(tmp_path, capsys):
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    err = _error(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path)], capsys)
+    assert f"cannot reach the thinking reward model at {url}" in err
+
+
+def test_bad_settings_name_the_flag(capsys):
+    assert "--anneal-steps" in _error(["audit", "--anneal-steps", "0"], capsys)
+    assert "--schedule" in _error(["audit", "--schedule", "sawtooth"], capsys)
+
+
+# ---------------------------------------------------------------------------------- Ctrl-C cleanup
+
+
+def test_ctrl_c_stops_the_embedded_server(tmp_path):
+    """Interrupted while scoring, the command exits 130 and its TRM server is gone."""
+    script = Path(sys.executable).with_name("sophiavl-verl")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "sophiavl_verl.cli"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([*command, "audit", "--out", str(tmp_path / "r"), "--max-concurrency", "1"],
+                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    port = None
+    deadline = time.monotonic() + 600
+    try:
+        while port is None:  # "[audit] scoring N responses ... at http://127.0.0.1:PORT/v1"
+            match = re.search(r"at http://127\.0\.0\.1:(\d+)/", log.read_text())
+            if match:
+                port = int(match.group(1))
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        assert _port_open(port)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert not _port_open(port), "the embedded TRM server survived Ctrl-C"

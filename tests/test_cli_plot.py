@@ -1,0 +1,126 @@
+"""`sophiavl-verl plot`: training curves from logs written by verl's own Tracking / FileLogger classes."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sophiavl_verl.cli import main
+from sophiavl_verl.plots import PlotError, parse_metrics_log
+
+STEPS = [1, 2, 3, 4]
+
+
+def _metrics(step: int) -> dict:
+    """What one training step of the plugin logs (numpy scalars as verl's reducers produce them)."""
+    metrics = {
+        "critic/score/mean": np.float64(0.25 + 0.1 * step),
+        "critic/rewards/mean": 0.3 + 0.1 * step,
+        "trust_grpo/gamma_mean": np.float32(1.0 - 0.05 * step),
+        "trust_grpo/untrusted_group_frac": 0.5 / step,
+        "trust_grpo/mixed_group_frac": 0.75,
+        "trust_grpo/anneal": math.exp(-step / 10),
+        "trust_grpo/thinking_term_mean": 0.3 * math.exp(-step / 10) * 0.6,
+        "trust_grpo/mu_correct": 0.6,
+        "trust_grpo/mu_wrong": 0.4 + 0.05 * step,
+        "trm/failed": np.int64(step - 1),
+        "trm/latency_p50_s": math.nan if step == 2 else 0.1 * step,  # no successful request at step 2
+        "trm/thinking_reward_correct_mean": 0.7,
+        "trm/thinking_reward_wrong_mean": 0.5,
+        "timing_s/step": 12.5,
+        "training/global_step": step,
+        "val-core/numerical/acc/mean@1": 0.5,
+    }
+    if step != 3:
+        metrics["trust_grpo/gamma_min"] = 0.5  # the estimator omits it when no group is mixed
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def verl_logs(tmp_path_factory):
+    """A console log (captured stdout, with Ray's prefix and noise) and a file-logger JSONL of one run."""
+    from verl.utils.tracking import Tracking
+
+    folder = tmp_path_factory.mktemp("logs")
+    jsonl = folder / "metrics.jsonl"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VERL_FILE_LOGGER_PATH", str(jsonl))
+    stdout = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout):
+            tracker = Tracking(project_name="p", experiment_name="e", default_backend=["console", "file"])
+            for step in STEPS:
+                print(f"Training Progress: {step}/4 [00:0{step}<00:00]")
+                tracker.log(data=_metrics(step), step=step)
+            tracker.finish()
+    finally:
+        mp.undo()
+    console = folder / "console.log"
+    lines = stdout.getvalue().splitlines()
+    # Ray prefixes a worker's output with its actor name; one line is prefixed here as it would be.
+    lines = [("(TaskRunner pid=4242) " + line) if line.startswith("step:2 ") else line for line in lines]
+    console.write_text("INFO starting verl\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return {"console": console, "jsonl": jsonl, "folder": folder}
+
+
+@pytest.mark.parametrize("kind", ["console", "jsonl"])
+def test_parse_metrics_log_recovers_the_logged_series(verl_logs, kind):
+    series = parse_metrics_log(verl_logs[kind])
+    for key in ("critic/score/mean", "trust_grpo/anneal", "trust_grpo/gamma_mean", "trm/failed",
+                "trust_grpo/untrusted_group_frac", "trust_grpo/mu_wrong"):
+        assert [s for s, _ in series[key]] == STEPS, key
+        expected = [float(_metrics(s)[key]) for s in STEPS]
+        assert [v for _, v in series[key]] == pytest.approx(expected, rel=1e-6), key
+    # A NaN metric stays NaN (console prints nan; the file logger writes null) and is not dropped.
+    latency = dict(series["trm/latency_p50_s"])
+    assert math.isnan(latency[2]) and latency[3] == pytest.approx(0.3)
+    # A key logged on some steps only has exactly those steps.
+    assert [s for s, _ in series["trust_grpo/gamma_min"]] == [1, 2, 4]
+    assert series["training/global_step"] == [(s, float(s)) for s in STEPS]
+
+
+def _assert_png(path):
+    assert path.is_file() and path.stat().st_size > 1000, path
+    with Image.open(path) as img:
+        img.verify()
+        assert img.format == "PNG"
+
+
+@pytest.mark.parametrize("kind", ["console", "jsonl"])
+def test_plot_command_writes_pngs_and_csv(verl_logs, kind, tmp_path, capsys):
+    out = tmp_path / "plots"
+    assert main(["plot", str(verl_logs[kind]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "over 4 steps (1..4)" in printed
+    for stem in ("outcome_reward", "trust", "thinking", "trm_scores", "trm_latency", "trm_requests", "training_curves"):
+        _assert_png(out / f"{stem}.png")
+        assert str((out / f"{stem}.png").resolve()) in printed
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == STEPS
+    assert float(rows[2]["critic/score/mean"]) == pytest.approx(0.55)
+    assert rows[2]["trust_grpo/gamma_min"] == ""  # not logged at step 3
+
+
+def test_plot_without_metrics_is_a_clear_error_naming_the_file(tmp_path, capsys):
+    log = tmp_path / "train.log"
+    log.write_text("INFO starting\nTraining Progress: 0%|\nstep:notanumber\n", encoding="utf-8")
+    assert main(["plot", str(log), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(log) in err and "no verl metrics found" in err
+    with pytest.raises(PlotError, match="cannot open"):
+        parse_metrics_log(tmp_path / "missing.log")
+
+
+def test_plot_with_only_other_metrics_names_what_it_found(tmp_path, capsys):
+    log = tmp_path / "other.log"
+    log.write_text("step:1 - actor/lr:1e-06 - timing_s/gen:3.5\n", encoding="utf-8")
+    assert main(["plot", str(log), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(log) in err and "none of the plotted metrics" in err and "actor/lr" in err
