@@ -66,7 +66,8 @@ class LocalOpenAIServer:
         host: Address to listen on.
         port: Port; None picks a free one.
         startup_timeout_s: How long to wait for the server to answer ``/health``.
-        num_threads: Torch CPU threads of the server (``OMP_NUM_THREADS``); None leaves torch's default.
+        num_threads: Torch CPU threads of the server (``OMP_NUM_THREADS``); the default 1 suits the tiny model,
+            which more threads only slow down; None leaves torch's default (all cores).
         extra_args: More ``transformers serve`` options (e.g. ``["--continuous-batching"]``).
         progress: Called with progress lines while starting; defaults to ``logger.info``.
         log_path: File for the server's stdout and stderr; None makes a temporary file.
@@ -79,7 +80,7 @@ class LocalOpenAIServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         startup_timeout_s: float = 180.0,
-        num_threads: int | None = None,
+        num_threads: int | None = 1,
         extra_args: Sequence[str] = (),
         progress: Callable[[str], None] | None = None,
         log_path: str | os.PathLike | None = None,

@@ -36,7 +36,8 @@ import os
 import random
 import re
 import time
-from collections import Counter
+import weakref
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,10 @@ def _image_key(image: Any) -> tuple:
 # ---------------------------------------------------------------------------------------------- stats
 
 
+#: How many request latencies a client keeps for its p50/p95.
+LATENCY_WINDOW = 65536
+
+
 @dataclass
 class TRMStats:
     """Counters of a :class:`ThinkingRewardClient` (reset them once per training step).
@@ -239,7 +244,8 @@ class TRMStats:
         failures: Failed items by the kind of their last error (see ``ThinkingRewardClient``).
         errors: Failed attempts by kind (retried ones included).
         clipped: Scores outside [0, 1] that were clipped.
-        latencies_s: Wall time of each successful request, in seconds.
+        latencies_s: Wall time of each successful request, in seconds (the latest ``LATENCY_WINDOW``, so a
+            long-lived client in a reward worker stays bounded in memory).
     """
 
     items: int = 0
@@ -250,7 +256,7 @@ class TRMStats:
     failures: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
     clipped: int = 0
-    latencies_s: list[float] = field(default_factory=list)
+    latencies_s: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     def reset(self) -> None:
         """Zero every counter."""
@@ -304,6 +310,20 @@ class _AttemptError(Exception):
         self.retry_after = retry_after
 
 
+class _Secret:
+    """Holds the API key; shows as ``***`` in reprs, ``vars()`` dumps and f-strings."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str | None):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+
 # Malformed replies (empty body, invalid JSON, no choices) point at a transport or proxy glitch: retried once.
 _BAD_RESPONSE_RETRIES = 1
 
@@ -314,7 +334,9 @@ class ThinkingRewardClient:
     Each item is one ``POST {base_url}/chat/completions`` request with a system message and a user message
     whose content is the item's images (base64 ``data:`` URLs) followed by the Table-4 prompt, sent with
     temperature 0 and ``max_tokens`` tokens. At most ``max_concurrency`` items are in flight; an item keeps
-    its slot while it backs off, so a struggling server is not flooded by retries.
+    its slot while it backs off, so a struggling server is not flooded by retries. The cap holds across concurrent
+    :meth:`score` calls on the same event loop; each call opens (and closes) its own HTTP session, so pass many
+    items per call to reuse connections.
 
     Failures, by ``kind`` (the keys of ``stats.failures`` and ``stats.errors``):
 
@@ -338,8 +360,9 @@ class ThinkingRewardClient:
         max_concurrency: Items in flight at once.
         timeout_s: Limit for one HTTP request.
         max_retries: Retries after the first attempt of an item.
-        total_deadline_s: Limit for one item, retries and backoff included, counted from its first attempt.
-            None: bounded only by ``(max_retries + 1) * timeout_s`` plus backoff.
+        total_deadline_s: Limit for one item, retries and backoff included, counted from its first attempt
+            (time queued for a concurrency slot does not count). None: bounded only by
+            ``(max_retries + 1) * timeout_s`` plus backoff.
         max_tokens: ``max_tokens`` of the request (the reply is ``<answer>x</answer>``).
         backoff_base_s: First backoff; doubles each retry.
         backoff_max_s: Cap of one backoff.
@@ -377,19 +400,30 @@ class ThinkingRewardClient:
         self.max_tokens = int(max_tokens)
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
-        self.__api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        self._api_key = _Secret(api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None)
         self.stats = TRMStats()
+        # One cap per event loop, shared by concurrent score() calls (verl's reward loop scores sample by sample).
+        self._semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
-        key = "'***'" if self.__api_key else "None"
+        key = "'***'" if self._api_key.value else "None"
         return (
             f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r}, api_key={key}, "
             f"max_concurrency={self.max_concurrency}, timeout_s={self.timeout_s}, max_retries={self.max_retries}, "
             f"total_deadline_s={self.total_deadline_s})"
         )
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_semaphores"] = None  # bound to event loops; rebuilt where the copy runs
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _semaphores=weakref.WeakKeyDictionary())
+
     def _redact(self, text: str) -> str:
-        return text.replace(self.__api_key, "***") if self.__api_key else text
+        key = self._api_key.value
+        return text.replace(key, "***") if key else text
 
     # ------------------------------------------------------------------ public
 
@@ -406,11 +440,14 @@ class ThinkingRewardClient:
         if not items:
             return []
         self.stats.items += len(items)
-        semaphore = asyncio.Semaphore(self.max_concurrency)
+        loop = asyncio.get_running_loop()
+        semaphore = self._semaphores.get(loop)
+        if semaphore is None:
+            semaphore = self._semaphores[loop] = asyncio.Semaphore(self.max_concurrency)
         image_cache: dict[tuple, asyncio.Task] = {}
         headers = {"Content-Type": "application/json"}
-        if self.__api_key:
-            headers["Authorization"] = f"Bearer {self.__api_key}"
+        if self._api_key.value:
+            headers["Authorization"] = f"Bearer {self._api_key.value}"
         connector = aiohttp.TCPConnector(limit=self.max_concurrency)
         async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
             scores = await asyncio.gather(

@@ -14,12 +14,12 @@
 """A tiny random Qwen2.5-VL that can stand in for the thinking reward model on CPU.
 
 No weights can be downloaded on the CPU machines this package is tested on, so
-:func:`build_tiny_qwen2_5_vl` makes a ~1.5 MB Qwen2.5-VL (2 text layers, hidden 64, a 1-block vision tower) with
-a byte-level BPE tokenizer trained on the spot, and :func:`finetune_to_answer` teaches it, in a few dozen SFT
-steps, to reply ``<answer>x</answer>`` to the Table-4 prompt. The replies carry no judgement of reasoning
-quality: :func:`toy_score` gives the labels the embedded model learns (a keyword rule), so its scores vary with
-the input without meaning anything. It exists to exercise the real serving path (chat template, images,
-OpenAI API), never to train a policy.
+:func:`build_tiny_qwen2_5_vl` makes a ~1.4 MB Qwen2.5-VL (2 text layers, hidden 64, a 1-block vision tower) with
+a byte-level BPE tokenizer trained on the spot, and :func:`finetune_to_answer` teaches it, in 250 SFT steps
+(about 20-35 s on one CPU core), to reply ``<answer>x</answer>`` to the Table-4 prompt. The replies carry no
+judgement of reasoning quality: :func:`toy_score` gives the labels the embedded model learns (a keyword rule:
+``because`` -> 0.9, ``guess`` -> 0.1, else 0.5), so its scores vary with the input without meaning anything.
+It exists to exercise the real serving path (chat template, images, OpenAI API), never to train a policy.
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ def _pseudo_sentence(rng: random.Random) -> str:
     case = rng.choice((str.lower, str.lower, str.title, str.upper))
     words = []
     for _ in range(rng.randint(3, 12)):
-        word = case("".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789"[: rng.choice((26, 36))]) for _ in range(rng.randint(1, 9))))
+        alphabet = "abcdefghijklmnopqrstuvwxyz" + rng.choice(("", "0123456789"))
+        word = case("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))))
         words.append(f"'{word}'" if rng.random() < 0.1 else word)
     for _ in range(rng.randint(0, 2)):
         words.insert(rng.randint(0, len(words)), rng.choice(("=", "+", "-", "(e.g.", "->", str(rng.randint(0, 99)))))
@@ -278,9 +279,11 @@ def _train_tokenizer():
 def build_tiny_qwen2_5_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     """Save a tiny random Qwen2.5-VL with its tokenizer and processor to ``out_dir``.
 
-    Text model: hidden 64, 2 layers, 2 heads of dim 32, vocab 1024 (a byte-level BPE trained on the Table-4
-    prompt, with Qwen's special tokens and chat template; token ids differ from the real Qwen ones). Vision
-    tower: 1 block, hidden 64; images are resized to 56 x 56 pixels (4 image tokens each).
+    Text model: hidden 64, 2 layers, 2 heads of dim 32, vocab 2,060: a byte-level BPE of 2,048 tokens trained
+    on Table-4 prompts, with Qwen's special tokens and chat template (token ids differ from the real Qwen
+    ones), plus two toy shortcuts as ordinary tokens, the whole Table-4 instruction and each reply
+    ``<answer>0.x</answer>``. Vision tower: 1 block, hidden 64; images are resized to 56 x 56 pixels
+    (4 image tokens each). Weights are drawn with std 0.1 (see :data:`INIT_STD`).
     ``AutoProcessor.from_pretrained(out_dir)`` (after :func:`install_processor_shim`) and
     ``AutoModelForImageTextToText.from_pretrained(out_dir)`` load the result.
 
@@ -351,7 +354,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     with torch.no_grad():
-        # Wider than the usual std 0.02: the fine-tune then finds the keyword in a few dozen steps, not hundreds.
+        # Wider than the usual std 0.02: the fine-tune then picks up the keyword rule in a few hundred steps.
         for module in model.modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
                 module.weight.normal_(0.0, INIT_STD)
@@ -417,7 +420,7 @@ def finetune_to_answer(
     model_dir: str | os.PathLike,
     examples: Iterable[tuple[str, str, Sequence[Any], float]],
     *,
-    steps: int = 150,
+    steps: int = 250,
     batch_size: int = 8,
     lr: float = 6e-3,
     seed: int = 0,
@@ -464,6 +467,25 @@ def finetune_to_answer(
         enc["labels"] = labels
         return enc
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 64-wide matrices: more threads only add overhead (and spin on a busy machine)
+    try:
+        losses = _train(model, examples, encode, steps=steps, batch_size=batch_size, lr=lr, rng=rng,
+                        pad_id=tokenizer.pad_token_id)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    model.save_pretrained(model_dir)
+    result = {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.monotonic() - start}
+    logger.info("tiny TRM fine-tuned: %s", result)
+    return result
+
+
+def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: float, rng: random.Random,
+           pad_id: int) -> list[float]:
+    """The SFT loop of :func:`finetune_to_answer`; returns the loss of every step."""
+    import torch
+
     n = len(examples)
     fresh = n >= steps * batch_size
     memo: dict[int, dict] = {}
@@ -481,40 +503,33 @@ def finetune_to_answer(
         else:
             picks = rng.sample(range(n), min(batch_size, n))
             batch = [memo[i] if i in memo else memo.setdefault(i, encode(examples[i])) for i in picks]
-        batch = _collate(batch, tokenizer.pad_token_id)
+        batch = _collate(batch, pad_id)
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
-    model.eval()
-    model.save_pretrained(model_dir)
-    result = {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.monotonic() - start}
-    logger.info("tiny TRM fine-tuned: %s", result)
-    return result
+    return losses
 
 
 def _recipe_fingerprint(steps: int) -> str:
-    """Changes whenever what :func:`make_embedded_trm` would make changes (prompt, recipe, versions)."""
+    """Changes whenever what :func:`make_embedded_trm` would make may change (this code, the prompt, versions)."""
     import tokenizers
     import torch
     import transformers
 
     recipe = {
-        "instruction": TRM_INSTRUCTION,
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "prompt": build_trm_prompt("{question}", "{response}"),
         "system": TRM_SYSTEM_PROMPT,
-        "template": QWEN_VL_CHAT_TEMPLATE,
-        "sentences": [_NEUTRAL, _BECAUSE, _GUESS, _ANSWERS],
-        "questions": _QUESTIONS,
-        "seed": EMBEDDED_SEED,
         "steps": steps,
         "versions": [transformers.__version__, tokenizers.__version__, torch.__version__],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_embedded_trm(out_dir: str | os.PathLike, *, steps: int = 150) -> Path:
+def make_embedded_trm(out_dir: str | os.PathLike, *, steps: int = 250) -> Path:
     """Build and fine-tune the embedded tiny TRM in ``out_dir``, with a fixed seed.
 
     Cached: a complete model made by the same recipe (prompt, training data, steps, library versions) is
