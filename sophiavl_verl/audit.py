@@ -823,7 +823,6 @@ def apply_trust_grpo(results: list[GroupResult], settings: AuditSettings) -> Non
     One call per distinct training step (the annealing factor is per step); fills ``results`` in place.
     """
     import torch
-    import verl  # noqa: F401  (loads the plugin first: importing trust_grpo before verl is a circular import)
 
     from sophiavl_verl.trust_grpo import group_normalized_advantage, trust_weighted_rewards
 

@@ -6,7 +6,6 @@ per-response scores the report itself lists (not through the package's functions
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -14,14 +13,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from aiohttp import web
 from PIL import Image
+
+from fault_injection import FaultInjectionServer
 
 from sophiavl_verl.audit import EMBEDDED_SAMPLE
 from sophiavl_verl.cli import main
@@ -33,72 +34,38 @@ PLOTS = ("gamma_hist.png", "thinking_by_correctness.png", "by_problem_type.png")
 # --------------------------------------------------------------------------------------------- helpers
 
 
-class FaultInjectionServer:
-    """An OpenAI-compatible stand-in thinking reward model that fails chosen requests on purpose.
+def keyword_trm(*, fail_400=(), fail_503=(), fail_all=False) -> FaultInjectionServer:
+    """A fault-injecting stand-in TRM: the embedded TRM's keyword rule, failing chosen requests on purpose.
 
-    It scores a response with the embedded TRM's keyword rule (``because`` -> 0.9, ``guess`` -> 0.1, else 0.5)
-    and answers ``400`` (not retried by the client) to requests whose text contains one of ``fail_400``,
-    ``503`` (retried, then failed) to those containing one of ``fail_503``, and ``500`` to every request when
-    ``fail_all``. Runs on 127.0.0.1 in a thread; records whether each request carried an image.
+    It scores with ``because`` -> 0.9, ``guess`` -> 0.1, else 0.5, and answers ``400`` (not retried by the
+    client) to requests whose text contains one of ``fail_400``, ``503`` (retried, then failed) to those
+    containing one of ``fail_503``, and ``500`` to every request when ``fail_all``.
     """
 
-    model = "fault-injection-trm"
-
-    def __init__(self, *, fail_400=(), fail_503=(), fail_all=False):
-        self.fail_400, self.fail_503, self.fail_all = tuple(fail_400), tuple(fail_503), fail_all
-        self.requests: list[dict] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-
-    async def _chat(self, request):
-        from aiohttp import web
-
-        body = await request.json()
-        parts = body["messages"][-1]["content"]
-        text = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
-        images = sum(p.get("type") == "image_url" for p in parts)
-        self.requests.append({"text": text, "images": images})
-        if self.fail_all:
+    def script(n, body):
+        text = _sent_text(body)
+        if fail_all:
             return web.Response(status=500, text="injected fault: everything fails")
-        if any(marker in text for marker in self.fail_400):
+        if any(marker in text for marker in fail_400):
             return web.Response(status=400, text="injected fault (400)")
-        if any(marker in text for marker in self.fail_503):
+        if any(marker in text for marker in fail_503):
             return web.Response(status=503, text="injected fault (503)")
         reasoning = text.split("Reasoning process:", 1)[1].lower()
-        score = 0.9 if "because" in reasoning else 0.1 if "guess" in reasoning else 0.5
-        return web.json_response({"choices": [{"message": {"role": "assistant", "content": f"<answer>{score}</answer>"}}]})
+        return f"<answer>{0.9 if 'because' in reasoning else 0.1 if 'guess' in reasoning else 0.5}</answer>"
 
-    async def _models(self, request):
-        from aiohttp import web
+    return FaultInjectionServer(script)
 
-        return web.json_response({"object": "list", "data": [{"id": self.model}]})
 
-    def _serve(self):
-        from aiohttp import web
+def _sent_text(body: dict) -> str:
+    return "".join(p.get("text", "") for p in body["messages"][-1]["content"] if p.get("type") == "text")
 
-        asyncio.set_event_loop(self._loop)
-        app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())
 
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "fault-injection server did not start"
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        return self
-
-    def __exit__(self, *exc):
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+def _sent(server: FaultInjectionServer) -> list[dict]:
+    """What each request carried: its prompt text and its number of images."""
+    return [
+        {"text": _sent_text(body), "images": sum(p.get("type") == "image_url" for p in body["messages"][-1]["content"])}
+        for body in server.bodies
+    ]
 
 
 def _free_port() -> int:
@@ -280,7 +247,7 @@ def test_partial_trm_failure_is_reported_as_failures_not_zeros(tmp_path, capsys)
     expected_failed = sum(any(m in text for m in markers_400 + markers_503)
                           for row in SAMPLE_ROWS for text in row["responses"])
     assert expected_failed >= 5
-    with FaultInjectionServer(fail_400=markers_400, fail_503=markers_503) as server:
+    with keyword_trm(fail_400=markers_400, fail_503=markers_503) as server:
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
                    "--max-retries", "1", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
@@ -306,7 +273,7 @@ def test_partial_trm_failure_is_reported_as_failures_not_zeros(tmp_path, capsys)
 
 
 def test_other_trust_grpo_settings_reach_the_math(tmp_path, capsys):
-    with FaultInjectionServer() as server:
+    with keyword_trm() as server:
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
                    "--no-progress", "--alpha", "0.5", "--step", "300", "--anneal-steps", "600",
                    "--uniform-groups", "trust", "--no-norm-by-std", "--correct-threshold", "0.6"])
@@ -323,10 +290,10 @@ def test_other_trust_grpo_settings_reach_the_math(tmp_path, capsys):
 
 
 def test_no_trust_weight_and_skip_uniform_query_policy(tmp_path, capsys):
-    with FaultInjectionServer() as server:
+    with keyword_trm() as server:
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
                    "--no-progress", "--no-trust-weight", "--query-policy", "skip_uniform"])
-        sent = len(server.requests)
+        sent = server.requests
     assert rc == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     check_report_numbers(report)
@@ -337,7 +304,7 @@ def test_no_trust_weight_and_skip_uniform_query_policy(tmp_path, capsys):
 
 
 def test_every_trm_request_failing_is_an_error_but_the_report_is_written(tmp_path, capsys):
-    with FaultInjectionServer(fail_all=True) as server:
+    with keyword_trm(fail_all=True) as server:
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
                    "--max-retries", "0", "--no-progress", "--limit", "2"])
     err = capsys.readouterr().err
@@ -432,10 +399,10 @@ def test_verl_dump_file_is_verls_format(verl_dumps):
 
 
 def test_audit_of_a_v1_dump_with_the_dataset(verl_dumps, tmp_path, capsys):
-    with FaultInjectionServer() as server:
+    with keyword_trm() as server:
         rc = main(["audit", str(verl_dumps.v1.parent), "--dataset", str(verl_dumps.dataset),
                    "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path), "--no-progress"])
-        requests = list(server.requests)
+        requests = _sent(server)
     assert rc == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     check_report_numbers(report)
@@ -457,10 +424,10 @@ def test_audit_of_a_v1_dump_with_the_dataset(verl_dumps, tmp_path, capsys):
 
 
 def test_audit_of_a_legacy_dump_without_images(verl_dumps, tmp_path, capsys):
-    with FaultInjectionServer() as server:
+    with keyword_trm() as server:
         rc = main(["audit", str(verl_dumps.legacy), "--problem-type", "numerical", "--trm-url", server.base_url,
                    "--trm-model", server.model, "--out", str(tmp_path), "--no-progress", "--step", "0"])
-        requests = list(server.requests)
+        requests = _sent(server)
     assert rc == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     check_report_numbers(report)
@@ -479,10 +446,10 @@ def test_groups_file_with_base64_images(tmp_path, capsys):
             SAMPLE_ROWS[1] | {"images": [base64.b64encode(png).decode()]}]
     groups = tmp_path / "groups.jsonl"
     groups.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with FaultInjectionServer() as server:
+    with keyword_trm() as server:
         rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model,
                    "--out", str(tmp_path / "o"), "--no-progress"])
-        requests = list(server.requests)
+        requests = _sent(server)
     assert rc == 0, capsys.readouterr().err
     assert len(requests) == 16 and all(r["images"] == 1 for r in requests)
     report = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import random
-import threading
 import time
 
 import aiohttp
@@ -17,6 +16,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
+from fault_injection import FaultInjectionServer
 from sophiavl_verl.local_server import LocalOpenAIServer, ServerStartError, free_port
 from sophiavl_verl.thinking_reward import (
     API_KEY_ENV,
@@ -42,11 +42,6 @@ def _png_bytes(color=(30, 200, 30)) -> bytes:
     buffer = io.BytesIO()
     _image(color).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _completion(content: str) -> dict:
-    message = {"role": "assistant", "content": content}
-    return {"object": "chat.completion", "choices": [{"index": 0, "message": message}]}
 
 
 # ------------------------------------------------------------------------------- the real server
@@ -120,72 +115,6 @@ def _b64(data: bytes) -> str:
 
 
 # ------------------------------------------------------------------------------ injected faults
-
-
-class FaultInjectionServer:
-    """A fake OpenAI chat endpoint on 127.0.0.1 (aiohttp, background thread) that injects faults.
-
-    ``script(n, body)`` decides the reply to the n-th request (0-based): an ``aiohttp.web.Response``, or a
-    string that becomes the assistant message. It may be a coroutine function (to sleep, e.g. to hang).
-    Records every request body and header set, and the most requests ever in flight at once.
-    """
-
-    def __init__(self, script):
-        self.script = script
-        self.bodies: list[dict] = []
-        self.headers: list[dict] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-
-    @property
-    def requests(self) -> int:
-        return len(self.bodies)
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        n = len(self.bodies)
-        self.headers.append(dict(request.headers))
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            body = await request.json()
-            self.bodies.append(body)
-            reply = self.script(n, body)
-            if asyncio.iscoroutine(reply):
-                reply = await reply
-            return web.json_response(_completion(reply)) if isinstance(reply, str) else reply
-        finally:
-            self.in_flight -= 1
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_post("/v1/chat/completions", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())
-        pending = asyncio.all_tasks(self._loop)  # handlers still hanging on purpose
-        for task in pending:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self._loop.close()
-
-    def __enter__(self) -> FaultInjectionServer:
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "fault-injection server did not start"
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 def _status(code: int, text: str = "injected fault", headers: dict | None = None):
