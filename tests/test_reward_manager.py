@@ -13,7 +13,7 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.utils.ray_utils import get_event_loop
 
-from conftest import SMALL_RUN, compose_verl_config
+from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
 from sophiavl_verl.reward_manager import GroupOutcomeBoard, thinking_reward_decision
 from sophiavl_verl.rewards import outcome_reward
 from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
@@ -188,3 +188,29 @@ def test_groups_split_across_ray_reward_workers_share_one_board(ray_with_transfe
     refs = [workers[i % 2].arrive.remote("g", float(i % 3 == 0)) for i in range(4)]
     results = ray.get(refs, timeout=120)
     assert all(sorted(r) == [0.0, 0.0, 1.0, 1.0] for r in results)
+
+
+def test_hosting_mode_a_reaches_the_trm_through_verls_router_address(embedded_trm_server):
+    """Mode A: verl serves the TRM in the cluster and hands the manager its router's host:port.
+
+    vLLM cannot run here, so the real OpenAI-compatible server stands where verl's reward router would;
+    everything on verl's side (RewardLoopWorker with an enabled reward model, the custom-function route
+    that avoids /classify, the manager's router address and model_path) is verl's own code.
+    """
+    host_port = embedded_trm_server.base_url.removeprefix("http://").removesuffix("/v1")
+    config = compose_verl_config([
+        *SMALL_RUN, "actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={embedded_trm_server.model}",
+        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
+        "reward.reward_model.enable=True", "reward.reward_model.enable_resource_pool=True",
+        f"reward.reward_model.model_path={embedded_trm_server.model}", "reward.reward_model.rollout.name=vllm",
+        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "+reward.reward_kwargs.query_policy=all",
+    ])
+    run_verl_validation(config)
+    worker = RewardLoopWorker(config, reward_router_address=host_port)
+    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
+    before = _requests_seen(embedded_trm_server)
+    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
+    assert _requests_seen(embedded_trm_server) - before == 12
+    assert [o["reward_score"] for o in outputs] == expected_outcomes
+    assert all(0.0 <= o["reward_extra_info"][THINKING_KEY] <= 1.0 for o in outputs)
