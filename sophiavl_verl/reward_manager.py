@@ -1,9 +1,10 @@
 """The ``sophiavl`` reward manager of verl's reward loop: outcome reward + thinking reward per response.
 
-verl's reward loop calls :meth:`SophiaVLRewardManager.run_single` once per response, during rollout
-(as soon as the response is generated, when the reward model has its own GPUs or is external) or
-right after it (colocated reward model). For each response it computes the rule-based outcome
-reward R^o and asks the thinking reward model (TRM) for R^t, returning
+verl's reward loop calls :meth:`SophiaVLRewardManager.run_single` once per response, during rollout,
+as soon as the response is generated (the TRM is external, or verl serves it on its own GPUs; a
+colocated TRM is rejected at validation, since verl's colocated path passes no ground truth). For each
+response it computes the rule-based outcome reward R^o and asks the thinking reward model (TRM) for
+R^t, returning
 
     {"reward_score": R^o, "reward_extra_info": {OUTCOME_KEY: R^o, THINKING_KEY: R^t or NaN, ...}}
 

@@ -342,11 +342,10 @@ def install() -> bool:
         return True
     import verl.utils.config as verl_config
 
-    if not _version_ok():
-        # Still make a trust_grpo launch fail in the driver, before any worker starts.
-        _patch_attr(verl_config, "validate_config", _wrap_validate_config)
-        return False
+    # Patched on every version: on an untested one it makes a trust_grpo launch fail before any worker starts.
     _patch_attr(verl_config, "validate_config", _wrap_validate_config)
+    if not _version_ok():
+        return False
     pending = {}
     for name, patch in _TRAINER_PATCHES.items():
         if name in sys.modules:
