@@ -346,7 +346,7 @@ def compute_trust_grpo_advantage(
 
     # The correct/wrong split uses R^o; the thinking term is added to verl's base score.
     group, num_groups = _group_ids(index)
-    term, gamma, trust = _thinking_terms(
+    term, _, trust = _thinking_terms(
         outcome,
         thinking,
         group,
