@@ -844,12 +844,10 @@ def apply_trust_grpo(results: list[GroupResult], settings: AuditSettings) -> Non
             uniform_groups=settings.uniform_groups,
             use_trust_weight=settings.use_trust_weight,
         )
-        # Advantages from float32 rewards, as in training (verl's token-level rewards are float32): a group of
-        # equal rewards then gets exactly 0, not float64-vs-float32 rounding noise divided by epsilon.
-        mask = torch.ones(len(index), 1, dtype=torch.float32)
+        mask = torch.ones(len(index), 1)
         kwargs = {"norm_by_std": settings.norm_by_std, "epsilon": settings.epsilon}
-        adv, _ = group_normalized_advantage(rewards.to(torch.float32), mask, index, **kwargs)
-        adv_grpo, _ = group_normalized_advantage(outcome.to(torch.float32), mask, index, **kwargs)
+        adv, _ = group_normalized_advantage(rewards, mask, index, **kwargs)  # float32, as verl's GRPO
+        adv_grpo, _ = group_normalized_advantage(outcome, mask, index, **kwargs)
         pos = 0
         for i in members:
             res = results[i]
