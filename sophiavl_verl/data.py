@@ -342,7 +342,9 @@ def build_rl_prompt(question: str, problem_type: str, num_images: int = 0) -> st
     return QUESTION_TEMPLATE.format(Question=question) + TYPE_TEMPLATE[canonical_problem_type(problem_type)]
 
 
-def _rl_record(row: dict, index: int, image_root: Path, data_source: str) -> tuple[dict, str]:
+def _rl_record(
+    row: dict, index: int, image_root: Path, data_source: str, system_prompt: str | None
+) -> tuple[dict, str]:
     question = _text(row, RL_FIELDS["question"])
     if not question:
         raise _RowError("problem", "empty question")
@@ -366,7 +368,8 @@ def _rl_record(row: dict, index: int, image_root: Path, data_source: str) -> tup
         question = f"{question}\n" + "; ".join(map(str, options))
     record = {
         "data_source": data_source,
-        "prompt": [{"role": "user", "content": build_rl_prompt(question, problem_type, len(images))}],
+        "prompt": [{"role": "system", "content": system_prompt}] * bool(system_prompt)
+        + [{"role": "user", "content": build_rl_prompt(question, problem_type, len(images))}],
         "images": images,
         "ability": problem_type,
         "reward_model": {"style": "rule", "ground_truth": answer},
@@ -557,7 +560,12 @@ def _prepare(
 
 
 def prepare_rl(
-    inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *, data_source: str = "sophiavl_r1", **options: Any
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    data_source: str = "sophiavl_r1",
+    system_prompt: str | None = None,
+    **options: Any,
 ) -> Summary:
     """Convert SophiaVL-R1-130k rows into verl RL parquet.
 
@@ -565,6 +573,7 @@ def prepare_rl(
         inputs: Data files (JSON list, JSONL, parquet) or folders holding them.
         output: The output parquet (the train split when ``val_size`` is set).
         data_source: Value of the ``data_source`` column.
+        system_prompt: A system message put before each row's user message (none by default).
         **options: Shared with :func:`prepare_trm`:
 
             * ``image_root``: folder the rows' image paths are relative to; default: the first input's folder.
@@ -578,7 +587,7 @@ def prepare_rl(
     Returns:
         The run's :class:`Summary`; the rejected rows are also in ``<output stem>_rejected.jsonl``.
     """
-    convert = functools.partial(_rl_record, data_source=data_source)
+    convert = functools.partial(_rl_record, data_source=data_source, system_prompt=system_prompt)
     return _prepare("rl", inputs, output, convert, RL_FIELDS, RL_SCHEMA, **options)
 
 
@@ -617,6 +626,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--max-image-pixels", type=int, help="Pillow's decompression-bomb limit (default: Pillow's)")
         if name == "rl":
             sub.add_argument("--data-source", default="sophiavl_r1", help="value of the data_source column")
+            sub.add_argument("--system-prompt", help="a system message before each row's question (default: none)")
     return parser
 
 
@@ -629,7 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "rl":
-            summary = prepare_rl(args.inputs, args.output, data_source=args.data_source, **options)
+            summary = prepare_rl(
+                args.inputs, args.output, data_source=args.data_source, system_prompt=args.system_prompt, **options
+            )
         else:
             summary = prepare_trm(args.inputs, args.output, **options)
     except DataError as exc:

@@ -36,9 +36,10 @@ def _register_failure_stand_ins(error: str) -> None:
 
 
 try:
-    from sophiavl_verl import annealing, reward_manager, trust_grpo, verl_adapter  # noqa: F401  (registration)
+    from sophiavl_verl import annealing, cpu_backend, reward_manager, trust_grpo, verl_adapter  # noqa: F401
 
     verl_adapter.install()
+    cpu_backend.install()  # a no-op unless VERL_PLATFORM=cpu
 except Exception:  # noqa: BLE001 - reported loudly, then re-raised for verl's own (DEBUG) log
     _error = traceback.format_exc()
     logger.error("sophiavl_verl plugin failed to load:\n%s", _error)

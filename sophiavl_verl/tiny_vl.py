@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "build_tiny_qwen2_5_vl",
+    "finetune_policy",
     "finetune_to_answer",
     "install_processor_shim",
     "make_embedded_trm",
@@ -479,6 +480,60 @@ def finetune_to_answer(
     result = {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.monotonic() - start}
     logger.info("tiny TRM fine-tuned: %s", result)
     return result
+
+
+def finetune_policy(
+    model_dir: str | os.PathLike,
+    examples: Sequence[tuple[list[dict], Sequence[Any], str]],
+    *,
+    steps: int = 120,
+    batch_size: int = 8,
+    lr: float = 6e-3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Supervised fine-tuning of a tiny policy on chat prompts and their responses (the quick start's warm-up).
+
+    A random policy writes noise, so every group of a GRPO run is all-wrong and the thinking term never
+    applies; a few dozen steps on ``<think>...</think><answer>...</answer>`` responses teach it the format and
+    the sample's answers, so sampling gives mixed groups from the first step.
+
+    Args:
+        model_dir: A model saved by :func:`build_tiny_qwen2_5_vl` (updated in place).
+        examples: ``(messages, images, response)``: the chat as verl's dataset renders it (content parts
+            ``{"type": "image"}`` in image order), its PIL images, and the target response.
+        steps: Optimizer steps (batches are sampled from the examples).
+        batch_size: Examples per step.
+        lr: Learning rate.
+        seed: Seed of the sampling order.
+
+    Returns:
+        ``{"loss_first": ..., "loss_last": ..., "seconds": ...}``.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    install_processor_shim()
+    start = time.monotonic()
+    torch.manual_seed(seed)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = processor.tokenizer
+
+    def encode(example: tuple) -> dict:
+        messages, images, response = example
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        target = f"{response}<|im_end|>"
+        enc = processor(text=[prompt + target], images=list(images) or None, return_tensors="pt")
+        labels = enc["input_ids"].clone()
+        labels[:, : -len(tokenizer(target, add_special_tokens=False)["input_ids"])] = -100
+        enc["labels"] = labels
+        return enc
+
+    losses = _train(model, list(examples), encode, steps=steps, batch_size=batch_size, lr=lr,
+                    rng=random.Random(seed), pad_id=tokenizer.pad_token_id)
+    model.eval()
+    model.save_pretrained(model_dir)
+    return {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.monotonic() - start}
 
 
 def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: float, rng: random.Random,

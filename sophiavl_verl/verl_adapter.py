@@ -51,6 +51,7 @@ __all__ = [
     "trainer_step",
     "adapter_missing_reason",
     "fetch_reward_extra_info",
+    "when_imported",
 ]
 
 logger = logging.getLogger(__name__)
@@ -222,6 +223,51 @@ def _wrap_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., An
     return _compute_advantage
 
 
+_DUMP_BATCH: contextvars.ContextVar[Any] = contextvars.ContextVar("sophiavl_dump_batch", default=None)
+
+
+def _wrap_v1_log_rollout_data(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``PPOTrainer._log_rollout_data`` with its batch visible to :func:`_wrap_v1_dump_generations`."""
+
+    @functools.wraps(original)
+    def _log_rollout_data(self: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        if not is_trust_grpo(self.config.algorithm):
+            return original(self, batch, *args, **kwargs)
+        token = _DUMP_BATCH.set(batch)
+        try:
+            return original(self, batch, *args, **kwargs)
+        finally:
+            _DUMP_BATCH.reset(token)
+
+    _log_rollout_data.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
+    return _log_rollout_data
+
+
+def _wrap_v1_dump_generations(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``PPOTrainer._dump_generations`` whose training-rollout rows also carry the reward extra info.
+
+    verl 0.9.1's v1 trainer dumps validation samples with their reward extra info but training rollouts
+    with uid, input, output, ground truth and score only; R^o, R^t and the TRM status of each response
+    are what a user audits a Trust-GRPO run by, so they are added here (as the legacy trainer dumps them).
+    """
+
+    @functools.wraps(original)
+    def _dump_generations(self: Any, inputs, outputs, gts, scores, reward_extra_infos_dict, dump_path) -> Any:
+        batch = _DUMP_BATCH.get()
+        if batch is not None:
+            extra = fetch_reward_extra_info(batch)
+            position = {key: i for i, key in enumerate(batch.keys)}
+            order = [position[key] for key in reward_extra_infos_dict["uid"]]
+            reward_extra_infos_dict = {
+                **{name: [column[i] for i in order] for name, column in extra.items()},
+                **reward_extra_infos_dict,
+            }
+        return original(self, inputs, outputs, gts, scores, reward_extra_infos_dict, dump_path)
+
+    _dump_generations.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
+    return _dump_generations
+
+
 def _wrap_legacy_fit(original: Callable[..., Any]) -> Callable[..., Any]:
     """``RayPPOTrainer.fit`` run with the trainer exposed as the step source."""
 
@@ -279,6 +325,8 @@ def _patch_v1_utils(module: ModuleType) -> None:
 
 def _patch_v1_trainer_base(module: ModuleType) -> None:
     _patch_attr(module.PPOTrainer, "_compute_advantage", _wrap_v1_compute_advantage)
+    _patch_attr(module.PPOTrainer, "_log_rollout_data", _wrap_v1_log_rollout_data)
+    _patch_attr(module.PPOTrainer, "_dump_generations", _wrap_v1_dump_generations)
 
 
 _TRAINER_PATCHES: dict[str, Callable[[ModuleType], None]] = {
@@ -293,6 +341,11 @@ class _PostImportPatcher(importlib.abc.MetaPathFinder):
 
     def __init__(self, patches: dict[str, Callable[[ModuleType], None]]) -> None:
         self._patches = dict(patches)
+
+    def add(self, module_name: str, patch: Callable[[ModuleType], None]) -> None:
+        """Also run ``patch`` after ``module_name`` is imported (after any patch already registered for it)."""
+        previous = self._patches.get(module_name)
+        self._patches[module_name] = patch if previous is None else (lambda module: (previous(module), patch(module)))
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname not in self._patches:
@@ -346,16 +399,28 @@ def install() -> bool:
     _patch_attr(verl_config, "validate_config", _wrap_validate_config)
     if not _version_ok():
         return False
-    pending = {}
     for name, patch in _TRAINER_PATCHES.items():
-        if name in sys.modules:
-            patch(sys.modules[name])
-        else:
-            pending[name] = patch
-    if pending:
-        sys.meta_path.insert(0, _PostImportPatcher(pending))
+        when_imported(name, patch)
     _installed = True
     return True
+
+
+_post_import_patcher: _PostImportPatcher | None = None
+
+
+def when_imported(module_name: str, patch: Callable[[ModuleType], None]) -> None:
+    """Run ``patch(module)`` once ``module_name`` is imported: now if it already is, else right after its import.
+
+    Processes that never import the module pay nothing (rollout and reward workers never import a trainer).
+    """
+    global _post_import_patcher
+    if module_name in sys.modules:
+        patch(sys.modules[module_name])
+        return
+    if _post_import_patcher is None:
+        _post_import_patcher = _PostImportPatcher({})
+        sys.meta_path.insert(0, _post_import_patcher)
+    _post_import_patcher.add(module_name, patch)
 
 
 def is_installed() -> bool:

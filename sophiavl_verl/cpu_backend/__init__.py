@@ -1,0 +1,56 @@
+"""A CPU backend for verl: its own trainers, unchanged, on a machine without an accelerator.
+
+For smoke runs, CI and the quick start (``scripts/train_cpu.sh``) with tiny models. It is not a training
+backend and does not pretend to be fast. Inert unless ``VERL_PLATFORM=cpu``: :func:`install` (called by the
+plugin entry point in every process) returns at once otherwise, so a GPU user's process is unchanged.
+
+On the ``cpu`` platform it registers, through verl's registries:
+
+- the platform ``cpu`` (:mod:`.platform`): device ``cpu``, backend ``gloo``, Ray resource ``GPU``;
+- the rollout backend ``transformers`` (:mod:`.rollout`): ``actor_rollout_ref.rollout.name=transformers``;
+
+and applies the narrow patches of :mod:`.patches` where verl has no extension point. What a run also needs
+in its config (Ray resources, TransferQueue units, FSDP2, eager attention): ``recipes/sophiavl_r1/
+sophiavl_r1_tiny_cpu.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["CPU_PLATFORM", "ROLLOUT_NAME", "install", "is_cpu_platform"]
+
+#: The value of ``VERL_PLATFORM`` that selects the CPU backend.
+CPU_PLATFORM = "cpu"
+#: ``actor_rollout_ref.rollout.name`` of the CPU rollout backend.
+ROLLOUT_NAME = "transformers"
+
+
+def is_cpu_platform() -> bool:
+    """Whether this process runs on the ``cpu`` platform (``VERL_PLATFORM=cpu``)."""
+    return os.environ.get("VERL_PLATFORM", "").strip().lower() == CPU_PLATFORM
+
+
+def install() -> None:
+    """Register the CPU platform and rollout backend and patch verl, on the ``cpu`` platform only.
+
+    Raises:
+        RuntimeError: The backend did not register (verl would otherwise fail later, far from the cause).
+    """
+    if not is_cpu_platform():
+        return
+    from verl.plugin.platform import PlatformRegistry, get_platform
+    from verl.workers.rollout import base as rollout_base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    from sophiavl_verl.cpu_backend import patches, platform, rollout
+
+    PlatformRegistry.register(CPU_PLATFORM)(platform.PlatformCPU)
+    RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: rollout.TransformersReplica)
+    # verl keeps the worker-side rollout classes in a plain dict (no register function).
+    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = (
+        f"{rollout.TransformersServerAdapter.__module__}.{rollout.TransformersServerAdapter.__name__}"
+    )
+    patches.apply_process_patches()
+    if not isinstance(get_platform(), platform.PlatformCPU):
+        raise RuntimeError(f"VERL_PLATFORM=cpu but verl's platform is {type(get_platform()).__name__}")
