@@ -153,18 +153,31 @@ class _RayBoard:
         return await self._handle.arrive.remote(uid, outcome, group_size, timeout_s)
 
 
+def _items(value: Any) -> list[Any]:
+    """The elements of a list, tuple or 1-D object array (``None`` -> none).
+
+    verl builds every non-tensor column of the reward input with ``np.array([v] * n)`` and no dtype, so a
+    list of dicts arrives as an ndarray of dicts, which must never be truth-tested.
+    """
+    return [] if value is None else list(value)
+
+
 def _question_and_images(non_tensor: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    """The question text and the images of a sample (from ``extra_info.question`` and ``raw_prompt``)."""
+    """The question text and the images of a sample (from ``extra_info.question`` and ``raw_prompt``).
+
+    ``raw_prompt`` may be a list of messages or a row of verl's 2-D message array; a message's content a
+    string or a list (or array) of ``text`` / ``image`` parts. Only user messages count.
+    """
     extra_info = non_tensor.get("extra_info") or {}
     texts, images = [], []
-    for message in non_tensor.get("raw_prompt", None) or []:
+    for message in _items(non_tensor.get("raw_prompt")):
         if message.get("role") != "user":
             continue
         content = message.get("content")
         if isinstance(content, str):
             texts.append(content)
             continue
-        for part in content or []:
+        for part in _items(content):
             if part.get("type") == "text":
                 texts.append(part.get("text", ""))
             elif part.get("type") == "image":

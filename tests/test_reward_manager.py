@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -14,9 +16,10 @@ from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.utils.ray_utils import get_event_loop
 
 from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
-from sophiavl_verl.reward_manager import GroupOutcomeBoard, thinking_reward_decision
+from sophiavl_verl.reward_manager import GroupOutcomeBoard, _question_and_images, thinking_reward_decision
 from sophiavl_verl.rewards import outcome_reward
 from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
+from verl_pipeline import RewardWorkerHandle, prompt_batch, rl_dataset, score_session, session_kwargs
 
 GOOD = "<think>The bars read 3 and 4, so 3 + 4 = 7.</think><answer>7</answer>"
 BAD = "<think>Looks like about 9.</think><answer>9</answer>"
@@ -214,3 +217,91 @@ def test_hosting_mode_a_reaches_the_trm_through_verls_router_address(embedded_tr
     assert _requests_seen(embedded_trm_server) - before == 12
     assert [o["reward_score"] for o in outputs] == expected_outcomes
     assert all(0.0 <= o["reward_extra_info"][THINKING_KEY] <= 1.0 for o in outputs)
+
+
+# ------------------------------------------------------------------ inputs built by verl's own code path
+
+SYSTEM = "You are a careful visual reasoner."
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    _image(color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _rl_parquet(path, rows: list[dict]) -> str:
+    """An RL parquet in the layout verl's RLHFDataset reads (``prompt`` messages, ``images``)."""
+    pd.DataFrame(rows).to_parquet(path)
+    return str(path)
+
+
+def _row(index: int, messages: list[dict], images: list[bytes], question: str | None) -> dict:
+    extra_info = {"problem_type": "numerical", "index": index}
+    if question is not None:
+        extra_info["question"] = question
+    return {
+        "data_source": "sophiavl_r1", "prompt": messages, "images": [{"bytes": b} for b in images],
+        "reward_model": {"style": "rule", "ground_truth": "7"}, "extra_info": extra_info,
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_vl_processor(embedded_trm_server):
+    from transformers import AutoProcessor
+
+    from sophiavl_verl.tiny_vl import install_processor_shim
+
+    install_processor_shim()
+    return AutoProcessor.from_pretrained(embedded_trm_server.model)
+
+
+def test_multi_message_prompts_reach_the_trm_in_every_shape_verl_builds(
+    embedded_trm_server, tiny_vl_processor, tmp_path
+):
+    """System + user prompts (list content with an image, string content) and a lone user message.
+
+    verl builds ``raw_prompt`` with ``np.array([v] * n)``: two messages arrive as a 2-D array of dicts.
+    """
+    user = "<image>What is the sum of the two bars?"
+    rows = [
+        _row(0, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], [_png((10, 90, 160))],
+             question="What is the sum of the two bars?"),
+        _row(1, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 3 + 4?"}], [],
+             question=None),
+        _row(2, [{"role": "user", "content": "What is 2 + 5?"}], [], question=None),
+    ]
+    config = compose_verl_config([
+        *SMALL_RUN, "actor_rollout_ref.rollout.n=2", f"actor_rollout_ref.model.path={embedded_trm_server.model}",
+        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
+        f"+reward.reward_kwargs.trm_base_url={embedded_trm_server.base_url}",
+        f"+reward.reward_kwargs.trm_model={embedded_trm_server.model}", "+reward.reward_kwargs.query_policy=all",
+    ])
+    worker = RewardLoopWorker(config, reward_router_address=None)
+    tokenizer = worker.input_tokenizer
+    dataset = rl_dataset([_rl_parquet(tmp_path / "train.parquet", rows)], config, tokenizer, tiny_vl_processor)
+    sessions = session_kwargs(prompt_batch(dataset, global_steps=1), config)
+    handle = RewardWorkerHandle(worker)
+
+    async def run():
+        return await asyncio.gather(*(
+            score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(GOOD))])
+            for group in sessions for kwargs in group
+        ))
+
+    finals = get_event_loop().run_until_complete(run())
+    assert len(finals) == 6
+    for final in finals:  # each "scored" is a request the server answered
+        info = final.extra_fields["reward_extra_info"]
+        assert final.reward_score == 1.0 and info[TRM_STATUS_KEY] == "scored", info
+        assert 0.0 <= info[THINKING_KEY] <= 1.0
+
+    rows_seen = [data[-1:][0].non_tensor_batch for data in handle.inputs]
+    shapes = sorted({np.asarray(data.non_tensor_batch["raw_prompt"]).shape for data in handle.inputs})
+    assert shapes == [(1, 1), (1, 2)]  # verl's shapes, not lists
+    by_index = {row["index"]: _question_and_images(row) for row in rows_seen}
+    question, images = by_index[0]
+    assert question == "What is the sum of the two bars?" and len(images) == 1
+    assert np.asarray(images[0]).shape[-1] == 3  # the decoded PNG of the row
+    assert by_index[1] == ("What is 3 + 4?", ())  # the user message only, never the system prompt
+    assert by_index[2] == ("What is 2 + 5?", ())
