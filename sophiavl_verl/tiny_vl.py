@@ -568,7 +568,7 @@ def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: fl
     return losses
 
 
-def _recipe_fingerprint(steps: int) -> str:
+def recipe_fingerprint(steps: int) -> str:
     """Changes whenever what :func:`make_embedded_trm` would make may change (this code, the prompt, versions)."""
     import tokenizers
     import torch
@@ -599,7 +599,7 @@ def make_embedded_trm(out_dir: str | os.PathLike, *, steps: int = 250) -> Path:
     """
     out = Path(out_dir)
     marker = out / _READY_MARKER
-    fingerprint = _recipe_fingerprint(steps)
+    fingerprint = recipe_fingerprint(steps)
     try:
         if json.loads(marker.read_text())["fingerprint"] == fingerprint:
             return out

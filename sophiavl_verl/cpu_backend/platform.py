@@ -51,6 +51,10 @@ class CpuDeviceModule(ModuleType):
         return 1
 
     @staticmethod
+    def get_device_name(device: Any = None) -> str:
+        return "CPU"
+
+    @staticmethod
     def mem_get_info(device: Any = None) -> tuple[int, int]:
         import psutil
 

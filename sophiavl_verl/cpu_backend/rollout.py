@@ -45,9 +45,8 @@ class TransformersServer:
     def __init__(self, model_path: str, prompt_length: int, response_length: int, trust_remote_code: bool = False):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
-        from sophiavl_verl.cpu_backend.patches import apply_process_patches
+        from sophiavl_verl.tiny_vl import install_processor_shim
 
-        apply_process_patches()
         torch.set_num_threads(1)
         self.prompt_length = prompt_length
         self.response_length = response_length
@@ -56,14 +55,17 @@ class TransformersServer:
         model_cls = AutoModelForImageTextToText if self.is_vl else AutoModelForCausalLM
         self.model = model_cls.from_pretrained(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
         self.model.eval()
-        self.processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code) if self.is_vl else None
+        self.processor = None
+        if self.is_vl:
+            install_processor_shim()
+            self.processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         generation = self.model.generation_config
         eos = generation.eos_token_id if generation.eos_token_id is not None else config.get_text_config().eos_token_id
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_token_id = generation.pad_token_id if generation.pad_token_id is not None else min(self.eos_token_ids)
         self.image_token_id = getattr(config, "image_token_id", None)
         self._lock = asyncio.Lock()
-        self.weight_version = 0
+        self.global_steps: int | None = None  # the trainer step of the weights; verl's metrics read it per sample
 
     async def generate(
         self,
@@ -112,16 +114,16 @@ class TransformersServer:
             log_probs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
         stop = "completed" if tokens and tokens[-1] in self.eos_token_ids else None
         return TokenOutput(token_ids=tokens, log_probs=log_probs, stop_reason=stop,
-                           extra_fields={"weight_version": self.weight_version})
+                           extra_fields={"global_steps": self.global_steps})
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> int:
-        """Load the trainer's weights (HF names); every parameter of the model must be covered."""
+    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
+        """Load the trainer's weights (HF names) of step ``global_steps``; every parameter must be covered."""
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
         if unexpected or set(missing) - tied:
             raise RuntimeError(f"rollout weight update does not match the model: missing {sorted(set(missing) - tied)[:5]},"
                                f" unexpected {sorted(unexpected)[:5]}")
-        self.weight_version += 1
+        self.global_steps = global_steps
         return len(state_dict)
 
     # Memory and scheduling controls of vLLM's server: nothing to do on CPU.
@@ -134,7 +136,9 @@ class TransformersServer:
     async def resume_generation(self) -> None: ...
     async def start_profile(self, **kwargs: Any) -> None: ...
     async def stop_profile(self) -> None: ...
-    async def set_global_steps(self, global_steps: int) -> None: ...
+
+    async def set_global_steps(self, global_steps: int) -> None:
+        self.global_steps = global_steps
 
     async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict[str, Any]:
         return {"aborted_count": 0, "request_ids": []}
@@ -183,4 +187,4 @@ class TransformersServerAdapter(BaseRollout):
             return
         if self._server is None:
             self._server = ray.get_actor(_server_name(self.replica_rank))
-        await self._server.update_weights.remote(state_dict)
+        await self._server.update_weights.remote(state_dict, kwargs.get("global_steps"))

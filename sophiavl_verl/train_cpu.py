@@ -1,0 +1,410 @@
+"""The SophiaVL-R1 recipe run for real on a CPU-only machine: the quick start's main job.
+
+``scripts/train_cpu.sh [--out DIR]`` (``python -m sophiavl_verl.train_cpu``) runs, stage by stage:
+
+1. **data**: ``sophiavl-verl-data rl`` turns the embedded sample into verl parquet (train + validation), with a
+   system prompt in each chat;
+2. **policy**: a tiny Qwen2.5-VL, first taught the ``<think>...</think><answer>...</answer>`` format on the
+   sample's responses so that sampling gives mixed groups from the first step (cached);
+3. **trm**: the embedded tiny thinking reward model behind a real ``transformers serve`` on 127.0.0.1 (hosting
+   mode B);
+4. **train**: ``python -m verl.trainer.main_ppo`` on ``recipes/sophiavl_r1/sophiavl_r1_tiny_cpu.yaml`` (the 7B
+   recipe with tiny-model and CPU overrides) on sophiavl_verl's CPU backend: validation, 2 Trust-GRPO steps,
+   validation, a checkpoint;
+5. **resume**: the same command again, which resumes from the checkpoint and runs step 3 (the schedule goes on);
+6. **audit** + **plot**: ``sophiavl-verl audit`` on the run's own rollout dumps, ``sophiavl-verl plot`` on its log.
+
+DIR ends with ``metrics.jsonl`` (one JSON object per training step, keys as verl logs them, with ``step``),
+``report.md`` (run summary + the audit of the run's rollouts), PNG plots, and everything the run wrote
+(``runs/``: verl's logs and file-logger JSONL; ``rollouts/``, ``checkpoints/``, ``data/``, ``audit/``).
+
+Options for tests and experiments: ``--trainer legacy`` (verl's deprecated ``RayPPOTrainer``), ``--steps`` /
+``--resume-steps``, ``--trm-outage-after-step K`` (the TRM server is killed once step K is logged: later steps
+must go on with missing thinking rewards), ``--no-validation``, ``--no-audit``. Extra Hydra overrides after
+``--``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RUN_SYSTEM_PROMPT", "TinyRun", "main", "make_tiny_policy", "read_step_metrics"]
+
+ROOT = Path(__file__).resolve().parent
+RECIPE_DIR = ROOT.parent / "recipes" / "sophiavl_r1"
+RECIPE_NAME = "sophiavl_r1_tiny_cpu"
+EMBEDDED = ROOT / "embedded"
+#: The system message of every chat of the run (what many verl datasets carry).
+RUN_SYSTEM_PROMPT = "You are a helpful assistant."
+VAL_ROWS = 8
+#: The policy warm-up learns from the sample's responses of at most this many tokens (short responses keep
+#: the CPU rollout fast; the sample's groups stay mixed).
+POLICY_MAX_RESPONSE_TOKENS = 80
+POLICY_SFT_STEPS = 400
+POLICY_LR = 1e-2
+POLICY_SEED = 1
+
+
+def _recipe_anneal_steps() -> int:
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(RECIPE_DIR / f"{RECIPE_NAME}.yaml").algorithm.trust_grpo.anneal_steps)
+
+
+def _say(message: str) -> None:
+    print(f"[train_cpu] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def write_rl_source(out: Path) -> Path:
+    """The embedded sample as SophiaVL-R1-130k rows (``problem``, ``solution``, ``path``, ...) for data prep."""
+    path = out / "embedded_rl_rows.jsonl"
+    with open(EMBEDDED / "groups.jsonl", encoding="utf-8") as src, open(path, "w", encoding="utf-8") as dst:
+        for line in src:
+            group = json.loads(line)
+            row = {
+                "id": group["id"],
+                "problem": group["question"],
+                "solution": group["ground_truth"],
+                "problem_type": group["problem_type"],
+                "path": group["images"][0] if group["images"] else None,
+                "data_type": "image" if group["images"] else "text",
+            }
+            dst.write(json.dumps(row) + "\n")
+    return path
+
+
+def prepare_data(out: Path) -> tuple[Path, Path]:
+    """Stage 1: ``sophiavl-verl-data rl`` on the embedded sample, with a system prompt and a validation split."""
+    source = write_rl_source(out)
+    train = out / "data" / "train.parquet"
+    command = [
+        sys.executable, "-m", "sophiavl_verl.data", "rl", str(source), "-o", str(train),
+        "--image-root", str(EMBEDDED), "--val-size", str(VAL_ROWS), "--system-prompt", RUN_SYSTEM_PROMPT, "--strict",
+    ]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return train, train.with_name("val.parquet")
+
+
+def _policy_examples(tokenizer: Any) -> list[tuple[list[dict], list[Any], str]]:
+    """The sample's short responses, each with its chat as verl's dataset renders it (system + images + text)."""
+    from PIL import Image
+
+    from sophiavl_verl.data import IMAGE_PLACEHOLDER, build_rl_prompt
+
+    examples = []
+    with open(EMBEDDED / "groups.jsonl", encoding="utf-8") as f:
+        groups = [json.loads(line) for line in f]
+    for group in groups:
+        images = [Image.open(EMBEDDED / p).convert("RGB") for p in group["images"]]
+        text = build_rl_prompt(group["question"], group["problem_type"], len(images)).replace(IMAGE_PLACEHOLDER, "")
+        messages = [
+            {"role": "system", "content": RUN_SYSTEM_PROMPT},
+            {"role": "user", "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]},
+        ]
+        examples += [
+            (messages, images, response) for response in group["responses"]
+            if len(tokenizer(response)["input_ids"]) <= POLICY_MAX_RESPONSE_TOKENS
+        ]
+    return examples
+
+
+def make_tiny_policy(cache_dir: Path) -> Path:
+    """Stage 2: a tiny Qwen2.5-VL taught the answer format on the embedded sample (built once, then cached).
+
+    Returns:
+        The model folder (``cache_dir / "tiny_policy"``), rebuilt when the model code, the sample or the
+        warm-up settings change.
+    """
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl, finetune_policy, recipe_fingerprint
+
+    out = cache_dir / "tiny_policy"
+    recipe = [recipe_fingerprint(POLICY_SFT_STEPS), (EMBEDDED / "groups.jsonl").read_text(encoding="utf-8"),
+              RUN_SYSTEM_PROMPT, POLICY_MAX_RESPONSE_TOKENS, POLICY_LR, POLICY_SEED]
+    fingerprint = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
+    marker = out / "sophiavl_tiny_policy.json"
+    try:
+        if json.loads(marker.read_text())["fingerprint"] == fingerprint:
+            return out
+    except (OSError, ValueError, KeyError):
+        pass
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tiny_qwen2_5_vl(tmp, seed=POLICY_SEED)
+    examples = _policy_examples(AutoTokenizer.from_pretrained(tmp))
+    result = finetune_policy(tmp, examples, steps=POLICY_SFT_STEPS, lr=POLICY_LR, seed=POLICY_SEED)
+    (tmp / marker.name).write_text(json.dumps({"fingerprint": fingerprint, "examples": len(examples), **result}))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+@dataclass
+class TinyRun:
+    """One run of the recipe on CPU (the options of ``scripts/train_cpu.sh``)."""
+
+    out: Path
+    trainer: str = "v1"
+    steps: int = 2
+    resume_steps: int = 1
+    validation: bool = True
+    trm_outage_after_step: int | None = None
+    audit: bool = True
+    overrides: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _run_main_ppo(run: TinyRun, name: str, total_steps: int, inputs: dict[str, str], on_step=None) -> Path:
+    """``python -m verl.trainer.main_ppo`` on the tiny CPU recipe; returns its file-logger JSONL."""
+    runs = run.out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    log_jsonl, console = runs / f"{name}.jsonl", runs / f"{name}.log"
+    command = [
+        sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(RECIPE_DIR), "--config-name", RECIPE_NAME,
+        f"data.train_files={inputs['train']}", f"data.val_files={inputs['val']}",
+        f"actor_rollout_ref.model.path={inputs['policy']}",
+        f"reward.reward_kwargs.trm_base_url={inputs['trm_url']}", f"reward.reward_kwargs.trm_model={inputs['trm_model']}",
+        f"trainer.default_local_dir={run.out / 'checkpoints'}", f"trainer.rollout_data_dir={run.out / 'rollouts'}",
+        f"trainer.total_training_steps={total_steps}", f"trainer.save_freq={run.steps}",
+        f"trainer.test_freq={run.steps if run.validation else -1}",
+        f"trainer.val_before_train={run.validation and name == 'train'}",
+        f"trainer.use_v1={run.trainer == 'v1'}", f"hydra.run.dir={runs / name}",
+        *run.overrides,
+    ]
+    env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(log_jsonl), "HYDRA_FULL_ERROR": "1"}
+    with open(console, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run.out)
+        seen: set[int] = set()
+        while proc.poll() is None:
+            time.sleep(1)
+            for step in read_step_metrics(log_jsonl) if log_jsonl.exists() else {}:
+                if step not in seen:
+                    seen.add(step)
+                    _say(f"  step {step} logged")
+                    if on_step is not None:
+                        on_step(step)
+    if proc.returncode:
+        raise RuntimeError(f"main_ppo ({name}) exited with {proc.returncode}; its output: {console}")
+    return log_jsonl
+
+
+def read_step_metrics(path: Path) -> dict[int, dict[str, Any]]:
+    """The training steps of a verl file-logger JSONL: ``{step: metrics}`` (rows with training metrics only)."""
+    steps: dict[int, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line still being written
+            if "training/global_step" in row["data"]:
+                steps[int(row["step"])] = row["data"]
+    return steps
+
+
+def _merge_metrics(run: TinyRun, logs: list[Path]) -> Path:
+    """``metrics.jsonl``: one object per training step across the runs (``{"step": N, <verl's keys>...}``)."""
+    steps: dict[int, dict[str, Any]] = {}
+    for log in logs:
+        steps.update(read_step_metrics(log))
+    path = run.out / "metrics.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for step in sorted(steps):
+            f.write(json.dumps({"step": step, **steps[step]}, default=_json_default) + "\n")
+    combined = run.out / "runs" / "file_logger.jsonl"  # both runs' file-logger rows, for `sophiavl-verl plot`
+    combined.write_text("".join(log.read_text(encoding="utf-8") for log in logs), encoding="utf-8")
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _cli(*args: str, log: Path) -> None:
+    """Run a ``sophiavl-verl`` subcommand as a user would, its output in ``log``."""
+    with open(log, "w", encoding="utf-8") as f:
+        result = subprocess.run([sys.executable, "-m", "sophiavl_verl.cli", *args], stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise RuntimeError(f"sophiavl-verl {args[0]} exited with {result.returncode}; its output: {log}")
+
+
+def _stage(run: TinyRun, name: str, started: float) -> None:
+    run.timings[name] = time.monotonic() - started
+    _say(f"  {name}: {run.timings[name]:.0f} s")
+
+
+def run_tiny(run: TinyRun) -> Path:
+    """All stages of the module docstring; returns ``report.md``."""
+    from sophiavl_verl.audit import default_cache_dir
+    from sophiavl_verl.local_server import LocalOpenAIServer
+    from sophiavl_verl.tiny_vl import make_embedded_trm
+
+    run.out.mkdir(parents=True, exist_ok=True)
+    wall = time.monotonic()
+    cache = default_cache_dir()
+    stages = 6 if run.audit else 5
+
+    t = time.monotonic()
+    _say(f"[1/{stages}] data: the embedded sample -> verl parquet (sophiavl-verl-data rl, system prompt, validation)")
+    train, val = prepare_data(run.out)
+    _stage(run, "data", t)
+
+    t = time.monotonic()
+    _say(f"[2/{stages}] policy: a tiny Qwen2.5-VL taught the answer format (built once, cached in {cache})")
+    policy = make_tiny_policy(cache)
+    _stage(run, "policy", t)
+
+    t = time.monotonic()
+    _say(f"[3/{stages}] trm: the embedded thinking reward model behind `transformers serve` (mode B)")
+    trm_dir = make_embedded_trm(cache / "embedded_trm")
+    with LocalOpenAIServer(trm_dir, log_path=run.out / "runs" / "trm_server.log", progress=_say) as server:
+        _stage(run, "trm", t)
+        inputs = {"train": str(train), "val": str(val), "policy": str(policy),
+                  "trm_url": server.base_url, "trm_model": server.model}
+
+        def outage(step: int) -> None:
+            if run.trm_outage_after_step is not None and step >= run.trm_outage_after_step and server.running:
+                _say(f"  stopping the TRM server after step {step} (--trm-outage-after-step)")
+                server.stop()
+
+        t = time.monotonic()
+        _say(f"[4/{stages}] train: verl.trainer.main_ppo, {run.trainer} trainer, steps 1-{run.steps} (+ validation, "
+             "checkpoint)")
+        logs = [_run_main_ppo(run, "train", run.steps, inputs, on_step=outage)]
+        _stage(run, "train", t)
+        if run.resume_steps:
+            t = time.monotonic()
+            total = run.steps + run.resume_steps
+            _say(f"[5/{stages}] resume: the same command from the checkpoint, steps {run.steps + 1}-{total}")
+            logs.append(_run_main_ppo(run, "resume", total, inputs, on_step=outage))
+            _stage(run, "resume", t)
+        metrics = _merge_metrics(run, logs)
+        _cli("plot", str(run.out / "runs" / "file_logger.jsonl"), "--out", str(run.out / "plots"),
+             log=run.out / "runs" / "plot.log")
+        if run.audit:
+            t = time.monotonic()
+            _say(f"[6/{stages}] audit: sophiavl-verl audit on the run's rollout dumps, plot on its log")
+            _cli("audit", str(run.out / "rollouts"), "--dataset", str(train), "--trm-url", server.base_url,
+                 "--trm-model", server.model, "--out", str(run.out / "audit"), "--query-policy", "skip_uniform",
+                 "--anneal-steps", str(_recipe_anneal_steps()), "--no-progress", log=run.out / "runs" / "audit.log")
+            _stage(run, "audit", t)
+    run.timings["total"] = time.monotonic() - wall
+    return write_report(run, metrics)
+
+
+#: Columns of the per-step table of ``report.md``.
+REPORT_METRICS = (
+    "critic/score/mean", "trm/requests", "trm/skipped", "trm/failed", "trust_grpo/mixed_group_frac",
+    "trust_grpo/gamma_mean", "trust_grpo/thinking_term_mean", "trust_grpo/anneal", "timing_s/step",
+)
+
+
+def write_report(run: TinyRun, metrics_path: Path) -> Path:
+    """``report.md``: the run summary (steps, wall time per stage, per-step metrics, artefacts) + the audit."""
+    steps = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
+    out = run.out
+    lines = [
+        "# SophiaVL-R1 on CPU: run report",
+        "",
+        f"verl's own `main_ppo` ({run.trainer} trainer) on `recipes/sophiavl_r1/{RECIPE_NAME}.yaml` with the CPU "
+        f"backend: {len(steps)} training steps ({run.steps} + {run.resume_steps} after resuming from the checkpoint), "
+        f"{run.timings['total']:.0f} s in all.",
+        "",
+        "Wall time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items() if k != "total") + ".",
+        "",
+        "| step | " + " | ".join(f"`{m}`" for m in REPORT_METRICS) + " |",
+        "|---" * (len(REPORT_METRICS) + 1) + "|",
+    ]
+    for row in steps:
+        cells = [f"{row[m]:.4g}" if isinstance(row.get(m), (int, float)) else "–" for m in REPORT_METRICS]
+        lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
+    plots = sorted(p.relative_to(out).as_posix() for p in (out / "plots").glob("*.png"))
+    lines += [
+        "",
+        "Artefacts (relative to this folder): `metrics.jsonl` (one object per training step), `runs/` (console logs,"
+        " verl's file-logger JSONL, the TRM server's log), `rollouts/` (verl's rollout dumps), `checkpoints/`,"
+        " `data/` (the parquet), `audit/` (`report.json`).",
+        "",
+        *[f"![{Path(p).stem}]({p})" for p in plots],
+    ]
+    audit_md = out / "audit" / "report.md"
+    if audit_md.exists():
+        audit = re.sub(r"\]\((?!https?:)([^)]+\.png)\)", r"](audit/\1)", audit_md.read_text(encoding="utf-8"))
+        lines += ["", "## Audit of the run's own rollouts (`sophiavl-verl audit`)", "", audit.split("\n", 1)[1]]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_cpu", description="The SophiaVL-R1 recipe on verl's own trainer, on CPU (the quick start).",
+        epilog="Arguments after -- are passed to main_ppo as Hydra overrides.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("train_cpu_out"), help="output folder")
+    parser.add_argument("--trainer", choices=("v1", "legacy"), default="v1", help="verl's v1 trainer or RayPPOTrainer")
+    parser.add_argument("--steps", type=_at_least(1), default=2, help="steps of the first run (then a checkpoint)")
+    parser.add_argument("--resume-steps", type=_at_least(0), default=1, help="steps of the resumed run (0: none)")
+    parser.add_argument("--no-validation", action="store_true", help="no validation passes")
+    parser.add_argument("--no-audit", action="store_true", help="skip the audit of the rollouts")
+    parser.add_argument("--trm-outage-after-step", type=_at_least(1), default=None,
+                        help="stop the TRM server once this step is logged (an outage test)")
+    return parser
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scripts/train_cpu.sh``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = _parser().parse_args(argv[: len(argv) - len(overrides) - bool(overrides)] if overrides else argv)
+    out = args.out.resolve()
+    if out.exists() and not out.is_dir():
+        _parser().error(f"--out {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        _parser().error(f"--out {out} is not empty (a fresh folder keeps runs apart: verl would resume from it)")
+    run = TinyRun(out=out, trainer=args.trainer, steps=args.steps, resume_steps=args.resume_steps,
+                  validation=not args.no_validation, trm_outage_after_step=args.trm_outage_after_step,
+                  audit=not args.no_audit, overrides=overrides)
+    report = run_tiny(run)
+    _say(f"done in {run.timings['total']:.0f} s")
+    _say(f"  metrics: {out / 'metrics.jsonl'}")
+    _say(f"  report:  {report}")
+    for png in sorted(out.glob("**/*.png")):
+        _say(f"  plot:    {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The CPU backend: inert unless VERL_PLATFORM=cpu; registered through verl's registries when it is; its rollout
+server generates as Hugging Face does and takes the trainer's weights."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+INSPECT = r"""
+import json, os, sys
+import torch.distributed
+import verl
+from verl.plugin.platform import PlatformRegistry
+from verl.workers.rollout import base
+from verl.workers.rollout.replica import RolloutReplicaRegistry
+print(json.dumps({
+    "platforms": list(PlatformRegistry.registered_names()),
+    "rollouts": sorted(name for name, _ in base._ROLLOUT_REGISTRY),
+    "replicas": sorted(RolloutReplicaRegistry._registry),
+    "init_process_group_patched": hasattr(torch.distributed.init_process_group, "_sophiavl_cpu"),
+    "engine_device": os.environ.get("VERL_ENGINE_DEVICE"),
+    "modules": sorted(m for m in sys.modules if m.startswith(("sophiavl_verl.cpu_backend.", "qwen_vl_utils",
+                                                              "torchvision"))),
+}))
+"""
+
+
+def _inspect(**env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "VERL_ENGINE_DEVICE")}
+    result = subprocess.run([sys.executable, "-c", INSPECT], capture_output=True, text=True, env={**clean, **env})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_inert_without_verl_platform_cpu():
+    """A GPU user's process: no platform, no rollout, no patch, no env var, nothing extra imported."""
+    seen = _inspect()
+    assert "cpu" not in seen["platforms"] and "nvidia" in seen["platforms"]
+    assert "transformers" not in seen["rollouts"] and "transformers" not in seen["replicas"]
+    assert seen["init_process_group_patched"] is False
+    assert seen["engine_device"] is None
+    assert seen["modules"] == []  # the backend's modules are imported on the cpu platform only
+
+
+def test_registered_through_verls_registries_on_cpu():
+    seen = _inspect(VERL_PLATFORM="cpu")
+    assert "cpu" in seen["platforms"]
+    assert "transformers" in seen["rollouts"] and "transformers" in seen["replicas"]
+    assert seen["init_process_group_patched"] is True
+    assert seen["engine_device"] == "cuda"
+    assert "qwen_vl_utils" in seen["modules"] and "torchvision" not in seen["modules"]
+
+
+def test_verl_device_calls_and_process_group_on_cpu(tmp_path):
+    """verl's own device helpers and its process-group initialisation (which joins cpu:gloo twice) work."""
+    code = r"""
+import os, torch, verl
+from verl.utils.device import get_device_name, get_nccl_backend, get_resource_name, get_torch_device
+from verl.utils.distributed import initialize_global_process_group_ray
+from verl.utils.flops_counter import get_device_flops
+initialize_global_process_group_ray()
+t = torch.ones(3); torch.distributed.all_reduce(t)
+print(get_device_name(), get_nccl_backend(), get_resource_name(), get_torch_device().current_device(),
+      get_torch_device().memory_allocated(), torch.distributed.get_backend(), t.tolist(), get_device_flops())
+"""
+    env = {**os.environ, "VERL_PLATFORM": "cpu", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["cpu", "gloo", "GPU", "cpu", "0", "cpu:gloo", "[1.0,", "1.0,", "1.0]", "0.448"], result.stdout  # 0.448: verl's own "CPU" entry
+
+
+def _free_port() -> int:
+    from sophiavl_verl.local_server import free_port
+
+    return free_port()
+
+
+def test_refuses_an_untested_verl(monkeypatch):
+    import verl
+
+    from sophiavl_verl.cpu_backend import patches
+
+    monkeypatch.setattr(verl, "__version__", "0.9.9")
+    monkeypatch.setattr(patches, "_applied", False)
+    with pytest.raises(RuntimeError, match=r"tested on verl 0\.9\.1 only, found verl 0\.9\.9"):
+        patches.apply_process_patches()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
+
+    return str(build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("policy"), seed=3))
+
+
+def _server(model_path: str):
+    from sophiavl_verl.cpu_backend.rollout import TransformersServer
+
+    return TransformersServer(model_path, prompt_length=64, response_length=12)
+
+
+def test_server_greedy_tokens_and_log_probs_match_a_forward_pass(tiny_model):
+    """Greedy tokens are each the argmax of the model's next-token logits, and log-probs are their log-softmax,
+    computed here by plain forward passes (no generate)."""
+    from transformers import AutoModelForImageTextToText
+
+    server = _server(tiny_model)
+    prompt = [5, 17, 42, 99, 7]
+    out = asyncio.run(server.generate(prompt, {"temperature": 0, "logprobs": True}, request_id="r"))
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    ids, expected_tokens, expected_logprobs = list(prompt), [], []
+    with torch.no_grad():
+        for _ in range(len(out.token_ids)):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            token = int(logits.argmax())
+            expected_tokens.append(token)
+            expected_logprobs.append(float(torch.log_softmax(logits, -1)[token]))
+            ids.append(token)
+    assert out.token_ids == expected_tokens
+    assert out.log_probs == pytest.approx(expected_logprobs, abs=1e-4)
+    assert 1 <= len(out.token_ids) <= 12
+    assert (out.stop_reason == "completed") == (out.token_ids[-1] in server.eos_token_ids)
+
+
+def test_server_takes_the_trainers_weights(tiny_model):
+    server = _server(tiny_model)
+    prompt = [5, 17, 42, 99, 7]
+    before = asyncio.run(server.generate(prompt, {"temperature": 0}, request_id="a")).token_ids
+    state = {name: torch.randn_like(p) for name, p in server.model.named_parameters()}
+    assert server.update_weights(state, global_steps=4) == len(state)
+    after = asyncio.run(server.generate(prompt, {"temperature": 0}, request_id="b"))
+    assert after.extra_fields["global_steps"] == 4
+    assert after.token_ids != before
+    state.pop(next(iter(state)))
+    with pytest.raises(RuntimeError, match="does not match the model: missing"):
+        server.update_weights(state, global_steps=5)

@@ -1,0 +1,183 @@
+"""The recipe run for real: verl's own ``main_ppo`` on the CPU backend, checked from its logs and dumps.
+
+``scripts/train_cpu.sh`` (the quick start's main job) runs once for the module: data prep with a system prompt,
+a tiny policy, the embedded TRM behind a real ``transformers serve``, 2 Trust-GRPO steps + validation + a
+checkpoint, a resumed run to step 3, the audit and plots. Every check recomputes its value independently from
+what the run wrote (verl's file logger and rollout dumps). Two shorter runs follow: the TRM server killed
+after step 1, and verl's legacy trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from paper_reference import reference_rewards
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = OmegaConf.load(ROOT / "recipes" / "sophiavl_r1" / "sophiavl_r1_tiny_cpu.yaml")
+BASE = OmegaConf.load(ROOT / "recipes" / "sophiavl_r1" / "sophiavl_r1_7b_base.yaml")
+T = RECIPE.algorithm.trust_grpo.anneal_steps
+ALPHA = BASE.algorithm.trust_grpo.alpha
+THRESHOLD = BASE.algorithm.trust_grpo.correct_threshold
+UNIFORM = BASE.algorithm.trust_grpo.uniform_groups
+GROUP_WAIT_S = RECIPE.reward.reward_kwargs.group_wait_s
+RESPONSES_PER_STEP = RECIPE.data.train_batch_size * BASE.actor_rollout_ref.rollout.n
+
+pytestmark = pytest.mark.timeout(1800)
+
+
+def _train_cpu(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m sophiavl_verl.train_cpu`` as scripts/train_cpu.sh runs it (the venv is already set up here)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sophiavl_verl.train_cpu", "--out", str(out), *args],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+    )
+
+
+def _check(result: subprocess.CompletedProcess, out: Path) -> None:
+    if result.returncode:
+        logs = "".join(f"\n--- {p}\n{p.read_text()[-4000:]}" for p in sorted((out / "runs").glob("*.log")))
+        pytest.fail(f"train_cpu exited with {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}{logs}")
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_cpu") / "out"
+    result = _train_cpu(out)
+    _check(result, out)
+    return out, result
+
+
+def _metrics(out: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row for row in rows}
+
+
+def _dump(out: Path, step: int) -> list[dict]:
+    return [json.loads(line) for line in (out / "rollouts" / f"{step}.jsonl").read_text().splitlines()]
+
+
+def _groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows by prompt: the dump's ``uid`` is verl's TransferQueue key ``{uid}_{rollout}_{output}``."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[row["uid"].rsplit("_", 2)[0]].append(row)
+    return groups
+
+
+def test_outputs_and_progress(main_run):
+    out, result = main_run
+    for name in ("metrics.jsonl", "report.md"):
+        assert (out / name).is_file()
+    assert list((out / "plots").glob("*.png")) and list((out / "audit").glob("*.png"))
+    for stage in ("[1/6] data", "[2/6] policy", "[3/6] trm", "[4/6] train", "[5/6] resume", "[6/6] audit"):
+        assert stage in result.stdout
+    assert str(out / "report.md") in result.stdout
+    report = (out / "report.md").read_text()
+    assert "3 training steps (2 + 1 after resuming" in report and "## Audit of the run's own rollouts" in report
+    assert sorted(_metrics(out)) == [1, 2, 3]
+    assert (out / "checkpoints" / "global_step_2").is_dir() and (out / "checkpoints" / "global_step_3").is_dir()
+
+
+def test_system_prompt_reaches_the_policy_and_the_trm_is_asked(main_run):
+    out, _ = main_run
+    rows = [row for step in (1, 2, 3) for row in _dump(out, step)]
+    assert all(row["input"].startswith("system\nYou are a helpful assistant.\nuser\n") for row in rows)
+    # Before the fix of raw_prompt shapes, every request with a system message raised: nothing was scored.
+    assert any(row["sophiavl_trm_status"] == "scored" for row in rows)
+
+
+def test_anneal_follows_the_schedule_across_the_resume(main_run):
+    out, _ = main_run
+    for step, row in _metrics(out).items():
+        assert row["trust_grpo/anneal"] == pytest.approx(math.exp(-step / T), rel=1e-12), step
+
+
+def test_trm_requests_are_the_responses_of_mixed_groups(main_run):
+    out, _ = main_run
+    for step, row in _metrics(out).items():
+        rows = _dump(out, step)
+        assert len(rows) == RESPONSES_PER_STEP
+        assert row["trm/requests"] + row["trm/skipped"] == RESPONSES_PER_STEP
+        assert row["trm/failed"] == 0
+        for members in _groups(rows).values():
+            correct = [r["sophiavl_outcome_reward"] >= THRESHOLD for r in members]
+            uniform = all(correct) or not any(correct)
+            statuses = {r["sophiavl_trm_status"] for r in members}
+            assert statuses == ({"skipped"} if uniform else {"scored"}), (step, correct, statuses)
+        assert row["trm/skipped"] == sum(r["sophiavl_trm_status"] == "skipped" for r in rows)
+    assert sum(row["trm/requests"] for row in _metrics(out).values()) > 0, "no mixed group in the whole run"
+
+
+def test_trust_grpo_metrics_recomputed_from_the_dumps(main_run):
+    out, _ = main_run
+    for step, row in _metrics(out).items():
+        rows = _dump(out, step)
+        outcome = [r["sophiavl_outcome_reward"] for r in rows]
+        thinking = [math.nan if r["sophiavl_thinking_reward"] is None else r["sophiavl_thinking_reward"] for r in rows]
+        index = [r["uid"].rsplit("_", 2)[0] for r in rows]
+        anneal = math.exp(-step / T)
+        rewards, gammas = reference_rewards(outcome, thinking, index, alpha=ALPHA, anneal=anneal,
+                                            threshold=THRESHOLD, uniform_groups=UNIFORM)
+        terms = [r - o for r, o in zip(rewards, outcome)]
+        assert row["trust_grpo/thinking_term_mean"] == pytest.approx(sum(terms) / len(terms), abs=1e-6)
+        groups = _groups(rows)
+        mixed = [
+            uid for uid, members in groups.items()
+            if {r["sophiavl_outcome_reward"] >= THRESHOLD for r in members if r["sophiavl_trm_status"] == "scored"}
+            == {True, False}
+        ]
+        assert row["trust_grpo/mixed_group_frac"] == pytest.approx(len(mixed) / len(groups), abs=1e-12)
+        if mixed:
+            gamma_of = {index[i]: gammas[i] for i in range(len(rows))}
+            expected = sum(gamma_of[uid] for uid in mixed) / len(mixed)
+            assert row["trust_grpo/gamma_mean"] == pytest.approx(expected, abs=1e-6)
+        else:
+            assert "trust_grpo/gamma_mean" not in row
+
+
+def test_validation_does_not_wait_for_groups(main_run):
+    out, _ = main_run
+    for step, row in _metrics(out).items():
+        if "timing_s/testing" in row:
+            # Validation samples have val_kwargs.n = 1 response per prompt, never rollout.n: the group board
+            # must not hold them for group_wait_s.
+            assert row["timing_s/testing"] < GROUP_WAIT_S / 2, (step, row["timing_s/testing"])
+    assert {2, 3} <= {step for step, row in _metrics(out).items() if "timing_s/testing" in row}
+
+
+def test_a_trm_outage_is_counted_never_read_as_bad_reasoning(tmp_path):
+    out = tmp_path / "outage"
+    result = _train_cpu(out, "--steps", "3", "--resume-steps", "0", "--no-validation", "--no-audit",
+                        "--trm-outage-after-step", "1")
+    _check(result, out)
+    assert "stopping the TRM server after step 1" in result.stdout
+    metrics = _metrics(out)
+    assert sorted(metrics) == [1, 2, 3]
+    for step in (2, 3):
+        row, rows = metrics[step], _dump(out, step)
+        failed = [r for r in rows if r["sophiavl_trm_status"] == "failed"]
+        assert row["trm/failed"] == len(failed)
+        if row["trm/requests"]:
+            assert row["trm/failed"] > 0 and row["trust_grpo/thinking_missing_frac"] > 0
+        assert all(r["sophiavl_thinking_reward"] is None or math.isnan(r["sophiavl_thinking_reward"]) for r in failed)
+    assert sum(metrics[s]["trm/failed"] for s in (2, 3)) > 0, "no TRM request after the outage: nothing tested"
+
+
+def test_legacy_trainer_one_step(tmp_path):
+    out = tmp_path / "legacy"
+    result = _train_cpu(out, "--trainer", "legacy", "--steps", "1", "--resume-steps", "0", "--no-validation",
+                        "--no-audit")
+    _check(result, out)
+    (row,) = _metrics(out).values()
+    assert row["trust_grpo/anneal"] == pytest.approx(math.exp(-1 / T), rel=1e-12)
+    assert row["trm/requests"] + row["trm/skipped"] == RESPONSES_PER_STEP
