@@ -122,6 +122,11 @@ def _require(condition: bool, key: str, message: str) -> None:
 #: Thinking-reward-model query policies of the ``sophiavl`` reward manager.
 QUERY_POLICIES = ("all", "skip_uniform", "official")
 
+#: The ``extra_info`` key that marks a dataset row's split, and its values that mean validation. The
+#: ``sophiavl`` reward manager never makes a validation sample wait for its group.
+SPLIT_KEY = "split"
+VALIDATION_SPLITS = ("val", "validation", "test")
+
 
 @dataclass(frozen=True)
 class SophiaVLRewardConfig:
@@ -141,10 +146,16 @@ class SophiaVLRewardConfig:
         max_concurrency: Concurrent requests per reward worker process.
         timeout_s: Timeout of one request, seconds.
         max_retries: Retries of a request that timed out, failed to connect, or got 5xx / 429.
-        group_wait_s: How long a response waits for the rest of its group before a skip policy is
-            decided (after which it is scored as under ``all``; never dropped). verl does not tell a
-            reward manager whether a sample is a validation sample, so under a skip policy a
-            validation pass with ``val_kwargs.n`` < ``rollout.n`` waits this long once.
+        group_wait_s: The longest a response waits for the rest of its group before a skip policy is
+            decided; after it, the response is scored as one of an incomplete group (as under ``all``;
+            ``official`` keeps its R^o < 0.2 rule), never dropped.
+        group_idle_s: A waiting response is also released when no response at all has reached the group
+            board for this long: generation is over, so its group can never complete (validation data
+            without a validation mark, a failed session, a per-prompt ``__rollout_n__`` below
+            ``rollout.n``), or only stragglers remain (whose groups then cost requests). Validation
+            samples never wait: those of a row whose ``extra_info.split`` is ``val``, ``validation`` or
+            ``test`` (``sophiavl-verl-data rl --val-size`` and verl's example preprocessors write it), or
+            of a reward input whose ``meta_info["validate"]`` is true (verl PR #7217).
         require_format: Gate the outcome reward on the ``<think>…</think><answer>…</answer>`` format,
             as the reference code does.
     """
@@ -157,6 +168,7 @@ class SophiaVLRewardConfig:
     timeout_s: float = 60.0
     max_retries: int = 5
     group_wait_s: float = 120.0
+    group_idle_s: float = 30.0
     require_format: bool = True
     _prefix: str = field(default="reward.reward_kwargs", repr=False, compare=False)
 
@@ -168,7 +180,7 @@ class SophiaVLRewardConfig:
                  f"must be an integer >= 1, got {self.max_concurrency!r}")
         _require(_is_int(self.max_retries) and self.max_retries >= 0, f"{key}.max_retries",
                  f"must be an integer >= 0, got {self.max_retries!r}")
-        for name in ("timeout_s", "group_wait_s"):
+        for name in ("timeout_s", "group_wait_s", "group_idle_s"):
             value = getattr(self, name)
             _require(isinstance(value, (int, float)) and value > 0, f"{key}.{name}", f"must be > 0, got {value!r}")
         if self.trm_base_url is not None:

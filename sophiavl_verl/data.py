@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from sophiavl_verl.config import SPLIT_KEY
 from sophiavl_verl.rewards import PROBLEM_TYPES, canonical_problem_type, unwrap_answer
 from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
 
@@ -104,6 +105,7 @@ RL_SCHEMA = pa.schema(
                     ("question", pa.string()),
                     ("index", pa.int64()),
                     ("data_type", pa.string()),
+                    (SPLIT_KEY, pa.string()),
                 ]
             ),
         ),
@@ -378,6 +380,7 @@ def _rl_record(
             "question": question.replace(IMAGE_PLACEHOLDER, "").strip(),
             "index": index,
             "data_type": "image" if images else "text",
+            SPLIT_KEY: None,  # "train" / "val" once --val-size splits the rows (see _finalize)
         },
     }
     return record, problem_type
@@ -440,8 +443,25 @@ def _val_count(val_size: float, rows: int) -> int:
     return count
 
 
+def _with_split(table: pa.Table, split: str | None) -> pa.Table:
+    """``table`` with ``extra_info.split`` set to ``split`` (``None``: unchanged, or no such field)."""
+    extra_info = table.column("extra_info").combine_chunks()
+    if split is None or extra_info.type.get_field_index(SPLIT_KEY) < 0:
+        return table
+    children = [
+        pa.array([split] * len(table), pa.string()) if f.name == SPLIT_KEY else extra_info.field(f.name)
+        for f in extra_info.type
+    ]
+    column = pa.StructArray.from_arrays(children, fields=list(extra_info.type))
+    return table.set_column(table.schema.get_field_index("extra_info"), "extra_info", column)
+
+
 def _finalize(tmp: Path, outputs: list[Path], val_rows: set[int], keep_images: bool) -> None:
-    """Move the streamed file into place: split off the val rows, drop ``images`` if no row has one."""
+    """Move the streamed file into place: split off the val rows, drop ``images`` if no row has one.
+
+    With a split, RL rows get ``extra_info.split`` = ``train`` / ``val`` (the reward manager never makes a
+    validation sample wait for its group).
+    """
     if not val_rows and keep_images:
         os.replace(tmp, outputs[0])
         return
@@ -454,9 +474,10 @@ def _finalize(tmp: Path, outputs: list[Path], val_rows: set[int], keep_images: b
     for batch in source.iter_batches(batch_size=256):
         table = pa.Table.from_batches([batch]).select(schema.names)
         in_val = [start + i in val_rows for i in range(len(table))]
-        writers[0].write_table(table.filter(pa.array([not v for v in in_val])))
+        train_split = "train" if val_rows else None
+        writers[0].write_table(_with_split(table.filter(pa.array([not v for v in in_val])), train_split))
         if len(writers) > 1:
-            writers[1].write_table(table.filter(pa.array(in_val)))
+            writers[1].write_table(_with_split(table.filter(pa.array(in_val)), "val"))
         start += len(table)
     for writer in writers:
         writer.close()

@@ -15,8 +15,10 @@ training step.
 Query policies (``reward.reward_kwargs.query_policy``) decide which responses cost a TRM request.
 ``all`` asks for every response at once. ``skip_uniform`` and ``official`` need the outcomes of the
 whole group first, so a response waits on a :class:`GroupOutcomeBoard` until all ``rollout.n``
-responses of its prompt have their outcome (or ``group_wait_s`` passes, after which it is scored as
-under ``all``: a timeout costs a request, never a thinking reward).
+responses of its prompt have their outcome, or until the board has been quiet for ``group_idle_s`` or
+``group_wait_s`` has passed; it is then scored as one of an incomplete group (a timeout costs a request,
+never a thinking reward). Validation samples (``meta_info["validate"]``, or ``extra_info.split`` in
+:data:`~sophiavl_verl.config.VALIDATION_SPLITS`) never wait: they have ``val_kwargs.n`` responses.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from sophiavl_verl.config import SophiaVLRewardConfig, TrustGRPOConfig
+from sophiavl_verl.config import SPLIT_KEY, VALIDATION_SPLITS, SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl import outcome_reward_fn
 from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
 from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
@@ -97,24 +99,40 @@ class GroupOutcomeBoard:
 
     def __init__(self) -> None:
         self._groups: dict[str, _Group] = {}
+        self._last_arrival = -math.inf  # event-loop time of the latest arrival of any group
 
-    async def arrive(self, uid: str, outcome: float, group_size: int, timeout_s: float) -> list[float] | None:
+    async def arrive(
+        self, uid: str, outcome: float, group_size: int, timeout_s: float, idle_s: float
+    ) -> list[float] | None:
         """Post one response's R^o and wait for its group.
 
+        The wait ends when the group has ``group_size`` outcomes, when ``timeout_s`` has passed, or
+        when no response of any group has arrived for ``idle_s`` (every response still to come is
+        being generated, if any: a group short of members then is one that may never complete).
+
         Returns:
-            The outcomes of all ``group_size`` responses (in arrival order), or ``None`` if the group
-            was not complete within ``timeout_s``.
+            The outcomes of all ``group_size`` responses (in arrival order), or ``None`` if the wait
+            ended before the group was complete.
         """
+        loop = asyncio.get_running_loop()
+        self._last_arrival = loop.time()
+        deadline = self._last_arrival + timeout_s
         group = self._groups.setdefault(uid, _Group())
         group.outcomes.append(float(outcome))
         if len(group.outcomes) >= group_size:
             group.complete.set()
         group.waiting += 1
         try:
-            await asyncio.wait_for(group.complete.wait(), timeout=timeout_s)
+            while not group.complete.is_set():
+                # Re-armed after every wake-up: an arrival elsewhere moves the quiet deadline.
+                remaining = min(deadline, self._last_arrival + idle_s) - loop.time()
+                if remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(group.complete.wait(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    pass
             return list(group.outcomes)
-        except asyncio.TimeoutError:
-            return None
         finally:
             group.waiting -= 1
             if group.waiting == 0:
@@ -149,8 +167,10 @@ class _RayBoard:
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
-    async def arrive(self, uid: str, outcome: float, group_size: int, timeout_s: float) -> list[float] | None:
-        return await self._handle.arrive.remote(uid, outcome, group_size, timeout_s)
+    async def arrive(
+        self, uid: str, outcome: float, group_size: int, timeout_s: float, idle_s: float
+    ) -> list[float] | None:
+        return await self._handle.arrive.remote(uid, outcome, group_size, timeout_s, idle_s)
 
 
 def _items(value: Any) -> list[Any]:
@@ -258,10 +278,13 @@ class SophiaVLRewardManager(RewardManagerBase):
             raise ValueError(f"the outcome reward of a {data_source!r} sample is {score}; it must be finite")
         return score
 
-    async def _decision(self, uid: Any, outcome: float) -> str:
+    async def _decision(self, uid: Any, outcome: float, validate: bool) -> str:
         if self._board is None:
             return "query"
-        group = await self._board.arrive(str(uid), outcome, self.group_size, self.options.group_wait_s)
+        group = None
+        if not validate:
+            wait_s, idle_s = self.options.group_wait_s, self.options.group_idle_s
+            group = await self._board.arrive(str(uid), outcome, self.group_size, wait_s, idle_s)
         return thinking_reward_decision(self.options.query_policy, outcome, group, self.correct_threshold)
 
     async def run_single(self, data: DataProto) -> dict:
@@ -278,7 +301,8 @@ class SophiaVLRewardManager(RewardManagerBase):
             non_tensor["data_source"], response, non_tensor["reward_model"]["ground_truth"], extra_info
         )
 
-        decision = await self._decision(non_tensor.get("uid"), outcome)
+        validate = bool(data.meta_info.get("validate")) or extra_info.get(SPLIT_KEY) in VALIDATION_SPLITS
+        decision = await self._decision(non_tensor.get("uid"), outcome, validate)
         thinking, latency = (0.0 if decision == "zero" else math.nan), math.nan
         status = "skipped"
         if decision == "query":

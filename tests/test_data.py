@@ -159,7 +159,7 @@ def test_rl_output_rows(rl_run, rl_dir):
     assert numerical["images"] == [{"bytes": (rl_dir / "images" / "red.png").read_bytes()}]
     assert numerical["reward_model"] == {"style": "rule", "ground_truth": "5"}
     assert numerical["extra_info"] == {"problem_type": "numerical", "question": "How many cubes?", "index": 0,
-                                       "data_type": "image"}
+                                       "data_type": "image", "split": None}
     assert numerical["ability"] == "numerical"
     assert choice["images"] == [{"bytes": (rl_dir / "images" / "blue.jpg").read_bytes()}]  # JPEG kept as is
     assert choice["extra_info"]["question"] == "Which shape?\nA. circle; B. square"
@@ -209,7 +209,12 @@ def test_rl_val_split(rl_run, rl_dir, tmp_path):
     assert (summary.rows_written, summary.rows_val) == (4, 2)
     train, val = pq.read_table(out).to_pylist(), pq.read_table(tmp_path / "val.parquet").to_pylist()
     assert len(train) == len(val) == 2
-    assert sorted(train + val, key=lambda r: r["extra_info"]["index"]) == pq.read_table(full).to_pylist()
+    # The split is marked for the reward manager (validation samples never wait for their group).
+    assert [r["extra_info"]["split"] for r in train + val] == ["train", "train", "val", "val"]
+    unsplit = pq.read_table(full).to_pylist()
+    assert {r["extra_info"]["split"] for r in unsplit} == {None}  # no split made: no claim either way
+    unmarked = [dict(r, extra_info=dict(r["extra_info"], split=None)) for r in train + val]
+    assert sorted(unmarked, key=lambda r: r["extra_info"]["index"]) == unsplit
     with pytest.raises(DataError, match="leaves no training rows"):
         prepare_rl([rl_dir], out, val_size=4, max_image_pixels=PIXEL_LIMIT)
 

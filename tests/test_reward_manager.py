@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.utils.ray_utils import get_event_loop
 
 from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
+from sophiavl_verl.data import prepare_rl
 from sophiavl_verl.reward_manager import GroupOutcomeBoard, _question_and_images, thinking_reward_decision
 from sophiavl_verl.rewards import outcome_reward
 from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
@@ -55,18 +57,30 @@ def test_query_policy_decisions(policy, outcome, group, expected):
 def test_group_board_waits_for_the_whole_group_and_forgets_it():
     async def run():
         board = GroupOutcomeBoard()
-        first = asyncio.create_task(board.arrive("g", 1.0, group_size=3, timeout_s=5))
-        second = asyncio.create_task(board.arrive("g", 0.0, group_size=3, timeout_s=5))
+        first = asyncio.create_task(board.arrive("g", 1.0, group_size=3, timeout_s=5, idle_s=5))
+        second = asyncio.create_task(board.arrive("g", 0.0, group_size=3, timeout_s=5, idle_s=5))
         await asyncio.sleep(0.05)
         assert not first.done() and board.pending_groups() == 1
-        third = await board.arrive("g", 1.0, group_size=3, timeout_s=5)
+        third = await board.arrive("g", 1.0, group_size=3, timeout_s=5, idle_s=5)
         results = [await first, await second, third]
-        lonely = await board.arrive("h", 0.0, group_size=3, timeout_s=0.05)
+        lonely = await board.arrive("h", 0.0, group_size=3, timeout_s=0.05, idle_s=5)
         return results, lonely, board.pending_groups()
 
     results, lonely, pending = asyncio.run(run())
     assert all(sorted(r) == [0.0, 1.0, 1.0] for r in results)
     assert lonely is None and pending == 0
+
+
+def test_group_board_releases_groups_that_cannot_complete_once_nothing_arrives():
+    """A group short of members is released by a quiet board long before ``timeout_s``."""
+
+    async def run():
+        board = GroupOutcomeBoard()
+        short = asyncio.create_task(board.arrive("short", 1.0, group_size=4, timeout_s=3600, idle_s=0.5))
+        whole = await board.arrive("whole", 0.0, group_size=1, timeout_s=3600, idle_s=0.5)
+        return await asyncio.wait_for(short, timeout=120), whole, board.pending_groups()
+
+    assert asyncio.run(run()) == (None, [0.0], 0)
 
 
 def _image(color: tuple[int, int, int]) -> Image.Image:
@@ -185,7 +199,7 @@ def test_groups_split_across_ray_reward_workers_share_one_board(ray_with_transfe
     class Worker:
         async def arrive(self, uid, outcome):
             board = reward_manager._group_board()
-            return await board.arrive(uid, outcome, 4, 30)
+            return await board.arrive(uid, outcome, 4, 30, 30)
 
     workers = [Worker.remote(), Worker.remote()]
     refs = [workers[i % 2].arrive.remote("g", float(i % 3 == 0)) for i in range(4)]
@@ -305,3 +319,52 @@ def test_multi_message_prompts_reach_the_trm_in_every_shape_verl_builds(
     assert np.asarray(images[0]).shape[-1] == 3  # the decoded PNG of the row
     assert by_index[1] == ("What is 3 + 4?", ())  # the user message only, never the system prompt
     assert by_index[2] == ("What is 2 + 5?", ())
+
+
+def _validation_run(server, tmp_path, *, split: bool, meta_info: dict, idle_s: float) -> list:
+    """A validation pass of verl (``val_kwargs.n`` = 1 response per prompt, ``rollout.n`` = 4) under
+    ``skip_uniform`` with ``group_wait_s`` = 3600; returns each sample's reward extra info."""
+    source = tmp_path / "rows.json"
+    source.write_text(json.dumps([
+        {"problem": f"What is {i} + 7?", "solution": str(i + 7), "problem_type": "numerical", "data_type": "text"}
+        for i in range(4)
+    ]))
+    out = tmp_path / "train.parquet"
+    prepare_rl([source], out, val_size=2 if split else 0)
+    config = compose_verl_config([
+        *SMALL_RUN, "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.rollout.val_kwargs.n=1",
+        f"actor_rollout_ref.model.path={server.model}", "algorithm.adv_estimator=trust_grpo",
+        "reward.reward_manager.name=sophiavl", f"+reward.reward_kwargs.trm_base_url={server.base_url}",
+        f"+reward.reward_kwargs.trm_model={server.model}", "+reward.reward_kwargs.query_policy=skip_uniform",
+        "+reward.reward_kwargs.group_wait_s=3600", f"+reward.reward_kwargs.group_idle_s={idle_s}",
+    ])
+    worker = RewardLoopWorker(config, reward_router_address=None)
+    tokenizer = worker.input_tokenizer
+    dataset = rl_dataset([str(tmp_path / "val.parquet" if split else out)], config, tokenizer)
+    sessions = session_kwargs(prompt_batch(dataset, global_steps=3, validate=True), config)
+    assert all(len(group) == 1 for group in sessions)  # val_kwargs.n, never rollout.n
+    handle = RewardWorkerHandle(worker, meta_info)
+
+    async def run():
+        finals = asyncio.gather(*(
+            score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(GOOD))])
+            for group in sessions for kwargs in group
+        ))
+        return await asyncio.wait_for(finals, timeout=300)  # a wait on the board would last 3600 s
+
+    return [final.extra_fields["reward_extra_info"] for final in get_event_loop().run_until_complete(run())]
+
+
+@pytest.mark.parametrize(("split", "meta_info"), [
+    (True, {}),  # sophiavl-verl-data rl --val-size marks its validation rows (extra_info.split = "val")
+    (False, {"validate": True}),  # verl PR #7217 passes the validate flag in meta_info
+])
+def test_validation_samples_never_wait_for_their_group(embedded_trm_server, tmp_path, split, meta_info):
+    infos = _validation_run(embedded_trm_server, tmp_path, split=split, meta_info=meta_info, idle_s=3600)
+    assert len(infos) == (2 if split else 4)
+    assert all(info[TRM_STATUS_KEY] == "scored" for info in infos)  # scored as an incomplete group
+
+
+def test_unmarked_validation_costs_group_idle_s_not_group_wait_s(embedded_trm_server, tmp_path):
+    infos = _validation_run(embedded_trm_server, tmp_path, split=False, meta_info={}, idle_s=1)
+    assert len(infos) == 4 and all(info[TRM_STATUS_KEY] == "scored" for info in infos)
