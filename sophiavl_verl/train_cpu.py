@@ -42,7 +42,7 @@ from typing import Any
 __all__ = ["RUN_SYSTEM_PROMPT", "TinyRun", "main", "make_tiny_policy", "read_step_metrics"]
 
 ROOT = Path(__file__).resolve().parent
-RECIPE_DIR = ROOT.parent / "recipes" / "sophiavl_r1"
+RECIPE_DIR = ROOT.parent / "recipes" / "sophiavl_r1"  # the repository's recipes (the quick start uses a checkout)
 RECIPE_NAME = "sophiavl_r1_tiny_cpu"
 EMBEDDED = ROOT / "embedded"
 #: The system message of every chat of the run (what many verl datasets carry).
@@ -387,8 +387,8 @@ def _at_least(minimum: int):
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scripts/train_cpu.sh``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = _parser().parse_args(argv[: len(argv) - len(overrides) - bool(overrides)] if overrides else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, overrides = _parser().parse_args(argv[:split]), argv[split + 1:]
     out = args.out.resolve()
     if out.exists() and not out.is_dir():
         _parser().error(f"--out {out} exists and is not a folder")

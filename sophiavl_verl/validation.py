@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sophiavl_verl import outcome_reward_fn, verl_adapter
+from sophiavl_verl import cpu_backend, outcome_reward_fn, verl_adapter
 from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_trust_grpo
 
 __all__ = ["REWARD_MANAGER_NAME", "validate_plugin_config"]
@@ -27,6 +27,7 @@ def validate_plugin_config(config: Any) -> None:
         ConfigError: Naming the offending key, when trust_grpo or the ``sophiavl`` reward manager is
             misconfigured or cannot run in this process.
     """
+    cpu_backend.require_registered(config)
     algorithm = config.get("algorithm") or {}
     reward = config.get("reward") or {}
     manager = (reward.get("reward_manager") or {}).get("name")

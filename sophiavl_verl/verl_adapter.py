@@ -19,6 +19,9 @@ the global step and T. This module carries them there, mirroring open upstream P
    by that ``fit`` right after the advantage) to log the estimator's metrics.
 4. ``verl.utils.config.validate_config`` (which ``main_ppo`` runs in the driver before Ray starts)
    is wrapped to validate the plugin's options.
+5. The v1 trainer dumps training rollouts (``trainer.rollout_data_dir``) without the reward extra info
+   that its validation dumps and the legacy trainer's dumps carry; for trust_grpo, ``_log_rollout_data``
+   and ``_dump_generations`` are wrapped so that each row also has R^o, R^t and the TRM status.
 
 The trainer modules are patched when they are first imported (a post-import hook), so processes
 that never import a trainer (rollout and reward workers) pay nothing. On any verl version other

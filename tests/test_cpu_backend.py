@@ -82,6 +82,14 @@ def _free_port() -> int:
     return free_port()
 
 
+def test_cpu_rollout_without_the_cpu_platform_fails_validation_in_the_driver():
+    from conftest import TRUST_GRPO_RUN, compose_verl_config, run_verl_validation
+
+    config = compose_verl_config([*TRUST_GRPO_RUN, "actor_rollout_ref.rollout.name=transformers"])
+    with pytest.raises(ValueError, match="rollout.name=transformers .* set VERL_PLATFORM=cpu"):
+        run_verl_validation(config)
+
+
 def test_refuses_an_untested_verl(monkeypatch):
     import verl
 

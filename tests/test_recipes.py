@@ -72,6 +72,23 @@ VARIANTS = {
     },
 }
 SFT = "trm_sft_3b"
+#: The CPU smoke-run recipe (scripts/train_cpu.sh); its run-time values come from the command line.
+TINY_CPU = "sophiavl_r1_tiny_cpu"
+TINY_CPU_INPUTS = (
+    "data.train_files=/d/train.parquet", "data.val_files=/d/val.parquet", "actor_rollout_ref.model.path=/m",
+    "reward.reward_kwargs.trm_base_url=http://127.0.0.1:1/v1",
+)
+#: The method's keys: the CPU recipe must run them exactly as the 7B recipe does.
+METHOD_KEYS = (
+    "algorithm.adv_estimator", "algorithm.norm_adv_by_std_in_grpo", "algorithm.use_kl_in_reward",
+    "algorithm.trust_grpo.alpha", "algorithm.trust_grpo.schedule", "algorithm.trust_grpo.correct_threshold",
+    "algorithm.trust_grpo.uniform_groups", "algorithm.trust_grpo.epsilon", "algorithm.trust_grpo.use_trust_weight",
+    "actor_rollout_ref.rollout.n", "actor_rollout_ref.rollout.temperature", "actor_rollout_ref.actor.use_kl_loss",
+    "actor_rollout_ref.actor.kl_loss_coef", "actor_rollout_ref.actor.kl_loss_type",
+    "reward.reward_manager.name", "reward.custom_reward_function.path", "reward.custom_reward_function.name",
+    "reward.reward_kwargs.query_policy", "reward.reward_kwargs.require_format", "data.prompt_key", "data.image_key",
+    "trainer.logger", "trainer.val_before_train", "trainer.use_v1", "trainer.v1.trainer_mode",
+)
 
 #: The paper's values (§4.1) in the composed main recipe.
 PAPER_VALUES = {
@@ -134,7 +151,16 @@ def flat(config) -> dict:
 
 def test_every_recipe_yaml_is_covered():
     launchable = {p.stem for p in RECIPES.glob("*.yaml")} - {f"{MAIN}_base"}
-    assert launchable == set(VARIANTS) | {SFT}
+    assert launchable == set(VARIANTS) | {SFT, TINY_CPU}
+
+
+def test_tiny_cpu_recipe_runs_the_methods_keys():
+    """The CPU recipe composes from the 7B base recipe: every key of the method is what the 7B recipe sets."""
+    main, tiny = flat(recipe(MAIN)), flat(recipe(TINY_CPU, TINY_CPU_INPUTS))
+    assert {key: tiny[key] for key in METHOD_KEYS} == {key: main[key] for key in METHOD_KEYS}
+    assert tiny["actor_rollout_ref.rollout.name"] == "transformers" and tiny["trainer.device"] == "cpu"
+    assert tiny["algorithm.trust_grpo.anneal_steps"] is not None  # one T across the first run and the resume
+    validate(recipe(TINY_CPU, TINY_CPU_INPUTS))
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -17,8 +17,9 @@ sophiavl_r1_tiny_cpu.yaml``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-__all__ = ["CPU_PLATFORM", "ROLLOUT_NAME", "install", "is_cpu_platform"]
+__all__ = ["CPU_PLATFORM", "ROLLOUT_NAME", "install", "is_cpu_platform", "require_registered"]
 
 #: The value of ``VERL_PLATFORM`` that selects the CPU backend.
 CPU_PLATFORM = "cpu"
@@ -54,3 +55,33 @@ def install() -> None:
     patches.apply_process_patches()
     if not isinstance(get_platform(), platform.PlatformCPU):
         raise RuntimeError(f"VERL_PLATFORM=cpu but verl's platform is {type(get_platform()).__name__}")
+    global _registered
+    _registered = True
+
+
+_registered = False
+
+
+def require_registered(config: Any) -> None:
+    """Fail in the driver, before Ray starts, when a config asks for the CPU backend and it is not in place.
+
+    verl loads plugins with their import errors swallowed, so a broken backend would otherwise surface as
+    "Unknown platform" deep inside a Ray worker.
+
+    Raises:
+        ConfigError: ``actor_rollout_ref.rollout.name`` is the CPU rollout but ``VERL_PLATFORM`` is not ``cpu``
+            or the backend did not register in this process.
+    """
+    from sophiavl_verl.config import ConfigError
+
+    rollout = ((config.get("actor_rollout_ref") or {}).get("rollout") or {}).get("name")
+    if rollout != ROLLOUT_NAME:
+        return
+    if not is_cpu_platform():
+        raise ConfigError(
+            f"actor_rollout_ref.rollout.name={ROLLOUT_NAME} is sophiavl_verl's CPU rollout backend: set "
+            f"VERL_PLATFORM={CPU_PLATFORM} (it is for CPU smoke runs; on GPUs use vllm or sglang)"
+        )
+    if not _registered:
+        raise ConfigError("VERL_PLATFORM=cpu but sophiavl_verl's CPU backend did not register (see the plugin's "
+                           "error in the log above)")
