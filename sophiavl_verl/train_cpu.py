@@ -174,7 +174,6 @@ class TinyRun:
 def _run_main_ppo(run: TinyRun, name: str, total_steps: int, inputs: dict[str, str], on_step=None) -> Path:
     """``python -m verl.trainer.main_ppo`` on the tiny CPU recipe; returns its file-logger JSONL."""
     runs = run.out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
     log_jsonl, console = runs / f"{name}.jsonl", runs / f"{name}.log"
     command = [
         sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(RECIPE_DIR), "--config-name", RECIPE_NAME,
@@ -258,7 +257,7 @@ def run_tiny(run: TinyRun) -> Path:
     from sophiavl_verl.local_server import LocalOpenAIServer
     from sophiavl_verl.tiny_vl import make_embedded_trm
 
-    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / "runs").mkdir(parents=True, exist_ok=True)
     wall = time.monotonic()
     cache = default_cache_dir()
     stages = 6 if run.audit else 5
