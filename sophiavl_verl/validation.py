@@ -33,7 +33,9 @@ def validate_plugin_config(config: Any) -> None:
     trust_grpo = is_trust_grpo(algorithm)
     if not trust_grpo and manager != REWARD_MANAGER_NAME:
         return
-    if not verl_adapter.is_installed():
+    if trust_grpo:
+        verl_adapter.require_trainer_adapter()
+    elif not verl_adapter.is_installed():
         raise ConfigError(verl_adapter.adapter_missing_reason())
 
     trust_cfg = TrustGRPOConfig.from_algorithm_config(algorithm) if trust_grpo else None
