@@ -37,7 +37,8 @@ class TrustGRPOConfig:
             paper; the authors' released config used 12000 (a much milder decay).
         correct_threshold: A response is "correct" when its outcome reward is at least this.
         uniform_groups: What a group gets when it lacks a scored correct or a scored wrong response:
-            ``skip`` = no thinking term (the reference code), ``trust`` = γ = 1.
+            ``skip`` = no thinking term, ``trust`` = γ = 1 (the reference code, whose only groups without
+            a thinking term are those ``query_policy=official`` does not score).
         use_trust_weight: ``False`` forces γ = 1 for every response with a thinking reward
             (the paper's "w/o trust weight" ablations).
         epsilon: Added to the group std in Eq. 6, as verl's GRPO does.

@@ -159,7 +159,7 @@ def trust_weighted_rewards(
         anneal: The annealing factor of the current step, e.g. e^(-step/T).
         correct_threshold: R^o at or above this counts as correct.
         uniform_groups: For a group without at least one scored correct and one scored wrong
-            response: ``"skip"`` (no thinking term, the reference code) or ``"trust"`` (γ = 1).
+            response: ``"skip"`` (no thinking term) or ``"trust"`` (γ = 1).
         use_trust_weight: ``False`` sets γ = 1 everywhere (the "w/o trust weight" ablations).
 
     Returns:

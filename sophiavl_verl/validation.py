@@ -70,8 +70,10 @@ def validate_plugin_config(config: Any) -> None:
                 "bypass the sophiavl reward manager and POST to /classify. Set "
                 f"reward.custom_reward_function.path={outcome_reward_fn.VERL_PATH}"
             )
-    if trust_cfg is not None and trust_cfg.uniform_groups == "trust" and reward_cfg.query_policy != "all":
+    if trust_cfg is not None and trust_cfg.uniform_groups == "trust" and reward_cfg.query_policy == "skip_uniform":
+        # (official leaves unscored only the groups the reference code gives no thinking term.)
         raise ConfigError(
-            f"algorithm.trust_grpo.uniform_groups=trust gives uniform groups a thinking term, but "
-            f"reward.reward_kwargs.query_policy={reward_cfg.query_policy} does not score them: use query_policy=all"
+            "algorithm.trust_grpo.uniform_groups=trust gives uniform groups a thinking term, but "
+            "reward.reward_kwargs.query_policy=skip_uniform does not score them: use query_policy=all "
+            "(or official, the reference code's rules)"
         )
