@@ -277,7 +277,9 @@ def _wrap_multi_trajectories(original: Callable[..., Any]) -> Callable[..., Any]
     """
 
     @functools.wraps(original)
-    def compute_advantage_for_multi_trajectories(data: Any, batch_keys: list[str], adv_estimator: Any, **kwargs: Any) -> Any:
+    def compute_advantage_for_multi_trajectories(
+        data: Any, batch_keys: list[str], adv_estimator: Any, **kwargs: Any
+    ) -> Any:
         if getattr(adv_estimator, "value", adv_estimator) != TRUST_GRPO:
             return original(data, batch_keys=batch_keys, adv_estimator=adv_estimator, **kwargs)
         from verl.trainer.ppo.core_algos import AdvantageEstimator

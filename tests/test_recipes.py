@@ -64,6 +64,7 @@ VARIANTS = {
     },
     "official": {
         "reward.reward_kwargs.query_policy": "official",
+        "reward.reward_kwargs.trm_prompt": "reference",
         "algorithm.trust_grpo.uniform_groups": "trust",
         "algorithm.trust_grpo.anneal_steps": 12000,
         "algorithm.trust_grpo.alpha": 0.3,
@@ -104,6 +105,7 @@ PAPER_VALUES = {
     "reward.reward_model.rollout.free_cache_engine": False,
     "reward.reward_kwargs.trm_base_url": None,
     "reward.reward_kwargs.query_policy": "skip_uniform",
+    "reward.reward_kwargs.trm_prompt": "paper",
 }
 
 
@@ -243,7 +245,8 @@ def test_official_preset_reproduces_the_authors_rewards_on_every_group():
     rng = np.random.default_rng(2505)
     kinds = {  # outcome generators: continuous, binary, and the edge ranges of the reference's rules
         "continuous": lambda: rng.random(8), "binary": lambda: rng.integers(0, 2, 8).astype(float),
-        "all_correct_below_0.9": lambda: rng.uniform(0.5, 0.9, 8), "all_wrong_above_0.1": lambda: rng.uniform(0.1, 0.5, 8),
+        "all_correct_below_0.9": lambda: rng.uniform(0.5, 0.9, 8),
+        "all_wrong_above_0.1": lambda: rng.uniform(0.1, 0.5, 8),
         "high": lambda: rng.uniform(0.9, 1.0, 8), "low": lambda: rng.uniform(0.0, 0.1, 8),
     }
     index, outcome, thinking, expected = [], [], [], []

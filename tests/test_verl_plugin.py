@@ -269,7 +269,8 @@ def _per_session_expectation(alpha: float, anneal: float) -> tuple[dict[str, flo
     by_key, per_output = {}, ([], [], [])
     sessions = [(uid, s, r_o, r_t, n) for uid, group in SESSIONS.items() for s, (r_o, r_t, n) in enumerate(group)]
     for weighted in (False, True):
-        rows = [(f"{uid}_{s}_{i}", uid, r_o, r_t) for uid, s, r_o, r_t, n in sessions for i in range(n if weighted else 1)]
+        rows = [(f"{uid}_{s}_{i}", uid, r_o, r_t)
+                for uid, s, r_o, r_t, n in sessions for i in range(n if weighted else 1)]
         keys, index, outcome, thinking = (list(column) for column in zip(*rows))
         rewards, _ = reference_rewards(outcome, thinking, index, alpha=alpha, anneal=anneal, threshold=0.5,
                                        uniform_groups="skip")
@@ -278,7 +279,8 @@ def _per_session_expectation(alpha: float, anneal: float) -> tuple[dict[str, flo
             per_output = advantages
         else:
             session_advantage = dict(zip(keys, advantages))
-            by_key = {f"{uid}_{s}_{i}": session_advantage[f"{uid}_{s}_0"] for uid, s, _, _, n in sessions for i in range(n)}
+            by_key = {f"{uid}_{s}_{i}": session_advantage[f"{uid}_{s}_0"]
+                      for uid, s, _, _, n in sessions for i in range(n)}
     return by_key, per_output
 
 
