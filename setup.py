@@ -13,7 +13,8 @@ setup(
     include_package_data=True,
     package_data={"sophiavl_verl": ["embedded/*.jsonl", "embedded/images/*.png"]},
     install_requires=[
-        # Tested with verl 0.9.1; the adapter refuses to patch any other version (see README).
+        # Tested with verl 0.9.1. Any 0.9.x runs if the interfaces the adapter touches match; one that
+        # does not is refused at config validation, naming what changed (verl_adapter.REQUIREMENTS).
         "verl>=0.9.1,<0.10",
         "torch",
         "omegaconf",

@@ -37,7 +37,8 @@ class TrustGRPOConfig:
             paper; the authors' released config used 12000 (a much milder decay).
         correct_threshold: A response is "correct" when its outcome reward is at least this.
         uniform_groups: What a group gets when it lacks a scored correct or a scored wrong response:
-            ``skip`` = no thinking term (the reference code), ``trust`` = γ = 1.
+            ``skip`` = no thinking term, ``trust`` = γ = 1 (the reference code, whose only groups without
+            a thinking term are those ``query_policy=official`` does not score).
         use_trust_weight: ``False`` forces γ = 1 for every response with a thinking reward
             (the paper's "w/o trust weight" ablations).
         epsilon: Added to the group std in Eq. 6, as verl's GRPO does.
@@ -121,6 +122,8 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 #: Thinking-reward-model query policies of the ``sophiavl`` reward manager.
 QUERY_POLICIES = ("all", "skip_uniform", "official")
+#: Layouts of the thinking-reward-model request (``sophiavl_verl.thinking_reward``).
+TRM_PROMPTS = ("paper", "reference")
 
 #: The ``extra_info`` key that marks a dataset row's split, and its values that mean validation. The
 #: ``sophiavl`` reward manager never makes a validation sample wait for its group.
@@ -138,6 +141,11 @@ class SophiaVLRewardConfig:
             cluster (``reward.reward_model.enable=True``), reached through verl's reward router.
         trm_model: Model name sent in requests; ``None`` = ``reward.reward_model.model_path``.
         trm_api_key_env: Environment variable holding the endpoint's API key (never logged).
+        trm_prompt: The layout of the TRM request (:data:`TRM_PROMPTS`). ``paper``: Table 4's wording, the
+            images before the text, the question from ``extra_info.question``. ``reference``: what the
+            authors' RL run sent (their markdown variant of Table 4, the text before the first image only,
+            ``<image> `` before the policy's decoded prompt, ``$`` removed from the response, no
+            ``max_tokens``). Which one the released TRM was trained on is not published.
         query_policy: Which responses are sent to the thinking reward model. ``all`` (the paper);
             ``skip_uniform``: no request for a group whose outcomes are all correct or all wrong (under
             ``uniform_groups=skip`` they get no thinking term anyway); ``official``: the reference
@@ -163,6 +171,7 @@ class SophiaVLRewardConfig:
     trm_base_url: str | None = None
     trm_model: str | None = None
     trm_api_key_env: str = "SOPHIAVL_TRM_API_KEY"
+    trm_prompt: str = "paper"
     query_policy: str = "skip_uniform"
     max_concurrency: int = 64
     timeout_s: float = 60.0
@@ -176,6 +185,8 @@ class SophiaVLRewardConfig:
         key = self._prefix
         _require(self.query_policy in QUERY_POLICIES, f"{key}.query_policy",
                  f"must be one of {QUERY_POLICIES}, got {self.query_policy!r}")
+        _require(self.trm_prompt in TRM_PROMPTS, f"{key}.trm_prompt",
+                 f"must be one of {TRM_PROMPTS}, got {self.trm_prompt!r}")
         _require(_is_int(self.max_concurrency) and self.max_concurrency >= 1, f"{key}.max_concurrency",
                  f"must be an integer >= 1, got {self.max_concurrency!r}")
         _require(_is_int(self.max_retries) and self.max_retries >= 0, f"{key}.max_retries",

@@ -209,6 +209,18 @@ def _question_and_images(non_tensor: dict[str, Any]) -> tuple[str, tuple[Any, ..
     return question, tuple(images)
 
 
+def _lengths(item: Any) -> tuple[int, int]:
+    """Prompt and response lengths of one reward-input row.
+
+    verl's agent loop passes them (``prompt_len``, ``response_len``); the row's tensors are padded to the
+    longest output of a multi-output session. Without them the row is taken as unpadded.
+    """
+    if "prompt_len" in item.non_tensor_batch and "response_len" in item.non_tensor_batch:
+        return int(item.non_tensor_batch["prompt_len"]), int(item.non_tensor_batch["response_len"])
+    response_length = int(item.batch["attention_mask"][-item.batch["responses"].shape[-1] :].sum())
+    return int(item.batch["attention_mask"].sum()) - response_length, response_length
+
+
 @register(REWARD_MANAGER_NAME)
 class SophiaVLRewardManager(RewardManagerBase):
     """verl reward-loop manager ``sophiavl``: R^o as the score, R^t (NaN = missing) as extra info.
@@ -264,6 +276,7 @@ class SophiaVLRewardManager(RewardManagerBase):
             max_concurrency=self.options.max_concurrency,
             timeout_s=self.options.timeout_s,
             max_retries=self.options.max_retries,
+            prompt=self.options.trm_prompt,
         )
         self._board = _group_board() if self.options.query_policy != "all" else None
 
@@ -278,6 +291,9 @@ class SophiaVLRewardManager(RewardManagerBase):
             raise ValueError(f"the outcome reward of a {data_source!r} sample is {score}; it must be finite")
         return score
 
+    async def _decode(self, token_ids: Any) -> str:
+        return await self.loop.run_in_executor(None, lambda: self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
     async def _decision(self, uid: Any, outcome: float, validate: bool) -> str:
         if self._board is None:
             return "query"
@@ -290,12 +306,9 @@ class SophiaVLRewardManager(RewardManagerBase):
     async def run_single(self, data: DataProto) -> dict:
         """Score the last sequence of one sample (verl's reward-loop contract)."""
         item = data[-1:][0]
-        response_ids = item.batch["responses"]
-        valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
-        response = await self.loop.run_in_executor(
-            None, lambda: self.tokenizer.decode(response_ids[:valid_length], skip_special_tokens=True)
-        )
         non_tensor = item.non_tensor_batch
+        prompt_length, response_length = _lengths(item)
+        response = await self._decode(item.batch["responses"][:response_length])
         extra_info = dict(non_tensor.get("extra_info") or {})
         outcome = await self._outcome(
             non_tensor["data_source"], response, non_tensor["reward_model"]["ground_truth"], extra_info
@@ -307,6 +320,8 @@ class SophiaVLRewardManager(RewardManagerBase):
         status = "skipped"
         if decision == "query":
             question, images = _question_and_images(non_tensor)
+            if self.options.trm_prompt == "reference":  # the authors send the policy's whole decoded prompt
+                question = await self._decode(item.batch["prompts"][:prompt_length])
             start = time.perf_counter()
             (thinking,) = await self.client.score([ThinkingRewardItem(question, response, images)])
             latency = time.perf_counter() - start

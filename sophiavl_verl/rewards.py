@@ -3,7 +3,8 @@
 Every reward lies in [0, 1] and is routed by the row's ``problem_type``:
 
 * ``numerical``: 1.0 if ``mathruler.grader.grade_answer`` accepts the answer (``\\frac{1}{2}`` equals ``0.5``).
-* ``multiple choice``: 1.0 if the set of option letters equals the ground truth's (``A, C`` equals ``C,A``).
+* ``multiple choice``: 1.0 if the set of option letters equals the ground truth's (``A, C`` equals ``C,A``, and
+  the ground truth ``AC``, written without separators, as in the reference code).
 * ``OCR``: ``exp(-WER)`` with the word error rate of ``jiwer``. The paper says "negative WER"; the authors'
   code uses ``exp(-WER)``, which stays in (0, 1] (WER itself can exceed 1).
 * ``free-form`` (and ``text``, routed the same way by the reference code): the mean of the ROUGE-1, ROUGE-2
@@ -38,6 +39,8 @@ _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # ("A cat") is not an option.
 _OPTION_RE = re.compile(r"[(\[]\s*([A-Z])\s*[)\]].*|([A-Z])(?:[.:)].*)?", re.DOTALL)
 _OPTION_SEPARATORS = re.compile(r"[,;]")
+# A ground truth written without separators, "AC": two or more capital option letters.
+_OPTION_LETTER_RUN = re.compile(r"[A-Z]{2,}")
 
 
 def _normalize_type_key(value: str) -> str:
@@ -117,10 +120,18 @@ def _grade_numerical(answer: str, ground_truth: str) -> float:
     return 1.0 if grade_answer(answer, ground_truth) else 0.0
 
 
+def _expected_options(ground_truth: str) -> frozenset[str] | None:
+    """The option letters of a ground truth: as :func:`_option_letters` reads an answer (case-insensitive),
+    or written without separators (``"AC"``: distinct capital letters), which the reference credits ``A, C``."""
+    letters = _option_letters(ground_truth.upper())
+    if letters is None and _OPTION_LETTER_RUN.fullmatch(ground_truth) and len(set(ground_truth)) == len(ground_truth):
+        letters = frozenset(ground_truth)
+    return letters
+
+
 def _grade_multiple_choice(answer: str, ground_truth: str) -> float:
     predicted = _option_letters(answer)
-    expected = _option_letters(ground_truth.upper())
-    return 1.0 if predicted is not None and predicted == expected else 0.0
+    return 1.0 if predicted is not None and predicted == _expected_options(ground_truth) else 0.0
 
 
 def _grade_ocr(answer: str, ground_truth: str) -> float:

@@ -45,14 +45,18 @@ from typing import Any
 
 import aiohttp
 
+from sophiavl_verl.config import TRM_PROMPTS
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "API_KEY_ENV",
     "TRM_INSTRUCTION",
+    "REFERENCE_TRM_INSTRUCTION",
     "ThinkingRewardClient",
     "ThinkingRewardItem",
     "TRMStats",
+    "build_reference_trm_prompt",
     "build_trm_prompt",
     "parse_score",
 ]
@@ -103,6 +107,49 @@ def build_trm_prompt(question: str, response: str) -> str:
         f"Question: {question.strip()}\n"
         f"Reasoning process: {response.strip()}\n"
         f"{TRM_RESPONSE_FORMAT}"
+    )
+
+
+# What the authors' RL run sent instead (kxfan2002/SophiaVL-R1 at a818494, verl/workers/reward/custom.py,
+# get_process_reward): a markdown variant of Table 4, with "Question:" etc. indented by their f-string.
+REFERENCE_TRM_INSTRUCTION = (
+    "You are an expert reasoning evaluator. I will give you a multimodal question and an answer. Your goal is "
+    "to judge a reward process and give a score between 0 and 1. You should focus on whether the reasoning "
+    "process is good rather than whether the final answer is correct.### Evaluation Criteria:\n"
+    "- **Logical Soundness**: Does each step follow logically from the previous one?\n"
+    "- **Correct Reasoning**: Are the methods and steps used appropriate and valid? Are the facts and lemmas "
+    "correctly stated and applied?\n"
+    "- **Error Identification**: Are there any logical fallacies, unsupported assumptions, or incorrect steps?\n"
+    "- **Language Consistency**: Is the reasoning process conducted in a single, consistent language without "
+    "mixing different languages?\n"
+    "- **Redundancy**: Is the reasoning concise, without unnecessary repetition or extraneous steps?\n"
+    "Provide a single score from **{0, 0.1, 0.2, ..., 1.0}** based on the reasoning quality, where:\n"
+    " - **0**: Completely flawed reasoning\n"
+    "- **1**: Perfectly sound reasoning\n"
+    "- Intermediate values (e.g., 0.3, 0.7) should reflect partial correctness or minor errors.\n"
+    "Be strict, reward the good process and punish the bad one. You should only output the score without any "
+    "explanation."
+)
+
+
+def build_reference_trm_prompt(question: str, response: str, has_image: bool) -> str:
+    """Build the text the authors' code sends the TRM (the ``reference`` layout) for one response.
+
+    Args:
+        question: The text shown as the question; the reference sends the policy's whole decoded prompt.
+        response: The policy's whole decoded response; ``$`` is removed, as the reference does before
+            scoring and asking the TRM.
+        has_image: Whether an image goes with the request: ``<image> `` then precedes the question,
+            unless it already contains ``<image>``.
+
+    Returns:
+        The text part of the user message (the image goes after it).
+    """
+    if has_image and "<image>" not in question:
+        question = f"<image> {question}"
+    return (
+        f"{REFERENCE_TRM_INSTRUCTION}\n    Question: {question}\n    Reasoning process: {response.replace('$', '')}\n"
+        f"    {TRM_RESPONSE_FORMAT}\n    "
     )
 
 
@@ -331,9 +378,11 @@ _BAD_RESPONSE_RETRIES = 1
 class ThinkingRewardClient:
     """Async client that scores responses with a thinking reward model behind an OpenAI chat API.
 
-    Each item is one ``POST {base_url}/chat/completions`` request with a system message and a user message
-    whose content is the item's images (base64 ``data:`` URLs) followed by the Table-4 prompt, sent with
-    temperature 0 and ``max_tokens`` tokens. At most ``max_concurrency`` items are in flight; an item keeps
+    Each item is one ``POST {base_url}/chat/completions`` request with a system message and a user message.
+    With ``prompt="paper"`` its content is the item's images (base64 ``data:`` URLs) followed by the Table-4
+    prompt, sent with temperature 0 and ``max_tokens`` tokens; with ``prompt="reference"`` it is
+    :func:`build_reference_trm_prompt`'s text followed by the item's first image, sent with temperature 0
+    only, as the authors' code does. At most ``max_concurrency`` items are in flight; an item keeps
     its slot while it backs off, so a struggling server is not flooded by retries. The cap holds across concurrent
     :meth:`score` calls on the same event loop; each call opens (and closes) its own HTTP session, so pass many
     items per call to reuse connections.
@@ -363,9 +412,11 @@ class ThinkingRewardClient:
         total_deadline_s: Limit for one item, retries and backoff included, counted from its first attempt
             (time queued for a concurrency slot does not count). None: bounded only by
             ``(max_retries + 1) * timeout_s`` plus backoff.
-        max_tokens: ``max_tokens`` of the request (the reply is ``<answer>x</answer>``).
+        max_tokens: ``max_tokens`` of the request (the reply is ``<answer>x</answer>``); not sent in the
+            ``reference`` layout.
         backoff_base_s: First backoff; doubles each retry.
         backoff_max_s: Cap of one backoff.
+        prompt: The request layout, one of ``sophiavl_verl.config.TRM_PROMPTS`` (``paper``, ``reference``).
     """
 
     def __init__(
@@ -381,7 +432,10 @@ class ThinkingRewardClient:
         max_tokens: int = 32,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 8.0,
+        prompt: str = "paper",
     ) -> None:
+        if prompt not in TRM_PROMPTS:
+            raise ValueError(f"prompt must be one of {TRM_PROMPTS}, got {prompt!r}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if timeout_s <= 0:
@@ -400,6 +454,7 @@ class ThinkingRewardClient:
         self.max_tokens = int(max_tokens)
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
+        self.prompt = prompt
         self._api_key = _Secret(api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None)
         self.stats = TRMStats()
         # One cap per event loop, shared by concurrent score() calls (verl's reward loop scores sample by sample).
@@ -490,18 +545,23 @@ class ThinkingRewardClient:
             tasks.append(cache[key])
         return list(await asyncio.gather(*tasks))
 
+    def _sent_images(self, item: ThinkingRewardItem) -> tuple:
+        """The images the request carries: all of them, or the first only (``reference``)."""
+        images = tuple(item.images)
+        return images[:1] if self.prompt == "reference" else images
+
     def _payload(self, item: ThinkingRewardItem, image_urls: list[str]) -> dict:
-        content: list[dict] = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
-        content.append({"type": "text", "text": build_trm_prompt(item.question, item.response)})
-        return {
-            "model": self.model,
-            "messages": [
-                {"role": "system", "content": TRM_SYSTEM_PROMPT},
-                {"role": "user", "content": content},
-            ],
-            "temperature": 0.0,
-            "max_tokens": self.max_tokens,
-        }
+        """The JSON body of one item's request, in the client's ``prompt`` layout."""
+        images = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
+        if self.prompt == "reference":
+            text = build_reference_trm_prompt(item.question, item.response, has_image=bool(image_urls))
+            content = [{"type": "text", "text": text}, *images]
+            limits: dict = {}
+        else:
+            content = [*images, {"type": "text", "text": build_trm_prompt(item.question, item.response)}]
+            limits = {"max_tokens": self.max_tokens}
+        messages = [{"role": "system", "content": TRM_SYSTEM_PROMPT}, {"role": "user", "content": content}]
+        return {"model": self.model, "messages": messages, "temperature": 0.0, **limits}
 
     async def _score_item(
         self,
@@ -513,7 +573,7 @@ class ThinkingRewardClient:
         """Returns (score, None) or (NaN, failure kind)."""
         async with semaphore:
             try:
-                payload = self._payload(item, await self._image_urls(tuple(item.images), image_cache))
+                payload = self._payload(item, await self._image_urls(self._sent_images(item), image_cache))
             except (OSError, TypeError, ValueError) as exc:
                 return self._fail("bad_input", f"{type(exc).__name__}: {exc}")
             body = json.dumps(payload)

@@ -43,6 +43,9 @@ OUTCOME_KEY = "sophiavl_outcome_reward"
 THINKING_KEY = "sophiavl_thinking_reward"  # float in [0, 1], NaN = missing
 TRM_STATUS_KEY = "sophiavl_trm_status"  # "scored" | "failed" | "skipped"
 TRM_LATENCY_KEY = "sophiavl_trm_latency_s"  # NaN when no request was sent
+#: The uid verl's ``padding_utils.upsample_batch_to_divisible_size`` gives the rows it adds
+#: (``f"pad{uuid.uuid4().hex}"``); they copy a real sample's reward extra info and count in no metric.
+PAD_UID_PATTERN = r"pad[0-9a-f]{32}"
 
 
 class GroupTrust(NamedTuple):
@@ -156,7 +159,7 @@ def trust_weighted_rewards(
         anneal: The annealing factor of the current step, e.g. e^(-step/T).
         correct_threshold: R^o at or above this counts as correct.
         uniform_groups: For a group without at least one scored correct and one scored wrong
-            response: ``"skip"`` (no thinking term, the reference code) or ``"trust"`` (γ = 1).
+            response: ``"skip"`` (no thinking term) or ``"trust"`` (γ = 1).
         use_trust_weight: ``False`` sets γ = 1 everywhere (the "w/o trust weight" ablations).
 
     Returns:
@@ -263,43 +266,57 @@ def _read_rewards(
     return outcome, thinking
 
 
+def _padding_rows(index: np.ndarray) -> torch.Tensor:
+    """`(torch.Tensor)` bool, shape (bs,): the rows verl adds to pad a batch (``padding_utils``'s uid)."""
+    uids = pd.Series(np.asarray(index, dtype=object), dtype=object)
+    return torch.from_numpy(uids.str.fullmatch(PAD_UID_PATTERN, na=False).to_numpy(dtype=bool, copy=True))
+
+
 def _metrics(
     trust: GroupTrust,
     thinking: torch.Tensor,
     thinking_term: torch.Tensor,
     outcome: torch.Tensor,
+    group: torch.Tensor,
     *,
     anneal: float,
     cfg: TrustGRPOConfig,
     non_tensor_batch: dict[str, Any],
+    real: torch.Tensor,
 ) -> dict[str, float]:
-    """Per-step metrics of the estimator (``trust_grpo/*``) and the thinking reward model (``trm/*``)."""
-    scored = ~torch.isnan(thinking)
+    """Per-step metrics of the estimator (``trust_grpo/*``) and the thinking reward model (``trm/*``).
+
+    Only ``real`` rows (``(bs,)`` bool) count: verl's padding rows copy a real sample's extra info.
+    """
+    real_groups = torch.zeros(len(trust.mixed), dtype=torch.bool).index_fill_(0, group[real], True)
+    mixed = trust.mixed & real_groups
+    scored = ~torch.isnan(thinking) & real
     metrics = {
         "trust_grpo/anneal": anneal,
-        "trust_grpo/mixed_group_frac": trust.mixed.double().mean().item(),
-        "trust_grpo/thinking_term_mean": thinking_term.mean().item(),
-        "trust_grpo/thinking_missing_frac": 1.0 - scored.double().mean().item(),
+        "trust_grpo/mixed_group_frac": mixed.double().sum().item() / max(int(real_groups.sum()), 1),
+        "trust_grpo/thinking_term_mean": thinking_term[real].mean().item(),
+        "trust_grpo/thinking_missing_frac": 1.0 - scored.double().sum().item() / max(int(real.sum()), 1),
     }
-    if trust.mixed.any():
-        gamma_mixed = trust.gamma[trust.mixed]
+    if mixed.any():
+        gamma_mixed = trust.gamma[mixed]
         metrics["trust_grpo/gamma_mean"] = gamma_mixed.mean().item()
         metrics["trust_grpo/gamma_min"] = gamma_mixed.min().item()
         metrics["trust_grpo/untrusted_group_frac"] = (gamma_mixed < 1).double().mean().item()
-        metrics["trust_grpo/mu_correct"] = trust.mu_correct[trust.mixed].mean().item()
-        metrics["trust_grpo/mu_wrong"] = trust.mu_wrong[trust.mixed].mean().item()
+        metrics["trust_grpo/mu_correct"] = trust.mu_correct[mixed].mean().item()
+        metrics["trust_grpo/mu_wrong"] = trust.mu_wrong[mixed].mean().item()
 
     correct = outcome >= cfg.correct_threshold
     for name, members in (("correct", scored & correct), ("wrong", scored & ~correct)):
         if members.any():
             metrics[f"trm/thinking_reward_{name}_mean"] = thinking[members].mean().item()
+    keep = real.numpy()
     if TRM_STATUS_KEY in non_tensor_batch:
-        status = np.asarray(non_tensor_batch[TRM_STATUS_KEY], dtype=object)
+        status = np.asarray(non_tensor_batch[TRM_STATUS_KEY], dtype=object)[keep]
         metrics["trm/requests"] = float(np.sum(status != "skipped"))
         metrics["trm/skipped"] = float(np.sum(status == "skipped"))
         metrics["trm/failed"] = float(np.sum(status == "failed"))
     if TRM_LATENCY_KEY in non_tensor_batch:
-        latency = _column(non_tensor_batch, TRM_LATENCY_KEY, len(thinking)).numpy()
+        latency = _column(non_tensor_batch, TRM_LATENCY_KEY, len(thinking)).numpy()[keep]
         latency = latency[~np.isnan(latency)]
         if latency.size:
             metrics["trm/latency_p50_s"] = float(np.percentile(latency, 50))
@@ -360,7 +377,10 @@ def compute_trust_grpo_advantage(
     advantages, returns = _normalize(
         _add_term(scores, term), response_mask, group, norm_by_std=norm_adv_by_std_in_grpo, epsilon=cfg.epsilon
     )
-    metrics = _metrics(trust, thinking, term, outcome, anneal=anneal, cfg=cfg, non_tensor_batch=non_tensor_batch)
+    metrics = _metrics(
+        trust, thinking, term, outcome, group, anneal=anneal, cfg=cfg, non_tensor_batch=non_tensor_batch,
+        real=~_padding_rows(index),
+    )
     return advantages, returns, metrics
 
 

@@ -34,7 +34,9 @@ def validate_plugin_config(config: Any) -> None:
     trust_grpo = is_trust_grpo(algorithm)
     if not trust_grpo and manager != REWARD_MANAGER_NAME:
         return
-    if not verl_adapter.is_installed():
+    if trust_grpo:
+        verl_adapter.require_trainer_adapter()
+    elif not verl_adapter.is_installed():
         raise ConfigError(verl_adapter.adapter_missing_reason())
 
     trust_cfg = TrustGRPOConfig.from_algorithm_config(algorithm) if trust_grpo else None
@@ -69,8 +71,10 @@ def validate_plugin_config(config: Any) -> None:
                 "bypass the sophiavl reward manager and POST to /classify. Set "
                 f"reward.custom_reward_function.path={outcome_reward_fn.VERL_PATH}"
             )
-    if trust_cfg is not None and trust_cfg.uniform_groups == "trust" and reward_cfg.query_policy != "all":
+    if trust_cfg is not None and trust_cfg.uniform_groups == "trust" and reward_cfg.query_policy == "skip_uniform":
+        # (official leaves unscored only the groups the reference code gives no thinking term.)
         raise ConfigError(
-            f"algorithm.trust_grpo.uniform_groups=trust gives uniform groups a thinking term, but "
-            f"reward.reward_kwargs.query_policy={reward_cfg.query_policy} does not score them: use query_policy=all"
+            "algorithm.trust_grpo.uniform_groups=trust gives uniform groups a thinking term, but "
+            "reward.reward_kwargs.query_policy=skip_uniform does not score them: use query_policy=all "
+            "(or official, the reference code's rules)"
         )

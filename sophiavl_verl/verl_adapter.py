@@ -1,4 +1,4 @@
-"""The one place where the plugin adapts verl internals (tested on verl 0.9.1 only).
+"""The one place where the plugin adapts verl internals (tested on verl 0.9.1).
 
 verl 0.9.1 calls a registered advantage estimator with ``token_level_rewards, response_mask,
 config, index`` only. Trust-GRPO also needs each response's thinking reward (reward extra info),
@@ -14,19 +14,29 @@ the global step and T. This module carries them there, mirroring open upstream P
    from TransferQueue; for trust_grpo the wrapper first fetches the samples' ``extra_fields`` (where
    the reward loop stores ``reward_extra_info``) for the same keys, then runs verl's method with the
    trainer's step and metrics dict in a context variable.
-3. The legacy ``RayPPOTrainer`` already merges reward extra info into ``batch.non_tensor_batch``;
+3. ``compute_advantage_for_multi_trajectories`` (v1) gives trust_grpo verl's GRPO treatment of
+   multi-output sessions: it runs verl's own GRPO branch (only each session's final output takes part
+   in the group statistics; its advantage goes to the session's other outputs), with trust_grpo as
+   the estimator of that branch and the reward extra info riding in ``non_tensor_batch``.
+4. The legacy ``RayPPOTrainer`` already merges reward extra info into ``batch.non_tensor_batch``;
    its ``fit`` is wrapped only to expose the trainer's step, and ``compute_data_metrics`` (called
    by that ``fit`` right after the advantage) to log the estimator's metrics.
-4. ``verl.utils.config.validate_config`` (which ``main_ppo`` runs in the driver before Ray starts)
+5. ``verl.utils.config.validate_config`` (which ``main_ppo`` runs in the driver before Ray starts)
    is wrapped to validate the plugin's options.
-5. The v1 trainer dumps training rollouts (``trainer.rollout_data_dir``) without the reward extra info
+6. The v1 trainer dumps training rollouts (``trainer.rollout_data_dir``) without the reward extra info
    that its validation dumps and the legacy trainer's dumps carry; for trust_grpo, ``_log_rollout_data``
    and ``_dump_generations`` are wrapped so that each row also has R^o, R^t and the TRM status.
 
+The step comes from the trainer, not from the ``global_steps`` that v1 samples carry into the reward
+loop: the legacy path has no per-sample step, and T (the run's total steps) and the metrics dict need
+the trainer anyway. After PRs #7473 and #7497 (which put the reward extra info into the v1
+``non_tensor_batch``), wrappers 1 and 2 reduce to passing the step, T and the metrics dict.
+
 The trainer modules are patched when they are first imported (a post-import hook), so processes
-that never import a trainer (rollout and reward workers) pay nothing. On any verl version other
-than :data:`TESTED_VERL_VERSIONS` nothing is patched and a trust_grpo launch fails at config
-validation, saying why (``SOPHIAVL_ALLOW_UNTESTED_VERL=1`` patches anyway, with a warning).
+that never import a trainer (rollout and reward workers) pay nothing. The guard is what the adapter
+touches, not a version string: before patching a module, every attribute in :data:`REQUIREMENTS`
+must exist and accept the listed parameters. On a mismatch that module is left unpatched and a
+trust_grpo launch fails at config validation, naming what changed.
 """
 
 from __future__ import annotations
@@ -34,10 +44,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import dataclasses
+import importlib
 import importlib.abc
 import importlib.machinery
+import inspect
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from types import ModuleType
@@ -46,11 +58,13 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 import verl
 
-from sophiavl_verl.config import TRUST_GRPO, is_trust_grpo
+from sophiavl_verl.config import TRUST_GRPO, ConfigError, is_trust_grpo
 
 __all__ = [
     "TESTED_VERL_VERSIONS",
+    "REQUIREMENTS",
     "install",
+    "require_trainer_adapter",
     "trainer_step",
     "adapter_missing_reason",
     "fetch_reward_extra_info",
@@ -60,12 +74,38 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TESTED_VERL_VERSIONS = ("0.9.1",)
-ALLOW_UNTESTED_ENV = "SOPHIAVL_ALLOW_UNTESTED_VERL"
 #: Where the legacy path parks the estimator's metrics between compute_advantage and compute_data_metrics.
 METRICS_META_KEY = "sophiavl_trust_grpo_metrics"
 
+_COMPUTE_ADVANTAGE = ("data", "adv_estimator", "gamma", "lam", "num_repeat", "norm_adv_by_std_in_grpo", "config")
+_MULTI_TRAJECTORIES = ("data", "batch_keys", "adv_estimator", *_COMPUTE_ADVANTAGE[2:])
+#: Everything of verl the adapter touches, by module: (attribute path, parameters it must accept).
+REQUIREMENTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "verl.utils.config": (("validate_config", ("config", "use_reference_policy", "use_critic")),),
+    "verl.trainer.ppo.core_algos": (("get_adv_estimator_fn", ("name_or_enum",)), ("AdvantageEstimator.GRPO", ())),
+    "verl.trainer.ppo.ray_trainer": (
+        ("compute_advantage", _COMPUTE_ADVANTAGE),
+        ("compute_response_mask", ("data",)),
+        ("compute_data_metrics", ("batch", "use_critic")),
+        ("RayPPOTrainer.fit", ("self",)),
+    ),
+    "verl.trainer.ppo.v1.utils": (
+        ("compute_advantage", _COMPUTE_ADVANTAGE),
+        ("compute_advantage_for_multi_trajectories", _MULTI_TRAJECTORIES),
+    ),
+    "verl.trainer.ppo.v1.trainer_base": (
+        ("PPOTrainer._compute_advantage", ("self", "batch", "metrics")),
+        ("PPOTrainer._log_rollout_data", ("self", "batch")),
+        ("PPOTrainer._dump_generations",
+         ("self", "inputs", "outputs", "gts", "scores", "reward_extra_infos_dict", "dump_path")),
+        ("compute_advantage_for_multi_trajectories", _MULTI_TRAJECTORIES),
+    ),
+    "transfer_queue": (("kv_batch_get", ("keys", "partition_id", "select_fields")),),
+    "verl.utils.tensordict_utils": (("unwrap_non_tensor_data", ("data",)),),
+}
+
 _installed = False
-_install_error: str | None = None
+_mismatches: list[str] = []  # what of REQUIREMENTS this verl lacks
 
 
 class TrainingProgress(Protocol):
@@ -80,6 +120,7 @@ class _StepContext:
     progress: TrainingProgress
     reward_extra_info: dict[str, Any] | None = None  # None: read data.non_tensor_batch
     metrics: dict[str, Any] | None = None  # None: park them in data.meta_info
+    grpo_runs_trust_grpo: bool = False  # inside verl's multi-trajectory GRPO branch, run for trust_grpo
 
 
 _STEP_CONTEXT: contextvars.ContextVar[_StepContext | None] = contextvars.ContextVar("sophiavl_step", default=None)
@@ -122,8 +163,12 @@ def trainer_step(
 
 def adapter_missing_reason() -> str:
     """Why trust_grpo cannot get its inputs in this process (for error messages)."""
-    if _install_error is not None:
-        return _install_error
+    if _mismatches:
+        return (
+            f"sophiavl_verl's verl adapter does not fit verl {verl.__version__} (tested: "
+            f"{', '.join(TESTED_VERL_VERSIONS)}), so it left verl unpatched and trust_grpo cannot run: "
+            f"{'; '.join(_mismatches)}. Install a verl whose interfaces match, or a sophiavl-verl made for this one."
+        )
     if not _installed:
         return "the sophiavl_verl plugin's verl adapter is not installed in this process (was verl imported?)"
     return (
@@ -135,16 +180,18 @@ def adapter_missing_reason() -> str:
 def fetch_reward_extra_info(batch: Any) -> dict[str, list[Any]]:
     """The reward extra info of a v1 batch, as per-sample columns aligned with ``batch.keys``.
 
-    Uses verl's TransferQueue client exactly as the v1 trainer's validation does
-    (``select_fields=["extra_fields"]``; each sample's ``extra_fields["reward_extra_info"]``).
-    A key absent from a sample is ``None`` there (a missing value, never 0).
+    Uses verl's TransferQueue client as the v1 trainer's validation does (``select_fields=["extra_fields"]``;
+    each sample's ``extra_fields["reward_extra_info"]``), reading the field with ``list(...)`` and verl's
+    ``unwrap_non_tensor_data``, which take every container a storage backend returns (a ``NonTensorStack``
+    of ``NonTensorData``, a list of dicts). A key absent from a sample is ``None`` there (missing, never 0).
     """
     import transfer_queue as tq
+    from verl.utils.tensordict_utils import unwrap_non_tensor_data
 
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
     rows = [
         (fields.get("reward_extra_info") or {}) if isinstance(fields, dict) else {}
-        for fields in data.pop("extra_fields").tolist()
+        for fields in map(unwrap_non_tensor_data, list(data.pop("extra_fields")))
     ]
     keys = sorted({key for row in rows for key in row})
     return {key: np.array([row.get(key) for row in rows], dtype=object) for key in keys}
@@ -170,7 +217,9 @@ def _wrap_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
         norm_adv_by_std_in_grpo: bool = True,
         config: Any = None,
     ) -> Any:
-        if getattr(adv_estimator, "value", adv_estimator) != TRUST_GRPO:
+        context = _STEP_CONTEXT.get()
+        name = getattr(adv_estimator, "value", adv_estimator)
+        if name != TRUST_GRPO and not (name == "grpo" and context is not None and context.grpo_runs_trust_grpo):
             return original(
                 data,
                 adv_estimator,
@@ -183,7 +232,7 @@ def _wrap_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
         from verl.trainer.ppo.core_algos import get_adv_estimator_fn
         from verl.trainer.ppo.ray_trainer import compute_response_mask
 
-        context = _current_context()
+        context = _current_context()  # raises, saying why, outside a trainer step
         if "response_mask" not in data.batch.keys():
             data.batch["response_mask"] = compute_response_mask(data)
         metrics: dict[str, Any] = {}
@@ -271,6 +320,34 @@ def _wrap_v1_dump_generations(original: Callable[..., Any]) -> Callable[..., Any
     return _dump_generations
 
 
+def _wrap_multi_trajectories(original: Callable[..., Any]) -> Callable[..., Any]:
+    """v1's ``compute_advantage_for_multi_trajectories``, giving trust_grpo verl's GRPO session treatment.
+
+    verl counts each ``{uid}_{session_id}`` once in GRPO (its final output), while the agent loop copies
+    the reward extra info onto every output of a session. For trust_grpo this runs verl's own GRPO branch,
+    whose ``compute_advantage`` call then reaches the trust_grpo estimator with the final outputs' rows.
+    """
+
+    @functools.wraps(original)
+    def compute_advantage_for_multi_trajectories(
+        data: Any, batch_keys: list[str], adv_estimator: Any, **kwargs: Any
+    ) -> Any:
+        if getattr(adv_estimator, "value", adv_estimator) != TRUST_GRPO:
+            return original(data, batch_keys=batch_keys, adv_estimator=adv_estimator, **kwargs)
+        from verl.trainer.ppo.core_algos import AdvantageEstimator
+
+        context = _current_context()
+        if context.reward_extra_info is not None:
+            # Rows follow batch_keys; verl's select_idxs then keeps the extra info of the rows it keeps.
+            data.non_tensor_batch.update(context.reward_extra_info)
+        route = dataclasses.replace(context, reward_extra_info=None, grpo_runs_trust_grpo=True)
+        with _step_context(route):
+            return original(data, batch_keys=batch_keys, adv_estimator=AdvantageEstimator.GRPO, **kwargs)
+
+    compute_advantage_for_multi_trajectories.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
+    return compute_advantage_for_multi_trajectories
+
+
 def _wrap_legacy_fit(original: Callable[..., Any]) -> Callable[..., Any]:
     """``RayPPOTrainer.fit`` run with the trainer exposed as the step source."""
 
@@ -324,19 +401,63 @@ def _patch_ray_trainer(module: ModuleType) -> None:
 
 def _patch_v1_utils(module: ModuleType) -> None:
     _patch_attr(module, "compute_advantage", _wrap_compute_advantage)
+    _patch_attr(module, "compute_advantage_for_multi_trajectories", _wrap_multi_trajectories)
 
 
 def _patch_v1_trainer_base(module: ModuleType) -> None:
     _patch_attr(module.PPOTrainer, "_compute_advantage", _wrap_v1_compute_advantage)
     _patch_attr(module.PPOTrainer, "_log_rollout_data", _wrap_v1_log_rollout_data)
     _patch_attr(module.PPOTrainer, "_dump_generations", _wrap_v1_dump_generations)
+    # Its own binding of the v1 utils function (patched already if v1.utils was imported through the hook).
+    _patch_attr(module, "compute_advantage_for_multi_trajectories", _wrap_multi_trajectories)
 
 
-_TRAINER_PATCHES: dict[str, Callable[[ModuleType], None]] = {
-    "verl.trainer.ppo.ray_trainer": _patch_ray_trainer,
-    "verl.trainer.ppo.v1.utils": _patch_v1_utils,
-    "verl.trainer.ppo.v1.trainer_base": _patch_v1_trainer_base,
+#: module -> (its patch, the modules whose REQUIREMENTS the patched code also uses)
+_TRAINER_PATCHES: dict[str, tuple[Callable[[ModuleType], None], tuple[str, ...]]] = {
+    "verl.trainer.ppo.ray_trainer": (_patch_ray_trainer, ("verl.trainer.ppo.core_algos",)),
+    "verl.trainer.ppo.v1.utils": (_patch_v1_utils, ("verl.trainer.ppo.core_algos",)),
+    "verl.trainer.ppo.v1.trainer_base": (_patch_v1_trainer_base, ("transfer_queue", "verl.utils.tensordict_utils")),
 }
+
+
+def _mismatches_of(module: ModuleType) -> list[str]:
+    """What of :data:`REQUIREMENTS` ``module`` lacks: a missing attribute or a parameter it no longer accepts."""
+    found = []
+    for path, parameters in REQUIREMENTS[module.__name__]:
+        target: Any = module
+        try:
+            for part in path.split("."):
+                target = getattr(target, part)
+        except AttributeError:
+            found.append(f"{module.__name__}.{path} is missing")
+            continue
+        if not parameters:
+            continue
+        try:
+            accepted = inspect.signature(target).parameters  # follows __wrapped__ to verl's own function
+        except (TypeError, ValueError):
+            found.append(f"{module.__name__}.{path} has no inspectable signature")
+            continue
+        lacking = [name for name in parameters if name not in accepted]
+        if lacking:
+            found.append(f"{module.__name__}.{path}{inspect.signature(target)} lacks {', '.join(lacking)}")
+    return found
+
+
+def _guarded(patch: Callable[[ModuleType], None], uses: tuple[str, ...] = ()) -> Callable[[ModuleType], None]:
+    """``patch``, applied only if the module and the modules it ``uses`` have all the adapter touches."""
+
+    def apply(module: ModuleType) -> None:
+        found = _mismatches_of(module)
+        for name in uses:  # already imported by ``module`` itself
+            found += _mismatches_of(importlib.import_module(name))
+        if found:
+            _mismatches.extend(m for m in found if m not in _mismatches)
+            logger.error("sophiavl_verl: %s", adapter_missing_reason())
+            return
+        patch(module)
+
+    return apply
 
 
 class _PostImportPatcher(importlib.abc.MetaPathFinder):
@@ -373,37 +494,27 @@ class _PatchingLoader(importlib.abc.Loader):
         self._patch(module)
 
 
-def _version_ok() -> bool:
-    global _install_error
-    if verl.__version__ in TESTED_VERL_VERSIONS:
-        return True
-    if os.environ.get(ALLOW_UNTESTED_ENV) == "1":
-        logger.warning(
-            "sophiavl_verl: patching untested verl %s (tested: %s) because %s=1",
-            verl.__version__, TESTED_VERL_VERSIONS, ALLOW_UNTESTED_ENV,
-        )
-        return True
-    _install_error = (
-        f"sophiavl_verl was tested with verl {', '.join(TESTED_VERL_VERSIONS)} and this is verl "
-        f"{verl.__version__}: its adapter was not installed, so trust_grpo cannot run. Install a tested "
-        f"verl, or set {ALLOW_UNTESTED_ENV}=1 to try anyway."
-    )
-    return False
-
-
 def install() -> bool:
-    """Install the adapter in this process (idempotent). Returns whether it is installed."""
+    """Install the adapter in this process (idempotent). Returns whether it is installed.
+
+    Only ``validate_config`` is patched now; each trainer module is checked against
+    :data:`REQUIREMENTS` and patched when it is first imported.
+    """
     global _installed
     if _installed:
         return True
     import verl.utils.config as verl_config
 
-    # Patched on every version: on an untested one it makes a trust_grpo launch fail before any worker starts.
-    _patch_attr(verl_config, "validate_config", _wrap_validate_config)
-    if not _version_ok():
+    _guarded(lambda module: _patch_attr(module, "validate_config", _wrap_validate_config))(verl_config)
+    if _mismatches:
         return False
-    for name, patch in _TRAINER_PATCHES.items():
-        when_imported(name, patch)
+    if verl.__version__ not in TESTED_VERL_VERSIONS:
+        logger.warning(
+            "sophiavl_verl: verl %s is untested (tested: %s); the interfaces the adapter touches are checked "
+            "as each trainer module loads", verl.__version__, ", ".join(TESTED_VERL_VERSIONS),
+        )
+    for name, (patch, uses) in _TRAINER_PATCHES.items():
+        when_imported(name, _guarded(patch, uses))
     _installed = True
     return True
 
@@ -427,5 +538,21 @@ def when_imported(module_name: str, patch: Callable[[ModuleType], None]) -> None
 
 
 def is_installed() -> bool:
-    """Whether :func:`install` patched verl in this process."""
-    return _installed
+    """Whether :func:`install` ran and found ``validate_config`` as the adapter expects."""
+    return _installed and not _mismatches
+
+
+def require_trainer_adapter() -> None:
+    """Import verl's trainer modules (patching them) and refuse if any lacks what the adapter touches.
+
+    Called by config validation for trust_grpo, in the driver before Ray starts, so a verl whose
+    interfaces changed fails in seconds, naming what changed.
+
+    Raises:
+        ConfigError: When the adapter is not installed or does not fit this verl.
+    """
+    if _installed:
+        for name in _TRAINER_PATCHES:
+            importlib.import_module(name)
+    if not is_installed():
+        raise ConfigError(adapter_missing_reason())

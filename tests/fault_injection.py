@@ -18,7 +18,8 @@ class FaultInjectionServer:
 
     ``script(n, body)`` decides the reply to the n-th request (0-based): an ``aiohttp.web.Response``, or a
     string that becomes the assistant message. It may be a coroutine function (to sleep, e.g. to hang).
-    Records every request body and header set, and the most requests ever in flight at once.
+    Records every request body (parsed, and as the bytes received) and header set, and the most requests
+    ever in flight at once.
     """
 
     model = "fault-injection-trm"
@@ -26,6 +27,7 @@ class FaultInjectionServer:
     def __init__(self, script):
         self.script = script
         self.bodies: list[dict] = []
+        self.raw_bodies: list[bytes] = []
         self.headers: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -42,6 +44,7 @@ class FaultInjectionServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            self.raw_bodies.append(await request.read())
             body = await request.json()
             self.bodies.append(body)
             reply = self.script(n, body)

@@ -9,6 +9,7 @@ Tests in ``TestPluginValidator`` need the plugin's wrapper around ``verl.utils.c
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import subprocess
@@ -63,7 +64,8 @@ VARIANTS = {
     },
     "official": {
         "reward.reward_kwargs.query_policy": "official",
-        "algorithm.trust_grpo.uniform_groups": "skip",
+        "reward.reward_kwargs.trm_prompt": "reference",
+        "algorithm.trust_grpo.uniform_groups": "trust",
         "algorithm.trust_grpo.anneal_steps": 12000,
         "algorithm.trust_grpo.alpha": 0.3,
         "reward.reward_kwargs.timeout_s": 60,
@@ -120,6 +122,7 @@ PAPER_VALUES = {
     "reward.reward_model.rollout.free_cache_engine": False,
     "reward.reward_kwargs.trm_base_url": None,
     "reward.reward_kwargs.query_policy": "skip_uniform",
+    "reward.reward_kwargs.trm_prompt": "paper",
 }
 
 
@@ -233,6 +236,64 @@ def test_trm_sft_recipe():
     assert not str(config.data.train_files).endswith("gsm8k/train.parquet")
     assert omega_conf_to_dataclass(config.optim).lr == config.optim.lr
     assert "hf_model" in omega_conf_to_dataclass(config.checkpoint).save_contents
+
+
+def _authors_rewards(outcomes: list[float], trm_scores: list[float], step: int, T: int) -> list[float]:
+    """The reference code's reward for one group (SPEC §2; kxfan2002/SophiaVL-R1 a818494,
+    verl/workers/reward/custom.py, CustomRewardManager with n > 0), written out with Python floats."""
+    if all(o >= 0.9 for o in outcomes) or all(o <= 0.1 for o in outcomes):
+        return list(outcomes)  # no TRM request, no thinking term
+    process = [t if o >= 0.2 else 0.0 for o, t in zip(outcomes, trm_scores)]
+    correct = [p for o, p in zip(outcomes, process) if o >= 0.5]
+    wrong = [p for o, p in zip(outcomes, process) if o < 0.5]
+    mu_c = sum(correct) / len(correct) if correct else 0.0
+    mu_w = sum(wrong) / len(wrong) if wrong else 0.0
+    weight = math.exp(-step / T) * 0.3
+    if mu_c < mu_w and correct:  # the reference keeps weight * 1 when there is no correct response
+        weight *= math.exp(mu_c - mu_w)
+    return [o + weight * p for o, p in zip(outcomes, process)]
+
+
+def test_official_preset_reproduces_the_authors_rewards_on_every_group():
+    """240 random groups of 8, most with continuous rewards (OCR / free-form), through the preset's
+    query policy (which R^t the manager asks for) and its trust_grpo options."""
+    import numpy as np
+    import torch
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    from paper_reference import reference_advantage
+    from sophiavl_verl.config import SophiaVLRewardConfig
+    from sophiavl_verl.reward_manager import thinking_reward_decision
+    from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY
+
+    config = recipe("official")
+    policy = SophiaVLRewardConfig.from_reward_config(config.reward).query_policy
+    rng = np.random.default_rng(2505)
+    kinds = {  # outcome generators: continuous, binary, and the edge ranges of the reference's rules
+        "continuous": lambda: rng.random(8), "binary": lambda: rng.integers(0, 2, 8).astype(float),
+        "all_correct_below_0.9": lambda: rng.uniform(0.5, 0.9, 8),
+        "all_wrong_above_0.1": lambda: rng.uniform(0.1, 0.5, 8),
+        "high": lambda: rng.uniform(0.9, 1.0, 8), "low": lambda: rng.uniform(0.0, 0.1, 8),
+    }
+    index, outcome, thinking, expected = [], [], [], []
+    for g in range(240):
+        group = kinds[list(kinds)[g % len(kinds)] if g % 2 else "continuous"]().tolist()
+        trm = np.round(rng.random(8), 1).tolist()  # what the TRM would answer, if asked
+        decisions = [thinking_reward_decision(policy, o, group, config.algorithm.trust_grpo.correct_threshold)
+                     for o in group]
+        thinking += [{"query": t, "zero": 0.0, "skip": math.nan}[d] for d, t in zip(decisions, trm)]
+        expected += _authors_rewards(group, trm, step=700, T=config.algorithm.trust_grpo.anneal_steps)
+        index += [f"g{g}"] * 8
+        outcome += group
+    index = np.array(index, dtype=object)
+    token_level = torch.zeros(len(index), 3)
+    token_level[:, -1] = torch.tensor(outcome)
+    advantages, _ = get_adv_estimator_fn("trust_grpo")(
+        token_level_rewards=token_level, response_mask=torch.ones_like(token_level), index=index,
+        config=config.algorithm, non_tensor_batch={OUTCOME_KEY: np.array(outcome), THINKING_KEY: np.array(thinking)},
+        global_step=700, total_training_steps=config.trainer.total_training_steps,
+    )
+    np.testing.assert_allclose(advantages[:, -1].numpy(), reference_advantage(expected, index), atol=2e-5)
 
 
 class TestPluginValidator:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import math
@@ -17,9 +18,11 @@ from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.utils.ray_utils import get_event_loop
 
 from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
+from fault_injection import FaultInjectionServer
 from sophiavl_verl.data import prepare_rl
 from sophiavl_verl.reward_manager import GroupOutcomeBoard, _question_and_images, thinking_reward_decision
 from sophiavl_verl.rewards import outcome_reward
+from sophiavl_verl.thinking_reward import build_reference_trm_prompt
 from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
 from verl_pipeline import RewardWorkerHandle, prompt_batch, rl_dataset, score_session, session_kwargs
 
@@ -368,3 +371,39 @@ def test_validation_samples_never_wait_for_their_group(embedded_trm_server, tmp_
 def test_unmarked_validation_costs_group_idle_s_not_group_wait_s(embedded_trm_server, tmp_path):
     infos = _validation_run(embedded_trm_server, tmp_path, split=False, meta_info={}, idle_s=1)
     assert len(infos) == 4 and all(info[TRM_STATUS_KEY] == "scored" for info in infos)
+
+
+def test_reference_layout_sends_the_decoded_policy_prompt_and_the_first_image(
+    embedded_trm_server, tiny_vl_processor, tmp_path
+):
+    """``trm_prompt=reference``: what the authors' reward manager sends for a response of verl's pipeline."""
+    png = _png((200, 40, 40))
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "<image><image>What is the sum?"}]
+    rows = [_row(0, messages, [png, _png((0, 0, 255))], question="What is the sum?")]
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        config = compose_verl_config([
+            *SMALL_RUN, "actor_rollout_ref.rollout.n=1", f"actor_rollout_ref.model.path={embedded_trm_server.model}",
+            "reward.reward_manager.name=sophiavl", f"+reward.reward_kwargs.trm_base_url={server.base_url}",
+            f"+reward.reward_kwargs.trm_model={server.model}", "+reward.reward_kwargs.query_policy=all",
+            "+reward.reward_kwargs.trm_prompt=reference",
+        ])
+        worker = RewardLoopWorker(config, reward_router_address=None)
+        tokenizer = worker.input_tokenizer
+        dataset = rl_dataset([_rl_parquet(tmp_path / "t.parquet", rows)], config, tokenizer, tiny_vl_processor)
+        (group,) = session_kwargs(prompt_batch(dataset, global_steps=1), config)
+        # The prompt ids as the agent loop makes them: the processor's chat template, vision tokens included.
+        text = tiny_vl_processor.apply_chat_template(group[0]["raw_prompt"], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer.encode(text)
+        final = get_event_loop().run_until_complete(
+            score_session(RewardWorkerHandle(worker), group[0], [(prompt_ids, tokenizer.encode(GOOD))])
+        )
+        (body,) = server.bodies
+    assert final.extra_fields["reward_extra_info"][THINKING_KEY] == 0.5
+    decoded = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    assert decoded.startswith("system\n" + SYSTEM) and "What is the sum?" in decoded
+    text_part, image_part = body["messages"][1]["content"]  # the text, then one image: the first
+    assert text_part == {"type": "text", "text": build_reference_trm_prompt(decoded, GOOD, has_image=True)}
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buffer, format="PNG")
+    assert image_part["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert "max_tokens" not in body

@@ -52,6 +52,15 @@ def test_numerical(answer, ground_truth, expected):
         ("A cat", "A", 0.0),
         ("AB", "A", 0.0),
         ("The answer is B", "B", 0.0),
+        # A ground truth written without separators lists option letters (the reference credits "A, C").
+        ("A, C", "AC", 1.0),
+        ("C;A", "<answer>AC</answer>", 1.0),
+        ("B, D, E", "BDE", 1.0),
+        ("A", "AC", 0.0),
+        ("A, C, D", "AC", 0.0),
+        ("AC", "AC", 0.0),  # the answer still names its options one by one, as the reference requires
+        ("A", "AA", 0.0),  # repeated letters: not a list of options
+        ("C, A, T", "cat", 0.0),  # lower case: a word, not option letters
     ],
 )
 def test_multiple_choice(answer, ground_truth, expected):

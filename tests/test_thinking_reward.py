@@ -289,6 +289,79 @@ def test_request_shape_images_first_then_the_table_4_prompt(tmp_path):
     assert text == {"type": "text", "text": build_trm_prompt(item.question, item.response)}
 
 
+# The two request layouts, written out from the paper (Table 4) and from the authors' get_process_reward
+# (kxfan2002/SophiaVL-R1 a818494, verl/workers/reward/custom.py), for LAYOUT_ITEM.
+LAYOUT_ITEM_IMAGES = (_image((10, 20, 30)), _png_bytes((40, 50, 60)))
+LAYOUT_ITEM = ThinkingRewardItem(
+    " How many cubes, at $2 each? ", "<think>I count $3$ cubes {so 3}.</think><answer>3</answer>\n", LAYOUT_ITEM_IMAGES
+)
+PAPER_TEXT = (
+    "You are an expert reasoning evaluator. I will give you a multimodal question and an answer. Your goal is to "
+    "judge a reward process and give a score between 0 and 1. You should focus on whether the reasoning process is "
+    "good rather than whether the final answer is correct.\nEvaluation Criteria:\n"
+    "1. Logical Soundness: Does each step follow logically from the previous one?\n"
+    "2. Correct Reasoning: Are the methods and steps used appropriate and valid? Are the facts and lemmas "
+    "correctly stated and applied?\n"
+    "3. Error Identification: Are there logical flaws, unsupported assumptions, or incorrect steps?\n"
+    "4. Language Consistency: Is the reasoning process conducted in a single, consistent language without mixing "
+    "different languages?\n"
+    "5. Redundancy: Is the reasoning concise, avoiding repetition or irrelevant steps?\n"
+    "Provide a single score from {0, 0.1, 0.2, ..., 1.0} based on the reasoning quality, where:\n"
+    "- 0: Completely flawed reasoning.\n- 1: Perfectly sound reasoning.\n"
+    "- Intermediate: Reflect partial correctness or minor errors (e.g., 0.3 for significant flaws, 0.7 for minor "
+    "errors).\nBe strict, reward the good process and punish the bad one. You should only output the score "
+    "without any explanation.\n"
+    "Question: How many cubes, at $2 each?\n"
+    "Reasoning process: <think>I count $3$ cubes {so 3}.</think><answer>3</answer>\n"
+    "Your response format: <answer>your_score</answer>"
+)
+REFERENCE_TEXT = (
+    "You are an expert reasoning evaluator. I will give you a multimodal question and an answer. Your goal is to "
+    "judge a reward process and give a score between 0 and 1. You should focus on whether the reasoning process is "
+    "good rather than whether the final answer is correct.### Evaluation Criteria:\n"
+    "- **Logical Soundness**: Does each step follow logically from the previous one?\n"
+    "- **Correct Reasoning**: Are the methods and steps used appropriate and valid? Are the facts and lemmas "
+    "correctly stated and applied?\n"
+    "- **Error Identification**: Are there any logical fallacies, unsupported assumptions, or incorrect steps?\n"
+    "- **Language Consistency**: Is the reasoning process conducted in a single, consistent language without "
+    "mixing different languages?\n"
+    "- **Redundancy**: Is the reasoning concise, without unnecessary repetition or extraneous steps?\n"
+    "Provide a single score from **{0, 0.1, 0.2, ..., 1.0}** based on the reasoning quality, where:\n"
+    " - **0**: Completely flawed reasoning\n- **1**: Perfectly sound reasoning\n"
+    "- Intermediate values (e.g., 0.3, 0.7) should reflect partial correctness or minor errors.\n"
+    "Be strict, reward the good process and punish the bad one. You should only output the score without any "
+    "explanation.\n"
+    "    Question: <image>  How many cubes, at $2 each? \n"
+    "    Reasoning process: <think>I count 3 cubes {so 3}.</think><answer>3</answer>\n\n"
+    "    Your response format: <answer>your_score</answer>\n    "
+)
+
+
+def _png_data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + _b64(buffer.getvalue())
+
+
+@pytest.mark.parametrize("layout", ["paper", "reference"])
+def test_request_body_byte_for_byte(layout):
+    """The exact JSON body the client POSTs to a server on 127.0.0.1, in each layout."""
+    urls = [_png_data_url(LAYOUT_ITEM_IMAGES[0]), "data:image/png;base64," + _b64(LAYOUT_ITEM_IMAGES[1])]
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    if layout == "paper":  # every image, then Table 4; max_tokens bounds the reply
+        content = [*({"type": "image_url", "image_url": {"url": url}} for url in urls),
+                   {"type": "text", "text": PAPER_TEXT}]
+        expected = {"model": "trm", "messages": [system, {"role": "user", "content": content}],
+                    "temperature": 0.0, "max_tokens": 32}
+    else:  # the authors' text, then their one image; no max_tokens
+        content = [{"type": "text", "text": REFERENCE_TEXT}, {"type": "image_url", "image_url": {"url": urls[0]}}]
+        expected = {"model": "trm", "messages": [system, {"role": "user", "content": content}], "temperature": 0.0}
+    with FaultInjectionServer(lambda n, body: "<answer>0.6</answer>") as server:
+        scores, _, _ = _score(server.base_url, [LAYOUT_ITEM], prompt=layout)
+    assert scores == [0.6]
+    assert server.raw_bodies == [json.dumps(expected).encode()]
+
+
 def test_api_key_is_sent_but_never_shown(caplog, monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     caplog.set_level(logging.DEBUG)

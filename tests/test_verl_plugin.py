@@ -18,8 +18,8 @@ from verl.trainer.ppo import ray_trainer
 from conftest import SMALL_RUN, TRUST_GRPO_RUN, compose_verl_config, run_verl_validation
 from paper_reference import reference_advantage, reference_rewards
 from sophiavl_verl.config import ConfigError
-from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY
-from sophiavl_verl.verl_adapter import METRICS_META_KEY, _wrap_legacy_fit, trainer_step
+from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_STATUS_KEY
+from sophiavl_verl.verl_adapter import METRICS_META_KEY, _wrap_legacy_fit, fetch_reward_extra_info, trainer_step
 
 REGISTRATION_PROBE = """
 import verl
@@ -89,32 +89,53 @@ def test_a_broken_install_is_loud_not_silent():
     assert "VALIDATE: True" in result.stdout
 
 
-@pytest.mark.parametrize("allow", ["0", "1"])
-def test_an_untested_verl_version_is_refused_at_config_validation(allow):
-    result = _python(
-        """
-        import verl
-        verl.__version__ = "0.10.0"
-        from sophiavl_verl import verl_adapter
-        print("INSTALLED:", verl_adapter.install())
-        import verl.utils.config as c
-        from omegaconf import OmegaConf
-        try:
-            c.validate_config.__sophiavl_wrapped__ = lambda **kw: None  # skip verl's own checks here
-            from sophiavl_verl.validation import validate_plugin_config
-            validate_plugin_config(OmegaConf.create({"algorithm": {"adv_estimator": "trust_grpo"}}))
-            print("VALID")
-        except Exception as e:
-            print("ERROR:", e)
-        """,
-        VERL_USE_EXTERNAL_PLUGINS="none",
-        SOPHIAVL_ALLOW_UNTESTED_VERL=allow,
-    )
-    if allow == "1":
-        assert "INSTALLED: True" in result.stdout and "patching untested verl 0.10.0" in result.stderr
-    else:
-        assert "INSTALLED: False" in result.stdout
-        assert "ERROR: sophiavl_verl was tested with verl 0.9.1 and this is verl 0.10.0" in result.stdout
+GUARD_PROBE = """
+import sys
+{setup}
+from omegaconf import OmegaConf
+from sophiavl_verl import verl_adapter
+from sophiavl_verl.validation import validate_plugin_config
+print("INSTALLED:", verl_adapter.install())
+try:
+    validate_plugin_config(OmegaConf.create({{"algorithm": {{"adv_estimator": "trust_grpo"}}}}))
+    print("VALID")
+except Exception as e:
+    print("ERROR:", type(e).__name__, e)
+from verl.trainer.ppo import ray_trainer
+from verl.trainer.ppo.v1 import trainer_base
+print("PATCHED:", hasattr(ray_trainer.compute_advantage, "__sophiavl_wrapped__"),
+      hasattr(trainer_base.PPOTrainer.__dict__.get("_compute_advantage"), "__sophiavl_wrapped__"))
+"""
+
+
+def test_another_verl_version_with_the_same_interfaces_is_accepted():
+    """setup.py allows verl<0.10: a 0.9.2 whose touched interfaces match runs, with a warning."""
+    result = _python(GUARD_PROBE.format(setup="import verl; verl.__version__ = '0.9.2'"),
+                     VERL_USE_EXTERNAL_PLUGINS="none")
+    assert "INSTALLED: True" in result.stdout and "VALID" in result.stdout, result.stdout + result.stderr
+    assert "PATCHED: True True" in result.stdout
+    assert "verl 0.9.2 is untested" in result.stderr
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    (  # a method the v1 path wraps is gone
+        "import verl; verl.__version__ = '0.9.2'\n"
+        "from verl.trainer.ppo.v1 import trainer_base; del trainer_base.PPOTrainer._compute_advantage",
+        "verl.trainer.ppo.v1.trainer_base.PPOTrainer._compute_advantage is missing",
+    ),
+    (  # a function the adapter calls by keyword changed its signature
+        "from verl.trainer.ppo import ray_trainer\n"
+        "def compute_advantage(data, adv_estimator, gamma=1.0, lam=1.0, num_repeat=1, config=None): pass\n"
+        "ray_trainer.compute_advantage = compute_advantage",
+        "lacks norm_adv_by_std_in_grpo",
+    ),
+])
+def test_a_verl_whose_touched_interfaces_changed_is_refused_loudly(setup, message):
+    result = _python(GUARD_PROBE.format(setup=setup), VERL_USE_EXTERNAL_PLUGINS="none")
+    assert "ERROR: ConfigError sophiavl_verl's verl adapter does not fit verl" in result.stdout, result.stdout
+    assert message in result.stdout and message in result.stderr  # refused at validation, logged at ERROR
+    patched = result.stdout.split("PATCHED: ")[1].split()
+    assert "False" in patched  # the module that does not fit is left as verl made it
 
 
 def test_trust_grpo_recipe_options_pass_verls_validation():
@@ -212,6 +233,113 @@ def test_v1_trainer_delivers_thinking_rewards_and_step_through_transfer_queue(ra
     assert metrics["trust_grpo/untrusted_group_frac"] == pytest.approx(0.5)
     assert metrics["trust_grpo/thinking_missing_frac"] == pytest.approx(1 / 12)
     tq.kv_clear(keys=keys, partition_id="train")
+
+
+# uid: per session (outcome, thinking reward, number of outputs); sessions with several outputs are where
+# counting outputs instead of sessions changes μ_c, μ_w and the group mean and std.
+SESSIONS = {
+    "m0": [(1.0, 0.9, 3), (0.0, 0.2, 1), (1.0, 0.4, 1), (0.0, 0.8, 2)],
+    "m1": [(1.0, 0.1, 1), (0.0, 0.9, 3), (0.0, 0.7, 1), (1.0, 0.6, 2)],
+    "m2": [(0.0, 0.5, 2), (0.0, 0.3, 1), (0.0, 0.6, 1), (0.0, 0.2, 1)],
+}
+
+
+def _multi_output_rows() -> tuple[list[str], list[dict]]:
+    """TransferQueue rows as verl's v1 agent loop writes a multi-output session (``{uid}_{session}_{index}``):
+    every output carries the final output's reward score and reward extra info."""
+    keys, rows = [], []
+    for uid, sessions in SESSIONS.items():
+        for session, (r_o, r_t, outputs) in enumerate(sessions):
+            for index in range(outputs):
+                length = 2 + index + session
+                rm_scores = torch.zeros(length)
+                rm_scores[-1] = r_o
+                keys.append(f"{uid}_{session}_{index}")
+                rows.append({
+                    "uid": uid, "response_mask": torch.ones(length, dtype=torch.int64), "rm_scores": rm_scores,
+                    "extra_fields": {"reward_extra_info": {
+                        OUTCOME_KEY: r_o, THINKING_KEY: r_t, TRM_STATUS_KEY: "scored",
+                    }},
+                })
+    return keys, rows
+
+
+def _per_session_expectation(alpha: float, anneal: float) -> tuple[dict[str, float], list[float]]:
+    """Eq. 1-6 over sessions (one entry each), by key of every output; and the same over outputs."""
+    by_key, per_output = {}, ([], [], [])
+    sessions = [(uid, s, r_o, r_t, n) for uid, group in SESSIONS.items() for s, (r_o, r_t, n) in enumerate(group)]
+    for weighted in (False, True):
+        rows = [(f"{uid}_{s}_{i}", uid, r_o, r_t)
+                for uid, s, r_o, r_t, n in sessions for i in range(n if weighted else 1)]
+        keys, index, outcome, thinking = (list(column) for column in zip(*rows))
+        rewards, _ = reference_rewards(outcome, thinking, index, alpha=alpha, anneal=anneal, threshold=0.5,
+                                       uniform_groups="skip")
+        advantages = reference_advantage(rewards, index)
+        if weighted:
+            per_output = advantages
+        else:
+            session_advantage = dict(zip(keys, advantages))
+            by_key = {f"{uid}_{s}_{i}": session_advantage[f"{uid}_{s}_0"]
+                      for uid, s, _, _, n in sessions for i in range(n)}
+    return by_key, per_output
+
+
+def test_v1_multi_output_sessions_count_once_as_in_verls_grpo_and_padding_rows_count_in_no_metric(
+    ray_with_transfer_queue,
+):
+    import transfer_queue as tq
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    keys, rows = _multi_output_rows()
+    tq.kv_batch_put(keys=keys, fields=list_of_dict_to_tensordict(rows), partition_id="train")
+    batch = KVBatchMeta(keys=keys, tags=[{"seq_len": 8}] * len(keys), partition_id="train")
+    batch = upsample_batch_to_divisible_size(batch, batch_multiple=8, eos_token_id=0)  # verl's padding rows
+    assert len(batch) == 24 and sum(k.startswith("pad") for k in batch.keys) == 24 - len(keys)
+
+    def advantages(alpha: float) -> tuple[dict[str, float], dict]:
+        config = compose_verl_config([*TRUST_GRPO_RUN, f"+algorithm.trust_grpo.alpha={alpha}"])
+        trainer = SimpleNamespace(config=config, global_steps=3, total_training_steps=10)
+        metrics: dict = {}
+        PPOTrainer._compute_advantage(trainer, batch, metrics)
+        stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["advantages"])["advantages"]
+        return {key: float(a[-1]) for key, a in zip(batch.keys, stored.unbind()) if not key.startswith("pad")}, metrics
+
+    # alpha = 0 is verl's GRPO, multi-output treatment included: compare with verl's own function.
+    got, _ = advantages(0.0)
+    data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["uid", "response_mask", "rm_scores"])
+    grpo = DataProto(batch=data.to_padded_tensor())
+    grpo.non_tensor_batch["uid"] = np.array(grpo.batch.pop("uid").tolist(), dtype=object)
+    grpo.batch["token_level_rewards"] = grpo.batch["rm_scores"]
+    grpo = compute_advantage_for_multi_trajectories(grpo, batch_keys=keys, adv_estimator="grpo")
+    last = grpo.batch["response_mask"].sum(-1) - 1
+    expected = grpo.batch["advantages"][torch.arange(len(keys)), last].tolist()
+    np.testing.assert_allclose([got[k] for k in keys], expected, atol=1e-5)
+
+    # alpha = 0.3: Eq. 1-6 over sessions, not outputs (the two differ on this batch).
+    got, metrics = advantages(0.3)
+    per_session, per_output = _per_session_expectation(alpha=0.3, anneal=math.exp(-3 / 10))
+    np.testing.assert_allclose([got[k] for k in keys], [per_session[k] for k in keys], atol=1e-5)
+    assert not np.allclose([per_session[k] for k in keys], per_output, atol=1e-3)
+    # Metrics: 12 sessions in 3 groups, 2 mixed; verl's padding rows (a copy of the first sample) add nothing.
+    assert metrics["trm/requests"] == 12
+    assert metrics["trust_grpo/mixed_group_frac"] == pytest.approx(2 / 3)
+    assert metrics["trust_grpo/thinking_missing_frac"] == 0.0
+    tq.kv_clear(keys=batch.keys, partition_id="train")
+
+
+def test_reward_extra_info_is_read_from_any_list_like_transfer_queue_field(monkeypatch):
+    """Storage backends differ in the container of a non-tensor field; a plain list must do too."""
+    import transfer_queue as tq
+    from transfer_queue import KVBatchMeta
+
+    fields = [{"reward_extra_info": {THINKING_KEY: 0.5}}, {"reward_extra_info": {THINKING_KEY: math.nan}}]
+    monkeypatch.setattr(tq, "kv_batch_get", lambda keys, partition_id, select_fields: {"extra_fields": list(fields)})
+    info = fetch_reward_extra_info(KVBatchMeta(keys=["a_0_0", "a_1_0"], tags=[{}, {}], partition_id="train"))
+    assert info[THINKING_KEY][0] == 0.5 and math.isnan(info[THINKING_KEY][1])
 
 
 def test_v1_compute_advantage_for_multi_trajectories_uses_trust_grpo():
