@@ -407,3 +407,26 @@ def test_reference_layout_sends_the_decoded_policy_prompt_and_the_first_image(
     Image.open(io.BytesIO(png)).save(buffer, format="PNG")
     assert image_part["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     assert "max_tokens" not in body
+
+
+def test_multi_output_session_is_scored_on_its_final_output(embedded_trm_server, tmp_path):
+    """verl pads a multi-output session's rows to its longest output; the final one is read at its own length."""
+    rows = [_row(0, [{"role": "user", "content": "What is 3 + 4?"}], [], question=None)]
+    config = compose_verl_config([
+        *SMALL_RUN, "actor_rollout_ref.rollout.n=1", f"actor_rollout_ref.model.path={embedded_trm_server.model}",
+        "reward.reward_manager.name=sophiavl", f"+reward.reward_kwargs.trm_base_url={embedded_trm_server.base_url}",
+        f"+reward.reward_kwargs.trm_model={embedded_trm_server.model}", "+reward.reward_kwargs.query_policy=all",
+    ])
+    worker = RewardLoopWorker(config, reward_router_address=None)
+    tokenizer = worker.input_tokenizer
+    dataset = rl_dataset([_rl_parquet(tmp_path / "t.parquet", rows)], config, tokenizer)
+    (group,) = session_kwargs(prompt_batch(dataset, global_steps=1), config)
+    turns = [  # a long first output, then a final one with a shorter prompt and response
+        (tokenizer.encode("What is 3 + 4? " * 8), tokenizer.encode("Let me use a tool to add the numbers. " * 8)),
+        (tokenizer.encode("What is 3 + 4?"), tokenizer.encode(GOOD)),
+    ]
+    handle = RewardWorkerHandle(worker)
+    final = get_event_loop().run_until_complete(score_session(handle, group[0], turns))
+    (data,) = handle.inputs
+    assert data.batch["responses"].shape[-1] > len(turns[1][1])  # the final row is padded
+    assert final.reward_score == 1.0  # GOOD, read at its own length
