@@ -198,7 +198,7 @@ def test_retry_after_is_honoured():
 
 def test_total_deadline_bounds_an_item():
     with FaultInjectionServer(_hang(3.0)) as server:
-        (score,), client, seconds = _score(server.base_url, timeout_s=0.3, max_retries=50, total_deadline_s=1.0)
+        (score,), client, seconds = _score(server.base_url, timeout_s=0.3, max_retries=50, deadline_s=1.0)
     assert math.isnan(score) and seconds < 1.4
     assert client.stats.failed == 1 and set(client.stats.failures) <= {"timeout", "deadline"}
 
@@ -398,6 +398,6 @@ def test_client_pickles_for_ray_workers():
 
 
 def test_client_rejects_bad_settings():
-    for kwargs in (dict(max_concurrency=0), dict(timeout_s=0), dict(max_retries=-1), dict(total_deadline_s=0)):
+    for kwargs in (dict(max_concurrency=0), dict(timeout_s=0), dict(max_retries=-1), dict(deadline_s=0)):
         with pytest.raises(ValueError):
             ThinkingRewardClient("http://127.0.0.1:1/v1", "trm", **kwargs)
