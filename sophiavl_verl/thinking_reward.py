@@ -600,6 +600,7 @@ class _LoopState:
         self.probe: asyncio.Task | None = None
         self.last_success = -math.inf  # loop time of the latest 200 reply
         self.model_listed: bool | None = None  # whether GET /models lists the model (None: not known)
+        self.models_check: asyncio.Task | None = None
         self.models_checked_at = -math.inf
 
     async def close(self) -> None:
@@ -991,6 +992,8 @@ class ThinkingRewardClient:
                     value = await self._attempt(state, session, body, min(self.timeout_s, remaining), attempt, result)
                 except _AttemptError as exc:
                     err = exc
+                    if exc.kind == "timeout" and remaining < self.timeout_s:  # cut short by the deadline
+                        err = _AttemptError("deadline", f"{exc} (the call's deadline)", retryable=False, alive=False)
                 else:
                     state.breaker.record(True, loop.time())
                     return value
@@ -1156,20 +1159,28 @@ class ThinkingRewardClient:
         return value
 
     async def _model_listed(self, state: _LoopState, session: aiohttp.ClientSession) -> bool:
-        """Whether ``GET {base_url}/models`` lists the model (True when the server does not say); cached for
-        ``breaker_cooldown_s``."""
+        """Whether ``GET {base_url}/models`` lists the model (True when the server does not say).
+
+        One check at a time per loop; its answer holds for ``breaker_cooldown_s``.
+        """
         loop = asyncio.get_running_loop()
-        if loop.time() - state.models_checked_at >= self.breaker_cooldown_s:
+        if state.models_check is None or (
+            state.models_check.done() and loop.time() - state.models_checked_at >= self.breaker_cooldown_s
+        ):
             state.models_checked_at = loop.time()
-            try:
-                timeout = aiohttp.ClientTimeout(total=min(self.timeout_s, 10.0))
-                async with session.get(f"{self.base_url}/models", timeout=timeout) as resp:
-                    models = await resp.json(content_type=None) if resp.status == 200 else None
-                ids = {entry.get("id") for entry in models["data"]}
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError, AttributeError):
-                ids = None
-            state.model_listed = None if ids is None else self.model in ids
+            state.models_check = loop.create_task(self._list_models(session))
+        ids = await asyncio.shield(state.models_check)
+        state.model_listed = None if ids is None else self.model in ids
         return state.model_listed is not False
+
+    async def _list_models(self, session: aiohttp.ClientSession) -> set | None:
+        try:
+            timeout = aiohttp.ClientTimeout(total=min(self.timeout_s, 10.0))
+            async with session.get(f"{self.base_url}/models", timeout=timeout) as resp:
+                models = await resp.json(content_type=None) if resp.status == 200 else None
+            return {entry.get("id") for entry in models["data"]}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     async def _probe(self, state: _LoopState) -> None:
         """The open breaker's probe: one small chat request; any reply but a 5xx closes the breaker."""

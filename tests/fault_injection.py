@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 
 from aiohttp import web
 
@@ -18,17 +19,25 @@ class FaultInjectionServer:
 
     ``script(n, body)`` decides the reply to the n-th request (0-based): an ``aiohttp.web.Response``, or a
     string that becomes the assistant message. It may be a coroutine function (to sleep, e.g. to hang).
-    Records every request body and header set, and the most requests ever in flight at once.
+    Records every request body and header set, the most requests ever in flight at once, the TCP connections
+    that carried requests, and ``GET /v1/models`` calls. With ``drop_keep_alive`` it drops a kept-alive
+    connection when a second request arrives on it (no reply), as servers and proxies that close idle
+    connections do when a client reuses one.
     """
 
     model = "fault-injection-trm"
 
-    def __init__(self, script):
+    def __init__(self, script, *, drop_keep_alive: bool = False):
         self.script = script
+        self.drop_keep_alive = drop_keep_alive
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0
+        self.dropped = 0
+        self.models_requests = 0
+        self._transports: weakref.WeakSet = weakref.WeakSet()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
 
@@ -36,7 +45,19 @@ class FaultInjectionServer:
     def requests(self) -> int:
         return len(self.bodies)
 
+    @property
+    def open_connections(self) -> int:
+        return sum(not transport.is_closing() for transport in list(self._transports))
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport not in self._transports:
+            self._transports.add(transport)
+            self.connections += 1
+        elif self.drop_keep_alive:
+            self.dropped += 1
+            transport.abort()
+            return web.Response(status=500)  # never reaches the client: the connection is gone
         n = len(self.bodies)
         self.headers.append(dict(request.headers))
         self.in_flight += 1
@@ -52,6 +73,7 @@ class FaultInjectionServer:
             self.in_flight -= 1
 
     async def _models(self, request: web.Request) -> web.Response:
+        self.models_requests += 1
         return web.json_response({"object": "list", "data": [{"id": self.model}]})
 
     def _serve(self) -> None:
