@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import weakref
 
@@ -22,7 +23,7 @@ class FaultInjectionServer:
     Records every request body and header set, the most requests ever in flight at once, the TCP connections
     that carried requests, and ``GET /v1/models`` calls. With ``drop_keep_alive`` it drops a kept-alive
     connection when a second request arrives on it (no reply), as servers and proxies that close idle
-    connections do when a client reuses one.
+    connections do when a client reuses one. ``bytes_received`` sums the request bodies.
     """
 
     model = "fault-injection-trm"
@@ -37,6 +38,7 @@ class FaultInjectionServer:
         self.connections = 0
         self.dropped = 0
         self.models_requests = 0
+        self.bytes_received = 0
         self._transports: weakref.WeakSet = weakref.WeakSet()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -63,7 +65,9 @@ class FaultInjectionServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            body = await request.json()
+            raw = await request.read()
+            self.bytes_received += len(raw)
+            body = json.loads(raw)
             self.bodies.append(body)
             reply = self.script(n, body)
             if asyncio.iscoroutine(reply):
