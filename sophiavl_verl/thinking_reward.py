@@ -605,8 +605,9 @@ class _LoopState:
 
     async def close(self) -> None:
         """Close the pool (on its loop)."""
-        if self.probe is not None:
-            self.probe.cancel()
+        for task in (self.probe, self.models_check):
+            if task is not None:
+                task.cancel()
         lifetime, self.lifetime = self.lifetime, None
         if lifetime is not None:
             await lifetime.aclose()
@@ -680,6 +681,9 @@ class _Attempt:
 
 
 _OPTIONS = SophiaVLRewardConfig  # the defaults of the options live there, once
+#: The reward manager's options that configure the client (the names of its keyword arguments).
+_CLIENT_OPTIONS = ("max_concurrency", "timeout_s", "max_retries", "deadline_s", "breaker_failures",
+                   "breaker_cooldown_s", "clip_scores", "max_image_pixels")
 
 
 class ThinkingRewardClient:
@@ -798,19 +802,7 @@ class ThinkingRewardClient:
         cls, base_url: str, model: str, options: SophiaVLRewardConfig, *, api_key: str | None = None
     ) -> ThinkingRewardClient:
         """A client with the TRM options of the ``sophiavl`` reward manager (``reward.reward_kwargs``)."""
-        return cls(
-            base_url,
-            model,
-            api_key=api_key,
-            max_concurrency=options.max_concurrency,
-            timeout_s=options.timeout_s,
-            max_retries=options.max_retries,
-            deadline_s=options.deadline_s,
-            breaker_failures=options.breaker_failures,
-            breaker_cooldown_s=options.breaker_cooldown_s,
-            clip_scores=options.clip_scores,
-            max_image_pixels=options.max_image_pixels,
-        )
+        return cls(base_url, model, api_key=api_key, **{name: getattr(options, name) for name in _CLIENT_OPTIONS})
 
     def _init_runtime(self) -> None:
         """The parts bound to this process: per-loop pools and caps, the image cache, the warning clock."""
