@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +66,12 @@ def serve(port: int, latency_s: float, capacity: int) -> None:
     reply = {"object": "chat.completion",
              "choices": [{"index": 0, "message": {"role": "assistant", "content": "<answer>0.5</answer>"}}]}
     counters = {"connections": 0, "requests": 0, "bytes": 0}
-    seen: set = set()
+    seen: weakref.WeakSet = weakref.WeakSet()  # one transport object per TCP connection
     slots = asyncio.Semaphore(capacity)
 
     async def chat(request: web.Request) -> web.Response:
-        if id(request.transport) not in seen:  # transports live as long as their connection
-            seen.add(id(request.transport))
+        if request.transport not in seen:
+            seen.add(request.transport)
             counters["connections"] += 1
         counters["requests"] += 1
         counters["bytes"] += len(await request.read())
@@ -430,9 +431,11 @@ def main() -> None:
             print(f"  board ({big['n']} responses arriving at once): p50 {1000 * b['p50_s']:.1f} ms, "
                   f"p95 {1000 * b['p95_s']:.1f} ms, max {1000 * b['max_s']:.0f} ms per response; all in "
                   f"{b['wall_s']:.2f} s")
+    big_all = max((r for r in results if r["path"] == "new"), key=lambda r: (r["n"], r["policy"] == "all"))
     print(f"verl's worker by itself (n={floor['n']}, every group uniform under skip_uniform: no TRM request): wall "
           f"{floor['wall_s']:.2f} s, CPU {1000 * floor['cpu_s'] / floor['n']:.1f} ms/response, peak RSS "
-          f"{floor['rss_mb']:.0f} MiB")
+          f"{floor['rss_mb']:.0f} MiB; the new path ({big_all['policy']}, n={big_all['n']}): wall "
+          f"{big_all['wall_s']:.2f} s, CPU {1000 * big_all['cpu_s'] / big_all['n']:.1f} ms/response")
     print(f"the client alone (no verl, no Ray), {alone['n']} single-item calls: wall {alone['wall_s']:.2f} s = "
           f"{alone['wall_s'] / alone['ideal_s']:.2f}x ideal {alone['ideal_s']:.2f} s; connections "
           f"{alone['connections']}; prepared {alone['prepared']}, encodes {alone['encodes']}; "
