@@ -323,6 +323,17 @@ def _image_job(image: Any, max_pixels: int | None) -> tuple[Hashable, Callable[[
     raise _BadInput(f"an image is a {type(image).__name__}, not bytes, a PIL image, a path or a URL")
 
 
+def _bad_input_on_error(function: Callable, *args: Any) -> Any:
+    """``function(*args)``, any error raised as :class:`_BadInput` (PIL raises many types on a broken image: the
+    item fails, not the call)."""
+    try:
+        return function(*args)
+    except _BadInput:
+        raise
+    except Exception as exc:
+        raise _BadInput(f"an image cannot be read: {type(exc).__name__}: {exc}") from None
+
+
 #: The image cache's default budget per client (the JSON strings of prepared images, in bytes).
 IMAGE_CACHE_BYTES = 256 * 2**20
 
@@ -330,38 +341,39 @@ IMAGE_CACHE_BYTES = 256 * 2**20
 class _ImageCache:
     """Prepared images by content key, least recently used out first, at most ``max_bytes`` in all.
 
-    Thread-safe. While one thread prepares a key, the others asking for it wait for that result instead of
-    preparing it again (a group's responses arrive together). An image larger than the budget is not kept.
+    Thread-safe. While one thread prepares a key, the others asking for it get that preparation's future to
+    await instead of preparing it again (a group's responses arrive together) or blocking a thread. An image
+    larger than the budget is not kept.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self._parts: OrderedDict[Hashable, _Prepared] = OrderedDict()
-        self._pending: dict[Hashable, threading.Event] = {}
+        self._pending: dict[Hashable, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._parts)
 
-    def get(self, key: Hashable, prepare: Callable[[], _Prepared]) -> tuple[_Prepared, bool]:
-        """The prepared image of ``key``, and whether this call prepared it."""
-        while True:
-            with self._lock:
-                part = self._parts.get(key)
-                if part is not None:
-                    self._parts.move_to_end(key)
-                    return part, False
-                pending = self._pending.get(key)
-                if pending is None:
-                    self._pending[key] = threading.Event()
-                    break
-            pending.wait()  # then look again: prepared (and kept), or this thread prepares it
+    def get(self, key: Hashable, prepare: Callable[[], _Prepared]) -> tuple[_Prepared | concurrent.futures.Future, bool]:
+        """The prepared image of ``key`` (or the future of its preparation elsewhere), and whether this call
+        prepared it."""
+        with self._lock:
+            part = self._parts.get(key)
+            if part is not None:
+                self._parts.move_to_end(key)
+                return part, False
+            if key in self._pending:
+                return self._pending[key], False
+            future = self._pending[key] = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()  # a waiter that gives up cannot cancel it for the others
         try:
             part = prepare()
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
-                self._pending.pop(key).set()
+                del self._pending[key]
+            future.set_exception(exc)
             raise
         with self._lock:
             size = len(part.url_json)
@@ -371,7 +383,8 @@ class _ImageCache:
                 while self.nbytes > self.max_bytes:
                     _, evicted = self._parts.popitem(last=False)
                     self.nbytes -= len(evicted.url_json)
-            self._pending.pop(key).set()
+            del self._pending[key]
+        future.set_result(part)
         return part, True
 
 
@@ -538,9 +551,10 @@ _BAD_RESPONSE_RETRIES = 1
 # verl's router answers its bodiless 500 for a request the upstream refused (4xx) and for an upstream fault
 # alike: a second one for the same request, while the TRM answers other requests, means the upstream refuses it.
 _ROUTER_500_RETRIES = 1
-# Idle pooled connections are dropped before uvicorn's (vLLM's) 5 s keep-alive timeout closes them server-side,
-# so a request never races the server's close.
-_KEEPALIVE_S = 4.0
+# Idle pooled connections are kept this long. A server that closes them sooner (uvicorn, i.e. vLLM and verl's
+# router, after 5 s) is fine: the pool drops connections the server closed, and a request that races such a close
+# is sent again at once on another connection (``stale_connection``).
+_KEEPALIVE_S = 60.0
 # One failure warning per this many seconds and client (verl's reward loop makes one call per response).
 _WARN_EVERY_S = 30.0
 # Image parts are spliced into request bodies in place of these strings (never seen by the policy).
@@ -1030,6 +1044,8 @@ class ThinkingRewardClient:
                 raise _BadInput(f"a data: URL that is not an image ({image[:30]!r})")
             return json.dumps(image).encode()
         prepared, prepared_here = await asyncio.to_thread(self._prepare_image, image)
+        if isinstance(prepared, concurrent.futures.Future):  # another response of the group is preparing it
+            prepared = await asyncio.wrap_future(prepared)
         if prepared_here:
             self.stats.images_prepared += 1
             self.stats.image_encodes += prepared.reencoded
@@ -1039,15 +1055,10 @@ class ThinkingRewardClient:
             self.stats.image_cache_hits += 1
         return prepared.url_json
 
-    def _prepare_image(self, image: Any) -> tuple[_Prepared, bool]:
+    def _prepare_image(self, image: Any) -> tuple[_Prepared | concurrent.futures.Future, bool]:
         """(in a worker thread) The image's request part from the cache, prepared there if missing."""
-        try:
-            key, prepare = _image_job(image, self.max_image_pixels)
-            return self._images.get(key, prepare)
-        except _BadInput:
-            raise
-        except Exception as exc:  # PIL raises many types on a broken image; the item fails, not the call
-            raise _BadInput(f"an image cannot be read: {type(exc).__name__}: {exc}") from None
+        key, prepare = _bad_input_on_error(_image_job, image, self.max_image_pixels)
+        return self._images.get(key, lambda: _bad_input_on_error(prepare))
 
     def _payload(self, item: ThinkingRewardItem, image_urls: list[str]) -> dict:
         content: list[dict] = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]

@@ -824,3 +824,41 @@ def test_mode_a_unknown_model_behind_the_router_fails_fast(verl_router):
     assert all(math.isnan(s) for s in scores)
     assert dict(client.stats.failures) == {"unknown_model": 10}
     assert server.requests <= 2 and server.models_requests == 1  # the first wave; then nothing is sent
+
+
+def test_responses_waiting_for_their_groups_image_hold_no_thread(monkeypatch):
+    """While one thread encodes a group's image, the other responses await it without blocking executor threads
+    (verl's manager decodes responses and computes outcome rewards on the same default executor)."""
+    import concurrent.futures
+
+    from sophiavl_verl import thinking_reward
+
+    encoding, encoded = threading.Event(), threading.Event()
+    encode = thinking_reward._encode_pil
+
+    def slow_encode(image, max_pixels):
+        encoding.set()
+        time.sleep(1.0)
+        try:
+            return encode(image, max_pixels)
+        finally:
+            encoded.set()
+
+    monkeypatch.setattr(thinking_reward, "_encode_pil", slow_encode)
+
+    async def group_and_other_work(client):
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=3))
+        image = _image()
+        calls = [asyncio.ensure_future(client.score([ThinkingRewardItem("q", f"r{k}", (image.copy(),))]))
+                 for k in range(8)]
+        await loop.run_in_executor(None, encoding.wait)
+        await asyncio.sleep(0.2)  # the other seven have asked for the image by now
+        other_work_first = await loop.run_in_executor(None, lambda: not encoded.is_set())
+        return await asyncio.gather(*calls), other_work_first
+
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        client = ThinkingRewardClient(server.base_url, "trm", **FAST)
+        scores, other_work_first = asyncio.run(group_and_other_work(client))
+    assert scores == [[0.5]] * 8 and client.stats.image_encodes == 1
+    assert other_work_first  # a free executor thread ran it while the image was still being encoded
