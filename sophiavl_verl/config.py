@@ -7,6 +7,7 @@ worker starts; every error names the offending key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -151,9 +152,23 @@ class SophiaVLRewardConfig:
             ``uniform_groups=skip`` they get no thinking term anyway); ``official``: the reference
             code's rule (no request for a group with every R^o >= 0.9 or every R^o <= 0.1, and
             R^t = 0 without a request for responses with R^o < 0.2).
-        max_concurrency: Concurrent requests per reward worker process.
+        max_concurrency: Concurrent requests (and pooled connections) per reward worker process.
         timeout_s: Timeout of one request, seconds.
         max_retries: Retries of a request that timed out, failed to connect, or got 5xx / 429.
+        deadline_s: Longest time one response's thinking reward may take, seconds, from the manager's
+            request to a score or NaN: waiting for a concurrency slot, retries, backoff and
+            ``Retry-After`` included.
+        breaker_failures: After this many consecutive failed requests (timeouts, connection errors,
+            5xx) the client sends nothing for ``breaker_cooldown_s``: responses get NaN at once
+            (``circuit_open``); then one small request probes the TRM. 0 disables the breaker.
+        breaker_cooldown_s: How long the open breaker fails fast before it probes, seconds.
+        clip_scores: Clip a TRM reply outside [0, 1] into [0, 1] (the reference code's behaviour).
+            False: such a reply is not a judgement of the reasoning; it is missing (NaN, counted as
+            ``out_of_range``).
+        max_image_pixels: Downscale an image with more pixels than this before sending it to the TRM,
+            keeping its aspect ratio, with the reference's rule (its EasyR1 dataset capped images at
+            4194304 pixels) and re-encoded as PNG; counted as ``images_downscaled``. ``None``: images
+            are sent as they are (the dataset's original bytes when the sample carries them).
         group_wait_s: The longest a response waits for the rest of its group before a skip policy is
             decided; after it, the response is scored as one of an incomplete group (as under ``all``;
             ``official`` keeps its R^o < 0.2 rule), never dropped.
@@ -176,6 +191,11 @@ class SophiaVLRewardConfig:
     max_concurrency: int = 64
     timeout_s: float = 60.0
     max_retries: int = 5
+    deadline_s: float = 300.0
+    breaker_failures: int = 16
+    breaker_cooldown_s: float = 30.0
+    clip_scores: bool = False
+    max_image_pixels: int | None = None
     group_wait_s: float = 120.0
     group_idle_s: float = 30.0
     require_format: bool = True
@@ -191,9 +211,16 @@ class SophiaVLRewardConfig:
                  f"must be an integer >= 1, got {self.max_concurrency!r}")
         _require(_is_int(self.max_retries) and self.max_retries >= 0, f"{key}.max_retries",
                  f"must be an integer >= 0, got {self.max_retries!r}")
-        for name in ("timeout_s", "group_wait_s", "group_idle_s"):
+        _require(_is_int(self.breaker_failures) and self.breaker_failures >= 0, f"{key}.breaker_failures",
+                 f"must be an integer >= 0, got {self.breaker_failures!r}")
+        for name in ("timeout_s", "group_wait_s", "group_idle_s", "deadline_s", "breaker_cooldown_s"):
             value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and value > 0, f"{key}.{name}", f"must be > 0, got {value!r}")
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                     and value > 0, f"{key}.{name}", f"must be a finite number > 0, got {value!r}")
+        _require(isinstance(self.clip_scores, bool), f"{key}.clip_scores", f"must be true or false, got {self.clip_scores!r}")
+        if self.max_image_pixels is not None:
+            _require(_is_int(self.max_image_pixels) and self.max_image_pixels >= 1, f"{key}.max_image_pixels",
+                     f"must be an integer >= 1 or null, got {self.max_image_pixels!r}")
         if self.trm_base_url is not None:
             _require(str(self.trm_base_url).startswith(("http://", "https://")), f"{key}.trm_base_url",
                      f"must be an http(s) URL like http://host:8000/v1, got {self.trm_base_url!r}")

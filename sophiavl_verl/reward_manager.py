@@ -37,8 +37,15 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from sophiavl_verl.config import SPLIT_KEY, VALIDATION_SPLITS, SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl import outcome_reward_fn
-from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
-from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
+from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem, TRMResult
+from sophiavl_verl.trust_grpo import (
+    OUTCOME_KEY,
+    THINKING_KEY,
+    TRM_COST_COLUMNS,
+    TRM_FAILURE_KEY,
+    TRM_LATENCY_KEY,
+    TRM_STATUS_KEY,
+)
 from sophiavl_verl.validation import REWARD_MANAGER_NAME
 
 __all__ = ["SophiaVLRewardManager", "GroupOutcomeBoard", "thinking_reward_decision"]
@@ -201,7 +208,8 @@ def _question_and_images(non_tensor: dict[str, Any]) -> tuple[str, tuple[Any, ..
             if part.get("type") == "text":
                 texts.append(part.get("text", ""))
             elif part.get("type") == "image":
-                image = part.get("image") if part.get("image") is not None else part.get("bytes")
+                # verl's dataset keeps a stored image's original bytes next to the decoded "image": send those
+                image = part.get("bytes") if part.get("bytes") is not None else part.get("image")
                 if image is None:
                     raise ValueError(f"an image of the prompt has neither 'image' nor 'bytes': keys {sorted(part)}")
                 images.append(image)
@@ -269,14 +277,8 @@ class SophiaVLRewardManager(RewardManagerBase):
             )
         if not model:
             raise ValueError("reward.reward_kwargs.trm_model is required with reward.reward_kwargs.trm_base_url")
-        self.client = ThinkingRewardClient(
-            base_url,
-            model,
-            api_key=os.environ.get(self.options.trm_api_key_env),
-            max_concurrency=self.options.max_concurrency,
-            timeout_s=self.options.timeout_s,
-            max_retries=self.options.max_retries,
-            prompt=self.options.trm_prompt,
+        self.client = ThinkingRewardClient.from_config(
+            base_url, model, self.options, api_key=os.environ.get(self.options.trm_api_key_env)
         )
         self._board = _group_board() if self.options.query_policy != "all" else None
 
@@ -317,14 +319,15 @@ class SophiaVLRewardManager(RewardManagerBase):
         validate = bool(data.meta_info.get("validate")) or extra_info.get(SPLIT_KEY) in VALIDATION_SPLITS
         decision = await self._decision(non_tensor.get("uid"), outcome, validate)
         thinking, latency = (0.0 if decision == "zero" else math.nan), math.nan
-        status = "skipped"
+        status, result = "skipped", TRMResult()
         if decision == "query":
             question, images = _question_and_images(non_tensor)
             if self.options.trm_prompt == "reference":  # the authors send the policy's whole decoded prompt
                 question = await self._decode(item.batch["prompts"][:prompt_length])
             start = time.perf_counter()
-            (thinking,) = await self.client.score([ThinkingRewardItem(question, response, images)])
+            (result,) = await self.client.score_results([ThinkingRewardItem(question, response, images)])
             latency = time.perf_counter() - start
+            thinking = result.score
             status = "failed" if math.isnan(thinking) else "scored"
         return {
             "reward_score": outcome,
@@ -334,5 +337,7 @@ class SophiaVLRewardManager(RewardManagerBase):
                 THINKING_KEY: thinking,
                 TRM_STATUS_KEY: status,
                 TRM_LATENCY_KEY: latency,
+                TRM_FAILURE_KEY: result.failure or "",
+                **{key: float(getattr(result, attribute)) for attribute, key, _ in TRM_COST_COLUMNS},
             },
         }

@@ -17,6 +17,7 @@ extra info that the ``sophiavl`` reward manager writes; see ``verl_adapter`` for
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -33,6 +34,8 @@ __all__ = [
     "THINKING_KEY",
     "TRM_STATUS_KEY",
     "TRM_LATENCY_KEY",
+    "TRM_FAILURE_KEY",
+    "TRM_COST_COLUMNS",
     "trust_weighted_rewards",
     "group_normalized_advantage",
     "compute_trust_grpo_advantage",
@@ -46,6 +49,14 @@ TRM_LATENCY_KEY = "sophiavl_trm_latency_s"  # NaN when no request was sent
 #: The uid verl's ``padding_utils.upsample_batch_to_divisible_size`` gives the rows it adds
 #: (``f"pad{uuid.uuid4().hex}"``); they copy a real sample's reward extra info and count in no metric.
 PAD_UID_PATTERN = r"pad[0-9a-f]{32}"
+TRM_FAILURE_KEY = "sophiavl_trm_failure"  # the kind of a failed request ("" otherwise), summed as trm/failed_<kind>
+#: What each response's TRM request cost: (``TRMResult`` attribute, reward extra info key, per-step sum metric).
+TRM_COST_COLUMNS = (
+    ("requests", "sophiavl_trm_http_requests", "trm/http_requests"),
+    ("connections", "sophiavl_trm_connections", "trm/connections"),
+    ("image_encodes", "sophiavl_trm_image_encodes", "trm/image_encodes"),
+    ("bytes_sent", "sophiavl_trm_bytes_sent", "trm/bytes_sent"),
+)
 
 
 class GroupTrust(NamedTuple):
@@ -315,6 +326,12 @@ def _metrics(
         metrics["trm/requests"] = float(np.sum(status != "skipped"))
         metrics["trm/skipped"] = float(np.sum(status == "skipped"))
         metrics["trm/failed"] = float(np.sum(status == "failed"))
+    if TRM_FAILURE_KEY in non_tensor_batch:
+        kinds = Counter(str(kind) for kind in list(non_tensor_batch[TRM_FAILURE_KEY]) if kind)
+        metrics.update({f"trm/failed_{kind}": float(n) for kind, n in sorted(kinds.items())})
+    for _, key, metric in TRM_COST_COLUMNS:
+        if key in non_tensor_batch:
+            metrics[metric] = float(np.nansum(_column(non_tensor_batch, key, len(thinking)).numpy()))
     if TRM_LATENCY_KEY in non_tensor_batch:
         latency = _column(non_tensor_batch, TRM_LATENCY_KEY, len(thinking)).numpy()[keep]
         latency = latency[~np.isnan(latency)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import weakref
 
 from aiohttp import web
 
@@ -18,19 +20,28 @@ class FaultInjectionServer:
 
     ``script(n, body)`` decides the reply to the n-th request (0-based): an ``aiohttp.web.Response``, or a
     string that becomes the assistant message. It may be a coroutine function (to sleep, e.g. to hang).
-    Records every request body (parsed, and as the bytes received) and header set, and the most requests
-    ever in flight at once.
+    Records every request body (parsed, and as the bytes received) and header set, the most requests ever
+    in flight at once, the TCP connections that carried requests, and ``GET /v1/models`` calls. With
+    ``drop_keep_alive`` it drops a kept-alive connection when a second request arrives on it (no reply), as
+    servers and proxies that close idle connections do when a client reuses one. ``bytes_received`` sums the
+    request bodies.
     """
 
     model = "fault-injection-trm"
 
-    def __init__(self, script):
+    def __init__(self, script, *, drop_keep_alive: bool = False):
         self.script = script
+        self.drop_keep_alive = drop_keep_alive
         self.bodies: list[dict] = []
         self.raw_bodies: list[bytes] = []
         self.headers: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0
+        self.dropped = 0
+        self.models_requests = 0
+        self.bytes_received = 0
+        self._transports: weakref.WeakSet = weakref.WeakSet()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
 
@@ -38,14 +49,28 @@ class FaultInjectionServer:
     def requests(self) -> int:
         return len(self.bodies)
 
+    @property
+    def open_connections(self) -> int:
+        return sum(not transport.is_closing() for transport in list(self._transports))
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport not in self._transports:
+            self._transports.add(transport)
+            self.connections += 1
+        elif self.drop_keep_alive:
+            self.dropped += 1
+            transport.abort()
+            return web.Response(status=500)  # never reaches the client: the connection is gone
         n = len(self.bodies)
         self.headers.append(dict(request.headers))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            self.raw_bodies.append(await request.read())
-            body = await request.json()
+            raw = await request.read()
+            self.raw_bodies.append(raw)
+            self.bytes_received += len(raw)
+            body = json.loads(raw)
             self.bodies.append(body)
             reply = self.script(n, body)
             if asyncio.iscoroutine(reply):
@@ -55,6 +80,7 @@ class FaultInjectionServer:
             self.in_flight -= 1
 
     async def _models(self, request: web.Request) -> web.Response:
+        self.models_requests += 1
         return web.json_response({"object": "list", "data": [{"id": self.model}]})
 
     def _serve(self) -> None:

@@ -272,6 +272,29 @@ def test_partial_trm_failure_is_reported_as_failures_not_zeros(tmp_path, capsys)
     assert careful and all(g["gamma"] == 1.0 for g in careful)
 
 
+def test_out_of_range_trm_replies_are_failures_in_the_console_and_every_report(tmp_path, capsys):
+    """A reply outside [0, 1] is no judgement of the reasoning: missing (never clipped to 0 or 1), counted."""
+
+    def script(n, body):
+        reasoning = _sent_text(body).split("Reasoning process:", 1)[1].lower()
+        return "1.7" if "because" in reasoning else "<answer>-1</answer>" if "guess" in reasoning else "0.5"
+
+    expected = sum(("because" in t.lower()) or ("guess" in t.lower()) for row in SAMPLE_ROWS for t in row["responses"])
+    assert 0 < expected < 256
+    with FaultInjectionServer(script) as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"TRM failures: {expected} of 256" in out
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert report["trm"]["failed"] == expected and report["trm"]["failures"] == {"out_of_range": expected}
+    assert report["trm"]["clipped"] == 0 and report["trm"]["bytes_sent"] == server.bytes_received
+    assert 1 <= report["trm"]["connections"] <= report["trm"]["max_concurrency"] + 1
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert f"**{expected} of 256** (out_of_range: {expected})" in md
+
+
 def test_other_trust_grpo_settings_reach_the_math(tmp_path, capsys):
     with keyword_trm() as server:
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),

@@ -7,12 +7,18 @@ import base64
 import io
 import json
 import math
+import pickle
+import time
+from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
+from tensordict import TensorDict
 from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.utils.ray_utils import get_event_loop
@@ -430,3 +436,124 @@ def test_multi_output_session_is_scored_on_its_final_output(embedded_trm_server,
     (data,) = handle.inputs
     assert data.batch["responses"].shape[-1] > len(turns[1][1])  # the final row is padded
     assert final.reward_score == 1.0  # GOOD, read at its own length
+
+
+# ------------------------------------------------------------- the TRM client inside verl's reward worker
+
+
+def _jpeg(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    _image(color).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _dataset_row(uid: str, question: str, image_bytes: bytes) -> dict:
+    """A parquet row with a stored image ({"bytes", "path"}, the datasets Image feature), turned into its
+    ``raw_prompt`` by verl's own ``RLHFDataset._build_messages`` (which adds a decoded "image" next to the bytes)."""
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    example = {"prompt": [{"role": "user", "content": f"<image>{question}"}],
+               "images": [{"bytes": image_bytes, "path": None}]}
+    dataset = SimpleNamespace(image_key="images", video_key="videos", audio_key="audios", processor=object())
+    return {
+        "uid": uid, "data_source": "sophiavl_r1", "raw_prompt": RLHFDataset._build_messages(dataset, example, "prompt"),
+        "reward_model": {"style": "rule", "ground_truth": "<answer>7</answer>"},
+        "extra_info": {"problem_type": "numerical", "question": question},
+    }
+
+
+def _agent_loop_sample(tokenizer, row: dict, response: str) -> DataProto:
+    """One response as verl's ``AgentLoopWorker._compute_score`` builds it (n = 1 output) and Ray delivers it to a
+    reward worker: pickled and unpickled, so the responses of a group hold separate copies of its image."""
+    prompts = torch.tensor(tokenizer.encode(row["extra_info"]["question"]), dtype=torch.int64)
+    responses = torch.tensor(tokenizer.encode(response), dtype=torch.int64)
+    input_ids = torch.cat([prompts, responses], dim=0)
+    n = 1
+    batch = TensorDict({
+        "prompts": prompts[None], "responses": responses[None], "input_ids": input_ids[None],
+        "attention_mask": torch.ones_like(input_ids)[None], "position_ids": torch.arange(len(input_ids))[None],
+    }, batch_size=n)
+    non_tensor_batch = {
+        **{k: np.array([v] * n) for k, v in row.items()},
+        "__num_turns__": np.array([2]),
+        "prompt_len": np.array([len(prompts)]),
+        "response_len": np.array([len(responses)]),
+    }
+    return pickle.loads(pickle.dumps(DataProto(batch=batch, non_tensor_batch=non_tensor_batch)))
+
+
+def _sophiavl_worker(tmp_path, server, *options) -> RewardLoopWorker:
+    config = compose_verl_config([
+        *SMALL_RUN, "actor_rollout_ref.rollout.n=4", "reward.reward_manager.name=sophiavl",
+        f"actor_rollout_ref.model.path={_tokenizer_dir(tmp_path)}",
+        f"+reward.reward_kwargs.trm_base_url={server.base_url}", f"+reward.reward_kwargs.trm_model={server.model}",
+        "+reward.reward_kwargs.query_policy=all", *options,
+    ])
+    return RewardLoopWorker(config, reward_router_address=None)
+
+
+def test_reward_worker_sends_the_datasets_image_bytes_prepared_once_per_group_and_logs_the_cost(tmp_path):
+    from verl.trainer.ppo import ray_trainer
+
+    from sophiavl_verl.verl_adapter import trainer_step
+
+    images = {uid: _jpeg((60 * g, 90, 160)) for g, uid in enumerate(["mixed", "all_correct"])}
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        worker = _sophiavl_worker(tmp_path, server, "+reward.reward_kwargs.max_concurrency=4")
+        rows = {uid: _dataset_row(uid, f"What is the sum? ({uid})", data) for uid, data in images.items()}
+        samples = [_agent_loop_sample(worker.input_tokenizer, rows[uid], response)
+                   for uid in images for response in GROUPS[uid]]
+        part = samples[0].non_tensor_batch["raw_prompt"][0][0]["content"][0]
+        assert part["bytes"] == images["mixed"] and part["image"].size == (56, 56)  # verl's part: both
+        loop = get_event_loop()
+        outputs = loop.run_until_complete(asyncio.gather(*(worker.compute_score(s) for s in samples)))
+        sent = [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for b in server.bodies
+                for p in b["messages"][-1]["content"] if p["type"] == "image_url"]
+        worker.reward_manager.client.close()
+    assert sorted(sent) == sorted([images["mixed"]] * 4 + [images["all_correct"]] * 4)  # original bytes, as stored
+    stats = worker.reward_manager.client.stats
+    assert stats.images_prepared == 2 and stats.image_encodes == 0 and stats.connections <= 4
+
+    # the step's metrics, from the reward extra info assembled as RewardLoopManager.compute_rm_score does
+    infos = [out["reward_extra_info"] for out in outputs]
+    non_tensor = {key: np.array([info[key] for info in infos]) for key in infos[0]}
+    outcome = [out["reward_score"] for out in outputs]
+    token_level = torch.tensor(outcome, dtype=torch.float32)[:, None]
+    data = DataProto.from_dict(tensors={"token_level_rewards": token_level, "response_mask": torch.ones(8, 1)},
+                               non_tensors={"uid": np.array([s.non_tensor_batch["uid"][0] for s in samples]),
+                                            **non_tensor})
+    metrics: dict = {}
+    with trainer_step(global_step=1, total_training_steps=10, metrics=metrics):
+        ray_trainer.compute_advantage(data, "trust_grpo", config=OmegaConf.create(
+            {"adv_estimator": "trust_grpo", "norm_adv_by_std_in_grpo": True, "trust_grpo": {}}))
+    assert metrics["trm/http_requests"] == server.requests == 8
+    assert metrics["trm/bytes_sent"] == server.bytes_received
+    assert metrics["trm/connections"] == server.connections and metrics["trm/image_encodes"] == 0
+
+
+def test_reward_worker_with_a_hanging_trm_ends_within_the_deadline_with_nan_counted(tmp_path):
+    """A TRM that accepts connections and never answers: the reward phase ends within deadline_s, the breaker
+    stops sending after the first wave, every thinking reward is NaN (never 0) and counted by kind."""
+    async def hang(n, body):
+        await asyncio.sleep(600)
+
+    deadline_s = 3.0
+    with FaultInjectionServer(hang) as server:
+        worker = _sophiavl_worker(
+            tmp_path, server, "+reward.reward_kwargs.max_concurrency=4", "+reward.reward_kwargs.timeout_s=0.5",
+            "+reward.reward_kwargs.max_retries=5", f"+reward.reward_kwargs.deadline_s={deadline_s}",
+            "+reward.reward_kwargs.breaker_failures=4", "+reward.reward_kwargs.breaker_cooldown_s=60",
+        )
+        data, expected_outcomes = _reward_batch(worker.input_tokenizer)
+        start = time.monotonic()
+        outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
+        seconds = time.monotonic() - start
+        requests = server.requests
+        worker.reward_manager.client.close()
+    assert seconds < deadline_s + 2.0  # (without the fix: 12 responses x 6 attempts x 60 s, 4 at a time)
+    assert requests <= 8  # the first wave (4) and at most one more per slot; then the breaker fails fast
+    assert [o["reward_score"] for o in outputs] == expected_outcomes
+    infos = [o["reward_extra_info"] for o in outputs]
+    assert all(math.isnan(i[THINKING_KEY]) and i[TRM_STATUS_KEY] == "failed" for i in infos)
+    kinds = Counter(i["sophiavl_trm_failure"] for i in infos)
+    assert set(kinds) <= {"timeout", "circuit_open"} and kinds["circuit_open"] >= 4

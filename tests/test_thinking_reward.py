@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import random
+import threading
 import time
 
 import aiohttp
@@ -198,15 +199,32 @@ def test_retry_after_is_honoured():
 
 def test_total_deadline_bounds_an_item():
     with FaultInjectionServer(_hang(3.0)) as server:
-        (score,), client, seconds = _score(server.base_url, timeout_s=0.3, max_retries=50, total_deadline_s=1.0)
+        (score,), client, seconds = _score(server.base_url, timeout_s=0.3, max_retries=50, deadline_s=1.0)
     assert math.isnan(score) and seconds < 1.4
     assert client.stats.failed == 1 and set(client.stats.failures) <= {"timeout", "deadline"}
 
 
-def test_out_of_range_score_is_clipped_and_counted():
-    with FaultInjectionServer(lambda n, body: "1.7") as server:
-        (score,), client, _ = _score(server.base_url)
-    assert score == 1.0 and client.stats.clipped == 1 and client.stats.failed == 0
+def test_out_of_range_reply_is_missing_and_counted_unless_clipping_is_asked():
+    replies = {"high": "1.7", "low": "<answer>-1</answer>", "fine": "<answer>0.3</answer>"}
+    items = [ThinkingRewardItem(name, "r") for name in replies]
+
+    def script(n, body):
+        return replies[_question_of(body)]
+
+    with FaultInjectionServer(script) as server:
+        scores, client, _ = _score(server.base_url, items)
+        clipped, clipping, _ = _score(server.base_url, items, clip_scores=True)
+        assert server.requests == 6  # not retried: the same prompt at temperature 0 gives the same reply
+    assert math.isnan(scores[0]) and math.isnan(scores[1]) and scores[2] == pytest.approx(0.3)
+    assert dict(client.stats.failures) == {"out_of_range": 2} and client.stats.clipped == 0
+    assert client.stats.summary()["trm/failed_out_of_range"] == 2
+    assert clipped == [1.0, 0.0, pytest.approx(0.3)] and clipping.stats.clipped == 2 and clipping.stats.failed == 0
+
+
+def _question_of(body: dict) -> str:
+    """The question of a request made by the client (the line after "Question: " in its text part)."""
+    text = next(part["text"] for part in body["messages"][-1]["content"] if part["type"] == "text")
+    return text.split("Question: ", 1)[1].split("\n", 1)[0]
 
 
 def test_bad_image_fails_only_its_item(tmp_path):
@@ -471,6 +489,449 @@ def test_client_pickles_for_ray_workers():
 
 
 def test_client_rejects_bad_settings():
-    for kwargs in (dict(max_concurrency=0), dict(timeout_s=0), dict(max_retries=-1), dict(total_deadline_s=0)):
+    for kwargs in (dict(max_concurrency=0), dict(timeout_s=0), dict(max_retries=-1), dict(deadline_s=0)):
         with pytest.raises(ValueError):
             ThinkingRewardClient("http://127.0.0.1:1/v1", "trm", **kwargs)
+
+
+# ---------------------------------------------------------------------------------- malformed items
+
+
+def test_malformed_items_fail_alone_and_non_images_are_never_sent(tmp_path):
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("not an image at all")
+    bad = [
+        ThinkingRewardItem(None, "r"),  # type: ignore[arg-type]
+        ThinkingRewardItem("q", 42),  # type: ignore[arg-type]
+        ThinkingRewardItem("q", "r", (b"plain text bytes, not an image",)),
+        ThinkingRewardItem("q", "r", (b"",)),
+        ThinkingRewardItem("q", "r", (str(text_file),)),
+        ThinkingRewardItem("q", "r", ("data:text/plain;base64,aGVsbG8=",)),
+        ThinkingRewardItem("q", "r", (12345,)),
+        ThinkingRewardItem("q", "r", None),  # type: ignore[arg-type]
+        {"question": "q", "response": "r"},
+    ]
+    good = ThinkingRewardItem("fine", "r", (_png_bytes(),))
+    items = [good, *bad, good]
+    with FaultInjectionServer(lambda n, body: "<answer>0.6</answer>") as server:
+        scores, client, _ = _score(server.base_url, items)
+        assert server.requests == 2  # only the good items were sent
+        sent = [part["image_url"]["url"] for body in server.bodies for part in body["messages"][-1]["content"]
+                if part["type"] == "image_url"]
+    assert scores[0] == scores[-1] == pytest.approx(0.6)
+    assert all(math.isnan(s) for s in scores[1:-1])
+    assert dict(client.stats.failures) == {"bad_input": len(bad)}
+    assert sent == [f"data:image/png;base64,{_b64(_png_bytes())}"] * 2
+
+
+# --------------------------------------------------------------------------- the pool and the images
+
+
+def _jpeg_bytes(color=(10, 120, 240), size=(96, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _sent_images(server) -> list[bytes]:
+    """The decoded bytes of every image_url the server received, in order."""
+    out = []
+    for body in server.bodies:
+        for part in body["messages"][-1]["content"]:
+            if part["type"] == "image_url":
+                out.append(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))
+    return out
+
+
+def test_single_item_calls_share_one_pool_of_kept_alive_connections():
+    """verl's reward loop makes one score() call per response: they must reuse connections, not open one each."""
+
+    async def script(n, body):
+        await asyncio.sleep(0.01)
+        return "<answer>0.5</answer>"
+
+    async def one_call_per_response(client, n):
+        return await asyncio.gather(*(client.score([ITEM]) for _ in range(n)))
+
+    with FaultInjectionServer(script) as server:
+        client = ThinkingRewardClient(server.base_url, "trm", max_concurrency=4, **FAST)
+        loop = asyncio.new_event_loop()
+        try:
+            assert loop.run_until_complete(one_call_per_response(client, 200)) == [[0.5]] * 200
+            assert loop.run_until_complete(one_call_per_response(client, 100)) == [[0.5]] * 100  # a later step
+        finally:
+            client.close()
+            loop.close()
+        assert server.requests == 300 and server.max_in_flight == 4
+        assert server.connections <= 4 and client.stats.connections == server.connections
+    assert client.stats.summary()["trm/connections"] == server.connections
+
+
+def test_real_server_sees_few_connections_for_many_calls(real_server):
+    """The real `transformers serve` (uvicorn) logs each request's client address: count distinct ports."""
+    import re
+
+    before = real_server.log_path.read_text(errors="replace")
+    client = ThinkingRewardClient(real_server.base_url, real_server.model, max_concurrency=2, timeout_s=120)
+
+    async def calls():
+        return await asyncio.gather(*(client.score([ITEM]) for _ in range(12)))
+
+    scores = asyncio.run(calls())
+    assert client.stats.failed == 0 and all(0.0 <= s <= 1.0 for (s,) in scores)
+    new = real_server.log_path.read_text(errors="replace")[len(before):]
+    ports = re.findall(r"127\.0\.0\.1:(\d+) - \"POST /v1/chat/completions", new)
+    assert len(ports) == 12
+    assert len(set(ports)) <= 2 and client.stats.connections == len(set(ports))
+
+
+def test_pool_closes_when_the_loop_shuts_down_or_on_close():
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        client = ThinkingRewardClient(server.base_url, "trm", **FAST)
+        assert asyncio.run(client.score([ITEM] * 3)) == [0.5] * 3  # asyncio.run shuts its loop down
+        assert _wait_until(lambda: server.open_connections == 0)
+        assert client.score_sync([ITEM]) == [0.5]  # verl's long-lived loop: the pool stays open ...
+        assert server.open_connections == 1
+        client.close()  # ... until the client is closed (or the interpreter exits)
+        assert _wait_until(lambda: server.open_connections == 0)
+        assert client.score_sync([ITEM]) == [0.5]  # and a closed client opens a new pool when used again
+        client.close()
+
+
+def test_pool_is_closed_at_interpreter_exit_without_warnings(tmp_path):
+    """A reward worker never closes its client: the pool is closed at exit, without aiohttp's unclosed errors."""
+    import subprocess
+    import sys
+
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        code = (
+            "import asyncio, gc\n"
+            "from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem\n"
+            "loop = asyncio.new_event_loop()\n"  # like verl's get_event_loop(): never closed
+            f"client = ThinkingRewardClient({server.base_url!r}, 'trm')\n"
+            "item = ThinkingRewardItem('q', 'r')\n"
+            "print(loop.run_until_complete(client.score([item])))\n"
+            f"dropped = ThinkingRewardClient({server.base_url!r}, 'trm')\n"
+            "print(asyncio.run(dropped.score([item])), loop.run_until_complete(dropped.score([item])))\n"
+            "del dropped; gc.collect()\n"  # a client collected with its pool open
+            "print(loop.run_until_complete(client.score([item])))\n"
+        )
+        done = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["[0.5]", "[0.5]", "[0.5]", "[0.5]"]
+        assert "Unclosed" not in done.stderr and "never awaited" not in done.stderr, done.stderr
+        assert _wait_until(lambda: server.open_connections == 0)
+
+
+def _wait_until(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_groups_image_is_prepared_once_from_separately_deserialized_copies():
+    """A group's 8 responses reach a reward worker as 8 unpickled copies of its image (equal, not identical)."""
+    import pickle
+
+    groups = {f"g{g}": _image((40 * g, 90, 160), side=48) for g in range(3)}
+    items = [ThinkingRewardItem(uid, f"response {k}", (pickle.loads(pickle.dumps(image)),))
+             for uid, image in groups.items() for k in range(8)]
+    assert items[0].images[0] is not items[1].images[0]
+
+    async def one_call_per_response(client):
+        return await asyncio.gather(*(client.score([item]) for item in items))
+
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        client = ThinkingRewardClient(server.base_url, "trm", max_concurrency=8, **FAST)
+        assert asyncio.run(one_call_per_response(client)) == [[0.5]] * 24
+        sent = _sent_images(server)
+    assert client.stats.image_encodes == 3 and client.stats.images_prepared == 3
+    assert client.stats.image_cache_hits == 21
+    expected = {}
+    for uid, image in groups.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        expected[uid] = buffer.getvalue()
+    assert sorted(sent) == sorted(png for png in expected.values() for _ in range(8))
+
+
+def test_original_bytes_are_sent_as_they_are_and_never_re_encoded(tmp_path):
+    jpeg, png = _jpeg_bytes(), _png_bytes()
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(jpeg)
+    items = [ThinkingRewardItem("q", f"r{k}", (bytes(bytearray(jpeg)), png)) for k in range(4)]
+    items.append(ThinkingRewardItem("q", "from a file", (str(path),)))
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        scores, client, _ = _score(server.base_url, items)
+        urls = [part["image_url"]["url"] for body in server.bodies for part in body["messages"][-1]["content"]
+                if part["type"] == "image_url"]
+        sent = _sent_images(server)
+    assert scores == [0.5] * 5
+    assert sorted(sent) == sorted([jpeg, png] * 4 + [jpeg])  # byte for byte
+    assert sorted({url.split(";")[0] for url in urls}) == ["data:image/jpeg", "data:image/png"]
+    assert client.stats.image_encodes == 0 and client.stats.images_prepared == 3  # jpeg, png, the file
+
+
+def test_image_cache_stays_bounded_over_a_long_run():
+    budget = 64 * 1024
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        client = ThinkingRewardClient(server.base_url, "trm", image_cache_bytes=budget, **FAST)
+        sizes = []
+        for step in range(60):
+            image = _jpeg_bytes(color=(step, 255 - step, 7 * step % 256), size=(160, 120))
+            assert client.score_sync([ThinkingRewardItem("q", "r", (image,))] * 2) == [0.5, 0.5]
+            sizes.append((len(client._images), client._images.nbytes))
+        client.close()
+    assert client.stats.images_prepared == 60 and client.stats.image_cache_hits == 60
+    assert max(nbytes for _, nbytes in sizes) <= budget
+    assert 1 < sizes[-1][0] < 60  # it keeps recent images, not all of them
+
+
+def test_downscaling_to_max_image_pixels_follows_the_reference_rule():
+    big = _jpeg_bytes(size=(300, 100))  # 30000 pixels
+    small = _jpeg_bytes(size=(50, 40))  # 2000 pixels: under the cap, sent as it is
+    items = [ThinkingRewardItem("q", "r", (big,)), ThinkingRewardItem("q", "r", (small,))]
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        _, client, _ = _score(server.base_url, items, max_image_pixels=12000)
+        sent = _sent_images(server)
+    factor = math.sqrt(12000 / 30000)  # EasyR1's process_image: sides scaled by sqrt(max / (w * h)), truncated
+    shrunk = next(Image.open(io.BytesIO(data)) for data in sent if data != small)
+    assert shrunk.format == "PNG" and shrunk.size == (int(300 * factor), int(100 * factor)) == (189, 63)
+    assert small in sent
+    assert client.stats.images_downscaled == 1 and client.stats.image_encodes == 1
+
+
+# ------------------------------------------------------------------------------ faults on one pool
+
+
+SHARED_POOL_FAULTS = [  # (case, script, kind, requests with max_retries=2)
+    ("500", _status(500), "http_5xx", 3),
+    ("429", _status(429), "http_429", 3),
+    ("400", _status(400, "bad request"), "http_4xx", 1),
+    ("garbage", lambda n, b: "lorem ipsum", "unparseable", 1),
+    ("empty", lambda n, b: web.Response(body=b""), "bad_response", 2),
+    ("hang", _hang(30.0), "timeout", 3),
+    ("out of range", lambda n, b: "<answer>7</answer>", "out_of_range", 1),
+]
+
+
+def test_every_fault_ends_on_time_nan_and_counted_on_one_shared_pool():
+    cases = {case: script for case, script, _, _ in SHARED_POOL_FAULTS}
+
+    def script(n, body):
+        question = _question_of(body)
+        return cases[question](n, body) if question in cases else "<answer>0.9</answer>"
+
+    with FaultInjectionServer(script) as server:
+        client = ThinkingRewardClient(server.base_url, "trm", max_concurrency=2, timeout_s=0.3, max_retries=2, **FAST)
+        for case, _, kind, requests in SHARED_POOL_FAULTS:
+            before, failed_before = server.requests, dict(client.stats.failures)
+            start = time.monotonic()
+            (score,) = client.score_sync([ThinkingRewardItem(case, "r")])
+            assert time.monotonic() - start < 3 * 0.3 + 1.0, case
+            assert math.isnan(score) and server.requests - before == requests, case
+            assert client.stats.failures[kind] == failed_before.get(kind, 0) + 1, case
+        # the pool survives all of it: concurrent healthy calls still go through, on at most 2 (+1) connections
+        assert client.score_sync([ThinkingRewardItem("fine", "r")] * 6) == [0.9] * 6
+        client.close()
+    assert "circuit_open" not in client.stats.failures
+    assert client.stats.failed == len(SHARED_POOL_FAULTS)
+
+
+def test_server_dropping_kept_alive_connections_costs_no_retry_and_no_score():
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>", drop_keep_alive=True) as server:
+        client = ThinkingRewardClient(server.base_url, "trm", max_retries=0, **FAST)
+        scores = [client.score_sync([ITEM]) for _ in range(10)]
+        client.close()
+        assert server.dropped == 9 and server.requests == 10
+    assert scores == [[0.5]] * 10  # with max_retries=0: a dropped pooled connection is not a failed attempt
+    assert client.stats.errors == {"stale_connection": 9} and client.stats.retries == 0
+
+
+# ------------------------------------------------------------------------------------ outages
+
+
+def test_deadline_bounds_a_whole_call_including_waiting_for_a_slot():
+    with FaultInjectionServer(_hang(1.0)) as server:  # answers, but slowly: one at a time takes 1 s each
+        scores, client, seconds = _score(server.base_url, [ITEM] * 6, max_concurrency=1, timeout_s=5, deadline_s=2.5)
+    assert scores[:2] == [0.5, 0.5] and all(math.isnan(s) for s in scores[2:])
+    assert dict(client.stats.failures) == {"deadline": 4} and seconds < 2.5 + 0.5
+
+
+def test_retry_after_is_honoured_beyond_the_backoff_cap():
+    def script(n, body):
+        return web.Response(status=503, headers={"Retry-After": "1.2"}) if n == 0 else "<answer>0.3</answer>"
+
+    with FaultInjectionServer(script) as server:
+        (score,), _, seconds = _score(server.base_url, backoff_max_s=0.05)
+    assert score == pytest.approx(0.3) and seconds >= 1.2
+
+
+def test_retry_after_past_the_deadline_fails_at_once():
+    with FaultInjectionServer(_status(429, headers={"Retry-After": "30"})) as server:
+        (score,), client, seconds = _score(server.base_url, deadline_s=3.0)
+        assert server.requests == 1
+    assert math.isnan(score) and dict(client.stats.failures) == {"http_429": 1} and seconds < 1.0
+
+
+def test_circuit_breaker_fails_fast_on_a_hanging_trm_then_probes_and_recovers():
+    healthy = threading.Event()
+
+    async def script(n, body):
+        if not healthy.is_set():
+            await asyncio.sleep(60)  # accepts connections, never answers
+        return "<answer>0.8</answer>"
+
+    loop = asyncio.new_event_loop()  # a reward worker's loop: it keeps running between calls
+    with FaultInjectionServer(script) as server:
+        client = ThinkingRewardClient(server.base_url, "trm", max_concurrency=4, timeout_s=0.4, max_retries=3,
+                                      breaker_failures=4, breaker_cooldown_s=1.0, **FAST)
+        try:
+            start = time.monotonic()
+            scores = loop.run_until_complete(client.score([ITEM] * 40))
+            seconds = time.monotonic() - start
+            first_wave = server.requests
+            assert all(math.isnan(s) for s in scores)
+            assert 4 <= first_wave <= 8  # the first wave, not 40 items x 4 attempts
+            assert client.stats.failures["circuit_open"] >= 32 and seconds < 3.0
+            assert all(math.isnan(s) for s in loop.run_until_complete(client.score([ITEM] * 5)))  # cooling down
+            assert server.requests == first_wave and client.stats.probes == 0
+            healthy.set()
+            time.sleep(1.1)  # the cool-down passes: the next call fails fast and starts a probe in the background
+            assert all(math.isnan(s) for s in loop.run_until_complete(client.score([ITEM] * 3)))
+            state = client._loops[loop]
+            loop.run_until_complete(asyncio.wait_for(state.probe, 10))
+            assert client.stats.probes == 1 and not state.breaker.is_open
+            assert loop.run_until_complete(client.score([ITEM] * 3)) == [0.8] * 3
+        finally:
+            loop.run_until_complete(client.aclose())
+            loop.close()
+
+
+# ------------------------------------------------------------------------------ permanent errors
+
+#: vLLM's OpenAI-server error bodies (``ErrorResponse``) for a prompt over the context length and an unknown model.
+VLLM_TOO_LONG = {"object": "error", "message": "This model's maximum context length is 32768 tokens. However, you "
+                 "requested 40000 tokens (39968 in the messages, 32 in the completion).", "type": "BadRequestError",
+                 "param": None, "code": 400}
+VLLM_NO_MODEL = {"object": "error", "message": "The model `trm` does not exist.", "type": "NotFoundError",
+                 "param": None, "code": 404}
+
+
+@pytest.mark.parametrize(("status", "error", "kind"), [
+    (400, VLLM_TOO_LONG, "context_length"),
+    (404, VLLM_NO_MODEL, "unknown_model"),
+    (500, {"error": VLLM_TOO_LONG}, "context_length"),  # a proxy that wraps the upstream's 400 in a 500
+])
+def test_permanent_errors_are_named_and_not_retried(status, error, kind):
+    with FaultInjectionServer(lambda n, body: web.json_response(error, status=status)) as server:
+        (score,), client, _ = _score(server.base_url, max_retries=5)
+        assert server.requests == 1
+    assert math.isnan(score) and dict(client.stats.failures) == {kind: 1}
+
+
+@pytest.fixture
+def verl_router():
+    """verl 0.9.1's reward-model router (``run_router``, as ``launch_router_process`` starts it) in front of a
+    fault-injection server; yields (router base URL, the server's holder)."""
+    import multiprocessing
+
+    from verl.experimental.reward_loop.router.naive_router import run_router
+
+    holder = {}
+
+    def start(script):
+        server = FaultInjectionServer(script).__enter__()
+        holder["server"] = server
+        port = free_port()
+        process = multiprocessing.Process(  # as launch_router_process does
+            target=run_router, args=("127.0.0.1", port, [f"http://127.0.0.1:{server.port}"]), daemon=True)
+        process.start()
+        holder["process"] = process
+        assert _wait_until(lambda: _port_open(port), 60), "verl's router did not start"
+        return f"http://127.0.0.1:{port}/v1", server
+
+    yield start
+    if "process" in holder:
+        holder["process"].terminate()
+        holder["process"].join(10)
+    if "server" in holder:
+        holder["server"].__exit__(None, None, None)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_mode_a_router_500_for_a_refused_request_fails_fast(verl_router):
+    """verl's router turns the upstream's 400 (context too long) into its bodiless 500: two tries, not six."""
+
+    async def script(n, body):
+        if _question_of(body).startswith("too long"):
+            await asyncio.sleep(0.3)  # the others are answered first
+            return web.json_response(VLLM_TOO_LONG, status=400)
+        return "<answer>0.7</answer>"
+
+    url, server = verl_router(script)
+    items = [ThinkingRewardItem(f"fine {k}", "r") for k in range(6)] + [ThinkingRewardItem("too long", "r")] * 2
+    scores, client, _ = _score(url, items, max_retries=5, max_concurrency=8)
+    assert scores[:6] == [0.7] * 6 and math.isnan(scores[6]) and math.isnan(scores[7])
+    assert dict(client.stats.failures) == {"upstream_rejected": 2}
+    assert server.requests == 6 + 2 * 2 and client.stats.errors["router_500"] == 4
+
+
+def test_mode_a_unknown_model_behind_the_router_fails_fast(verl_router):
+    def script(n, body):
+        if body["model"] != FaultInjectionServer.model:
+            return web.json_response(VLLM_NO_MODEL, status=404)
+        return "<answer>0.7</answer>"
+
+    url, server = verl_router(script)
+    scores, client, _ = _score(url, [ITEM] * 10, max_retries=5, max_concurrency=2)
+    assert all(math.isnan(s) for s in scores)
+    assert dict(client.stats.failures) == {"unknown_model": 10}
+    assert server.requests <= 2 and server.models_requests == 1  # the first wave; then nothing is sent
+
+
+def test_responses_waiting_for_their_groups_image_hold_no_thread(monkeypatch):
+    """While one thread encodes a group's image, the other responses await it without blocking executor threads
+    (verl's manager decodes responses and computes outcome rewards on the same default executor)."""
+    import concurrent.futures
+
+    from sophiavl_verl import thinking_reward
+
+    encoding, encoded = threading.Event(), threading.Event()
+    encode = thinking_reward._encode_pil
+
+    def slow_encode(image, max_pixels):
+        encoding.set()
+        time.sleep(1.0)
+        try:
+            return encode(image, max_pixels)
+        finally:
+            encoded.set()
+
+    monkeypatch.setattr(thinking_reward, "_encode_pil", slow_encode)
+
+    async def group_and_other_work(client):
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=3))
+        image = _image()
+        calls = [asyncio.ensure_future(client.score([ThinkingRewardItem("q", f"r{k}", (image.copy(),))]))
+                 for k in range(8)]
+        await loop.run_in_executor(None, encoding.wait)
+        await asyncio.sleep(0.2)  # the other seven have asked for the image by now
+        other_work_first = await loop.run_in_executor(None, lambda: not encoded.is_set())
+        return await asyncio.gather(*calls), other_work_first
+
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        client = ThinkingRewardClient(server.base_url, "trm", **FAST)
+        scores, other_work_first = asyncio.run(group_and_other_work(client))
+    assert scores == [[0.5]] * 8 and client.stats.image_encodes == 1
+    assert other_work_first  # a free executor thread ran it while the image was still being encoded

@@ -153,6 +153,12 @@ def test_trust_grpo_recipe_options_pass_verls_validation():
         (["reward.reward_manager.name=naive"], "set reward.reward_manager.name=sophiavl"),
         (["+reward.reward_kwargs.query_policy=some"], "reward.reward_kwargs.query_policy must be one of"),
         (["+reward.reward_kwargs.timeout=3"], r"unknown key\(s\) reward.reward_kwargs.timeout"),
+        (["+reward.reward_kwargs.deadline_s=0"], "reward.reward_kwargs.deadline_s must be a finite number > 0, got 0"),
+        (["+reward.reward_kwargs.deadline_s=inf"], "reward.reward_kwargs.deadline_s must be a finite number > 0"),
+        (["+reward.reward_kwargs.breaker_failures=-1"], "reward.reward_kwargs.breaker_failures must be an integer >= 0"),
+        (["+reward.reward_kwargs.breaker_cooldown_s=-2"], "reward.reward_kwargs.breaker_cooldown_s must be a finite"),
+        (["+reward.reward_kwargs.clip_scores=sometimes"], "reward.reward_kwargs.clip_scores must be true or false"),
+        (["+reward.reward_kwargs.max_image_pixels=0"], "reward.reward_kwargs.max_image_pixels must be an integer >= 1"),
         (["+algorithm.trust_grpo.uniform_groups=trust"], "use query_policy=all"),
     ],
 )
