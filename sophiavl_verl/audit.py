@@ -739,6 +739,10 @@ class GroupResult:
     anneal: float = 1.0
     reward: list[float] = field(default_factory=list)
     gamma: float = math.nan  # the multiplier applied to the group's thinking rewards (0 for a skipped group)
+    mixed: bool = False  # a scored correct and a scored wrong response
+    mu_correct: float = math.nan
+    mu_wrong: float = math.nan
+    untrusted: bool = False  # γ < 1 (trust_grpo.group_trust's rule, tie tolerance included)
     advantage: list[float] = field(default_factory=list)
     advantage_grpo: list[float] = field(default_factory=list)
 
@@ -824,7 +828,7 @@ def apply_trust_grpo(results: list[GroupResult], settings: AuditSettings) -> Non
     """
     import torch
 
-    from sophiavl_verl.trust_grpo import group_normalized_advantage, trust_weighted_rewards
+    from sophiavl_verl.trust_grpo import group_normalized_advantage, group_trust, trust_weighted_rewards
 
     by_step: dict[int, list[int]] = {}
     for i, res in enumerate(results):
@@ -834,27 +838,25 @@ def apply_trust_grpo(results: list[GroupResult], settings: AuditSettings) -> Non
         outcome = torch.tensor([x for i in members for x in results[i].outcome], dtype=torch.float64)
         thinking = torch.tensor([x for i in members for x in results[i].thinking], dtype=torch.float64)
         index = np.array([n for n, i in enumerate(members) for _ in results[i].outcome])
-        rewards, gamma = trust_weighted_rewards(
-            outcome,
-            thinking,
-            index,
-            alpha=settings.alpha,
-            anneal=anneal,
-            correct_threshold=settings.correct_threshold,
-            uniform_groups=settings.uniform_groups,
-            use_trust_weight=settings.use_trust_weight,
-        )
+        rule = {"correct_threshold": settings.correct_threshold, "uniform_groups": settings.uniform_groups,
+                "use_trust_weight": settings.use_trust_weight}
+        rewards, _ = trust_weighted_rewards(outcome, thinking, index, alpha=settings.alpha, anneal=anneal, **rule)
+        trust = group_trust(outcome, thinking, index, **rule)  # group n of `index` is results[members[n]]
         mask = torch.ones(len(index), 1)
         kwargs = {"norm_by_std": settings.norm_by_std, "epsilon": settings.epsilon}
         adv, _ = group_normalized_advantage(rewards, mask, index, **kwargs)  # float32, as verl's GRPO
         adv_grpo, _ = group_normalized_advantage(outcome, mask, index, **kwargs)
         pos = 0
-        for i in members:
+        for n_group, i in enumerate(members):
             res = results[i]
             n = len(res.outcome)
             res.anneal = anneal
             res.reward = rewards[pos : pos + n].tolist()
-            res.gamma = float(gamma[pos])
+            res.gamma = float(trust.gamma[n_group])
+            res.mixed = bool(trust.mixed[n_group])
+            res.mu_correct = float(trust.mu_correct[n_group])
+            res.mu_wrong = float(trust.mu_wrong[n_group])
+            res.untrusted = bool(trust.untrusted[n_group])
             res.advantage = adv[pos : pos + n, 0].tolist()
             res.advantage_grpo = adv_grpo[pos : pos + n, 0].tolist()
             pos += n

@@ -59,10 +59,6 @@ def _group_entry(res, settings, text_limit: int | None) -> dict:
     g = res.group
     thr = settings.correct_threshold
     correct = [ro >= thr for ro in res.outcome]
-    scored = [math.isfinite(rt) for rt in res.thinking]
-    rt_correct = [rt for rt, c, s in zip(res.thinking, correct, scored) if c and s]
-    rt_wrong = [rt for rt, c, s in zip(res.thinking, correct, scored) if not c and s]
-    mixed = bool(rt_correct) and bool(rt_wrong)
     responses = []
     for i, text in enumerate(g.responses):
         entry = {
@@ -92,11 +88,11 @@ def _group_entry(res, settings, text_limit: int | None) -> dict:
         "anneal": res.anneal,
         "n_correct": sum(correct),
         "n_wrong": len(correct) - sum(correct),
-        "mixed": mixed,
-        "mu_correct": _mean(rt_correct),
-        "mu_wrong": _mean(rt_wrong),
+        "mixed": res.mixed,
+        "mu_correct": _f(res.mu_correct),
+        "mu_wrong": _f(res.mu_wrong),
         "gamma": _f(res.gamma),
-        "untrusted": bool(mixed and res.gamma < 1.0),
+        "untrusted": res.untrusted,
         "meta": g.meta,
         "responses": responses,
     }

@@ -23,6 +23,7 @@ from aiohttp import web
 from PIL import Image
 
 from fault_injection import FaultInjectionServer
+from paper_reference import TIE_TOLERANCE
 
 from sophiavl_verl.audit import EMBEDDED_SAMPLE
 from sophiavl_verl.cli import main
@@ -115,7 +116,7 @@ def check_report_numbers(report: dict) -> None:
         if not s["use_trust_weight"]:
             gamma = 1.0  # the w/o-trust-weight ablation
         elif mixed:
-            gamma = 1.0 if mu_c >= mu_w else math.exp(mu_c - mu_w)  # Eq. 3
+            gamma = 1.0 if mu_c >= mu_w - TIE_TOLERANCE else math.exp(mu_c - mu_w)  # Eq. 3, ties are γ = 1
         else:
             gamma = 0.0 if s["uniform_groups"] == "skip" else 1.0
         anneal = math.exp(-g["step"] / s["anneal_steps"])  # Eq. 5's e^(-step/T)
@@ -270,6 +271,22 @@ def test_partial_trm_failure_is_reported_as_failures_not_zeros(tmp_path, capsys)
     assert fluent and all(g["untrusted"] and g["gamma"] < 0.7 for g in fluent)
     careful = [g for g in report["groups"] if g["meta"]["scenario"] == "careful_right" and g["mixed"]]
     assert careful and all(g["gamma"] == 1.0 for g in careful)
+
+
+@pytest.mark.parametrize("score", ["0.7", "0.1"])
+def test_a_constant_trm_leaves_no_group_untrusted(tmp_path, capsys, score):
+    """Equal thinking rewards are a tie (γ = 1), never distrust from float rounding (it reported 35-52 %)."""
+    with FaultInjectionServer(lambda n, body: f"<answer>{score}</answer>") as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert "untrusted groups (mixed, γ < 1): 0 of " in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    check_report_numbers(report)
+    o = report["overall"]
+    assert o["mixed_groups"] >= 20 and o["untrusted_groups"] == 0 and o["untrusted_group_frac"] == 0
+    assert all(g["gamma"] == 1.0 and not g["untrusted"] for g in report["groups"] if g["mixed"])
+    assert "No mixed group has γ < 1" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 def test_other_trust_grpo_settings_reach_the_math(tmp_path, capsys):
