@@ -634,11 +634,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = prepare_trm(args.inputs, args.output, **options)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(summary.format())
     if not summary.rows_written:
         print("error: no row was written; see the rejected-rows report", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

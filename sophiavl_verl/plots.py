@@ -20,11 +20,6 @@ import os
 import re
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 __all__ = ["PlotError", "TRAINING_PANELS", "parse_metrics_log", "plot_audit", "plot_training", "write_series_csv"]
 
 CORRECT_COLOUR = "#2e8b57"
@@ -39,15 +34,26 @@ class PlotError(Exception):
 # ------------------------------------------------------------------------------------------- audit plots
 
 
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported with the first figure (so the CLI starts fast)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
 def plot_audit(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write the audit's PNG plots into ``out_dir``; returns ``{name: path}``."""
+    plt = _pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups = report["groups"]
@@ -277,6 +283,7 @@ def plot_training(series: dict[str, list[tuple[int, float]]], out_dir: str | os.
             f"{' ...' if len(series) > 8 else ''}"
         )
     paths: dict[str, Path] = {}
+    plt = _pyplot()
 
     def draw(ax, title, keys):
         for key in keys:

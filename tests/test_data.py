@@ -181,7 +181,7 @@ def test_build_rl_prompt_placeholders():
 def test_rl_strict_names_row_and_field(rl_dir, tmp_path, capsys):
     out = tmp_path / "train.parquet"
     status = main(["rl", str(rl_dir), "-o", str(out), "--strict", "--max-image-pixels", str(PIXEL_LIMIT)])
-    assert status == 1
+    assert status == 2
     error = capsys.readouterr().err
     assert f"error: row 3 of {rl_dir / 'data.json'}: field 'path': unreadable image:" in error
     assert list(tmp_path.iterdir()) == []  # nothing half-written
@@ -391,5 +391,5 @@ def test_several_files_number_rows_per_file(rl_dir, tmp_path, capsys):
     # every row rejected: the CLI says so and fails
     only_bad = tmp_path / "bad.json"
     only_bad.write_text(json.dumps([RL_ROWS[5][0]]))
-    assert main(["rl", str(only_bad), "-o", str(tmp_path / "none.parquet")]) == 1
+    assert main(["rl", str(only_bad), "-o", str(tmp_path / "none.parquet")]) == 2
     assert "no row was written" in capsys.readouterr().err
