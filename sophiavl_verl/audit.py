@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import json
 import logging
 import math
@@ -239,25 +238,28 @@ def _decode_base64_image(text: str) -> bytes | None:
         return None
 
 
-def _check_image(data: bytes | Path, ref: str, where: str) -> None:
-    """Open and fully decode an image; a bad one is an error naming the input line and the image."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            img.load()
-    except FileNotFoundError:
-        raise AuditError(f"{where}: image {ref!r} not found ({data})") from None
-    except Exception as exc:  # PIL raises many kinds (UnidentifiedImageError, OSError, DecompressionBombError)
-        raise AuditError(f"{where}: image {_short(ref)!r} cannot be read: {exc}") from None
-
-
 def _short(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _resolve_image(ref: Any, base: Path, where: str) -> tuple[Any, str]:
-    """An input image reference -> (what the TRM client gets, how the report names it)."""
+def _resolve_image(ref: Any, base: Path, where: str, allow_outside_root: bool) -> tuple[Any, str]:
+    """An input image reference -> (what the TRM client gets, how the report names it).
+
+    Files and embedded images pass data preparation's guard (:class:`sophiavl_verl.data.ImageGuard`: confined
+    to ``base`` unless ``allow_outside_root``, size checked before reading, fully decoded under Pillow's
+    decompression-bomb limit).
+    """
+    from sophiavl_verl.data import ImageError, ImageGuard
+
+    guard = ImageGuard(base, allow_outside_root=allow_outside_root)
+
+    def check(source: bytes | Path, name: str) -> None:
+        try:
+            guard.read(source)
+        except ImageError as exc:
+            hint = " (pass --allow-outside-image-root to read it)" if exc.kind == "outside_root" else ""
+            raise AuditError(f"{where}: image {_short(name)!r} cannot be read: {exc.reason}{hint}") from None
+
     if isinstance(ref, dict):  # verl / HF datasets style {"bytes": ..., "path": ...} or {"image": path}
         if ref.get("bytes"):
             ref = ref["bytes"]
@@ -265,7 +267,7 @@ def _resolve_image(ref: Any, base: Path, where: str) -> tuple[Any, str]:
             ref = ref.get("path") or ref.get("image") or ref.get("url")
     if isinstance(ref, (bytes, bytearray)):
         data = bytes(ref)
-        _check_image(data, "<bytes>", where)
+        check(data, "<bytes>")
         return data, f"<{len(data)} bytes>"
     if not isinstance(ref, str) or not ref:
         raise AuditError(f"{where}: image entry {ref!r} is neither a path nor base64 data")
@@ -273,24 +275,27 @@ def _resolve_image(ref: Any, base: Path, where: str) -> tuple[Any, str]:
         return ref, ref  # left to the TRM server to fetch
     data = _decode_base64_image(ref)
     if data is not None:
-        _check_image(data, "<base64>", where)
+        check(data, "<base64>")
         return data, "<base64 image>"
     path = Path(ref).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    _check_image(path, ref, where)
-    return path, ref
+    check(path, ref)
+    return base / path, ref
 
 
 def load_groups_file(
-    path: Path, *, problem_type: str | None = None, image_root: Path | None = None
+    path: Path,
+    *,
+    problem_type: str | None = None,
+    image_root: Path | None = None,
+    allow_outside_image_root: bool = False,
 ) -> list[Group]:
     """Read a JSONL of groups (``question``, ``images``, ``ground_truth``, ``problem_type``, ``responses``).
 
     Args:
         path: The file.
         problem_type: Default for rows without ``problem_type``.
-        image_root: Folder relative image paths are resolved against (default: the file's folder).
+        image_root: Folder relative image paths are resolved against (default: the file's folder); image
+            files outside it are refused unless ``allow_outside_image_root``.
 
     Raises:
         AuditError: On a missing or bad field, a group of fewer than two responses, or an unreadable
@@ -327,7 +332,7 @@ def load_groups_file(
             raw_images = [raw_images]
         images, refs = [], []
         for ref in raw_images:
-            image, name = _resolve_image(ref, base, where)
+            image, name = _resolve_image(ref, base, where, allow_outside_image_root)
             images.append(image)
             refs.append(name)
         known = {"question", "ground_truth", "responses", "problem_type", "images", "image", "id", "step"}
@@ -444,6 +449,7 @@ def load_verl_dump(
     image_root: Path | None = None,
     dataset: Path | None = None,
     raw_prompt: bool = False,
+    allow_outside_image_root: bool = False,
 ) -> tuple[list[Group], dict]:
     """Read verl rollout dumps and group the responses by prompt.
 
@@ -454,7 +460,8 @@ def load_verl_dump(
     Args:
         path: A ``<step>.jsonl`` dump or a folder of them.
         problem_type: Problem type of rows that do not carry one (dumps normally do not).
-        image_root: Folder for relative image paths found in rows or in the dataset.
+        image_root: Folder for relative image paths found in rows or in the dataset (default: the dump's or
+            the dataset's folder); image files outside it are refused unless ``allow_outside_image_root``.
         dataset: The RL dataset (parquet or JSONL, verl format) to recover images, problem type and the
             clean question from, by matching the prompt text.
         raw_prompt: Send the whole decoded ``input`` to the TRM instead of the extracted question.
@@ -549,7 +556,7 @@ def load_verl_dump(
                 raw_images = [raw_images]
             images, refs = [], []
             for ref in raw_images or []:
-                image, name = _resolve_image(ref, base, where)
+                image, name = _resolve_image(ref, base, where, allow_outside_image_root)
                 images.append(image)
                 refs.append(name)
             if match:
@@ -603,13 +610,14 @@ def load_input(
     image_root: str | os.PathLike | None = None,
     dataset: str | os.PathLike | None = None,
     raw_prompt: bool = False,
+    allow_outside_image_root: bool = False,
 ) -> tuple[list[Group], dict]:
     """Load the groups to audit.
 
     Args:
         path: A groups JSONL, a verl rollout dump (file or folder), or None for the embedded sample.
         fmt: ``auto``, ``groups`` or ``verl_dump``.
-        problem_type, image_root, dataset, raw_prompt: See :func:`load_verl_dump`.
+        problem_type, image_root, dataset, raw_prompt, allow_outside_image_root: See :func:`load_verl_dump`.
 
     Returns:
         The groups and a description of the input for the report.
@@ -630,11 +638,12 @@ def load_input(
     if fmt == "groups":
         if data is not None:
             raise AuditError("--dataset only applies to verl rollout dumps")
-        groups = load_groups_file(source, problem_type=problem_type, image_root=root)
+        groups = load_groups_file(source, problem_type=problem_type, image_root=root,
+                                  allow_outside_image_root=allow_outside_image_root)
         info: dict = {"files": [str(source)], "rows": len(groups)}
     elif fmt == "verl_dump":
         groups, info = load_verl_dump(source, problem_type=problem_type, image_root=root, dataset=data,
-                                      raw_prompt=raw_prompt)
+                                      raw_prompt=raw_prompt, allow_outside_image_root=allow_outside_image_root)
     else:
         raise AuditError(f"unknown input format {fmt!r} (auto, groups, verl-dump)")
     info = {"path": str(source), "format": fmt, "embedded_sample": embedded, **info}
@@ -883,6 +892,7 @@ def run_audit(
     fmt: str = "auto",
     problem_type: str | None = None,
     image_root: str | os.PathLike | None = None,
+    allow_outside_image_root: bool = False,
     dataset: str | os.PathLike | None = None,
     raw_prompt: bool = False,
     trm_url: str | None = None,
@@ -915,7 +925,8 @@ def run_audit(
         raise AuditError("--max-concurrency must be >= 1, --timeout > 0 and --max-retries >= 0")
     started = time.monotonic()
     groups, input_info = load_input(input_path, fmt=fmt, problem_type=problem_type, image_root=image_root,
-                                    dataset=dataset, raw_prompt=raw_prompt)
+                                    dataset=dataset, raw_prompt=raw_prompt,
+                                    allow_outside_image_root=allow_outside_image_root)
     if limit is not None:
         groups = groups[:limit]
     outcomes = outcome_rewards(groups, settings)

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="problem type of rows without one: numerical, 'multiple choice', OCR, free-form")
     g.add_argument("--image-root", default=None,
                    help="folder that relative image paths are resolved against (default: the input's folder)")
+    g.add_argument("--allow-outside-image-root", action="store_true",
+                   help="read image files that resolve outside the image root (absolute paths, .., symlinks)")
     g.add_argument("--dataset", default=None,
                    help="verl dumps: the RL parquet/JSONL the run trained on; each prompt is matched to its row "
                    "to recover images, problem type and the clean question")
@@ -133,6 +135,7 @@ def _audit(args) -> int:
         fmt=args.fmt,
         problem_type=args.problem_type,
         image_root=args.image_root,
+        allow_outside_image_root=args.allow_outside_image_root,
         dataset=args.dataset,
         raw_prompt=args.raw_prompt,
         trm_url=args.trm_url,

@@ -513,6 +513,37 @@ def test_unreadable_image_names_file_line_and_image(tmp_path, capsys):
     assert f"{groups}:2: image 'broken.png' cannot be read" in err
 
 
+def test_the_audit_refuses_the_images_data_preparation_refuses(tmp_path, capsys):
+    """One image guard (sophiavl_verl.data.ImageGuard) for both: a decompression bomb and paths out of the root."""
+    from sophiavl_verl.data import prepare_rl
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("1", (10000, 10000)).save(folder / "bomb.png")  # 10^8 pixels: Pillow only warns, below 2x its limit
+    (tmp_path / "secret.png").write_bytes((EMBEDDED_SAMPLE.parent / SAMPLE_ROWS[0]["images"][0]).read_bytes())
+    (folder / "link.png").symlink_to(tmp_path / "secret.png")
+    data = folder / "rows.json"
+    data.write_text(json.dumps([{"problem": "Q", "solution": "1", "problem_type": "numerical", "path": "bomb.png"}]))
+    reason = prepare_rl([data], tmp_path / "out.parquet").rejected[0].reason
+    capsys.readouterr()
+    assert reason.startswith(f"image too large: {folder / 'bomb.png'}: Image size (100000000 pixels) exceeds limit")
+    groups = folder / "groups.jsonl"
+    for image, message in [
+        ("bomb.png", f"{groups}:1: image 'bomb.png' cannot be read: {reason}"),
+        ("../secret.png", f"{groups}:1: image '../secret.png' cannot be read: image path '../secret.png' resolves to "
+                          f"{(tmp_path / 'secret.png').resolve()}, outside the image root"),
+        (str(tmp_path / "secret.png"), "outside the image root"),
+        ("link.png", "(pass --allow-outside-image-root to read it)"),
+    ]:
+        groups.write_text(json.dumps(SAMPLE_ROWS[0] | {"images": [image]}) + "\n")
+        err = _error(["audit", str(groups), "--out", str(tmp_path / "o")], capsys)
+        assert message in err and err.count("\n") == 1, err
+    # Opting out reads the symlinked image (the audit then stops at the unreachable TRM, after loading).
+    err = _error(["audit", str(groups), "--allow-outside-image-root", "--trm-url", f"http://127.0.0.1:{_free_port()}/v1",
+                  "--trm-model", "m", "--out", str(tmp_path / "o")], capsys)
+    assert "cannot reach the thinking reward model" in err
+
+
 def test_unknown_problem_type_and_malformed_json_name_file_and_line(tmp_path, capsys):
     groups = tmp_path / "groups.jsonl"
     groups.write_text(json.dumps(SAMPLE_ROWS[0] | {"images": [], "problem_type": "essay"}) + "\n")
