@@ -42,7 +42,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from sophiavl_verl.rewards import PROBLEM_TYPES, canonical_problem_type, unwrap_answer
-from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
 
 __all__ = [
     "QUESTION_TEMPLATE",
@@ -590,6 +589,8 @@ def _trm_record(row: dict, index: int, guard: ImageGuard) -> tuple[dict, None]:
     if not 0.0 <= score <= 1.0:
         raise _RowError("score", f"score must be a number in [0, 1], got {raw_score!r}" if raw_score else "empty score")
     images = _load_images(row, guard)
+    from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt  # aiohttp: not for --help
+
     # Same layout as ThinkingRewardClient's requests: images first, then the Table-4 prompt.
     prompt = IMAGE_PLACEHOLDER * len(images) + build_trm_prompt(question.replace(IMAGE_PLACEHOLDER, ""), response)
     messages = [

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "verl", "transformers", "matplotlib", "ray")
+HEAVY = ("torch", "verl", "transformers", "matplotlib", "ray", "aiohttp")
 
 _RUN_CLI = """
 import contextlib, io, json, sys
