@@ -16,13 +16,23 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "OneLineErrorParser"]
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``prog: error: ...``, exit status 2), not the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
     return value
 
 
@@ -30,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sophiavl_verl.audit import AuditSettings
 
     d = AuditSettings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="sophiavl-verl",
         description="SophiaVL-R1's Trust-GRPO for verl: audit your rollouts with a thinking reward model (CPU), "
         "plot a run's training curves. See docs/readme_audit.md.",
@@ -204,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _audit(args) if args.command == "audit" else _plot(args)
     except (AuditError, PlotError) as exc:
+        print(f"sophiavl-verl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused something the checks could not foresee (a full disk, ...)
         print(f"sophiavl-verl {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -848,7 +848,9 @@ def prepare_trm(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sophiavl-verl-data", description=__doc__.split("\n\n")[0])
+    from sophiavl_verl.cli import OneLineErrorParser
+
+    parser = OneLineErrorParser(prog="sophiavl-verl-data", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     helps = {
         "rl": "SophiaVL-R1-130k rows -> verl RL parquet",

@@ -14,6 +14,7 @@ each step through its console logger (``verl.utils.logger.aggregate_logger.Local
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -45,10 +46,15 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    _pyplot().close(fig)
-    return path
+    from sophiavl_verl.report import write_atomically
+
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=DPI)
+    finally:
+        _pyplot().close(fig)
+    return write_atomically(path, buffer.getvalue())
 
 
 def plot_audit(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -313,12 +319,13 @@ def write_series_csv(series: dict[str, list[tuple[int, float]]], path: str | os.
     """All parsed metrics as a wide CSV (one row per step, one column per metric, empty when not logged)."""
     import csv
 
-    path = Path(path)
+    from sophiavl_verl.report import write_atomically
+
     steps = sorted({s for points in series.values() for s, _ in points})
     lookup = {key: dict(points) for key, points in series.items()}
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", *series])
-        for step in steps:
-            writer.writerow([step, *("" if step not in lookup[k] else repr(lookup[k][step]) for k in series)])
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["step", *series])
+    for step in steps:
+        writer.writerow([step, *("" if step not in lookup[k] else repr(lookup[k][step]) for k in series)])
+    return write_atomically(Path(path), text.getvalue())

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REPORT_VERSION", "build_report", "render_markdown", "write_report"]
+__all__ = ["REPORT_VERSION", "build_report", "render_markdown", "write_atomically", "write_report"]
 
 REPORT_VERSION = 1
 PROBLEM_TYPE_ORDER = ("numerical", "multiple choice", "OCR", "free-form", "text")
@@ -205,20 +205,29 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def write_atomically(path: Path, data: str | bytes) -> Path:
+    """Write ``path`` through a temporary file in its folder and a rename: a reader sees the old file or the
+    whole new one, and a failed write leaves nothing behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json`` and ``report.md`` into ``out_dir`` (atomically: a reader never sees half a file)."""
+    """Write ``report.json``, then ``report.md``, into ``out_dir``, each atomically (:func:`write_atomically`).
+
+    ``report.json`` holds every score, so it is written before the markdown is rendered.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "report.json", "markdown": out / "report.md"}
     payload = {k: v for k, v in report.items() if k != "paths"}
-    texts = {
-        "json": json.dumps(_json_safe(payload), indent=1, ensure_ascii=False, allow_nan=False) + "\n",
-        "markdown": render_markdown(report),
-    }
-    for key, path in paths.items():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(texts[key], encoding="utf-8")
-        os.replace(tmp, path)
+    text = json.dumps(_json_safe(payload), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    paths = {"json": write_atomically(out / "report.json", text)}
+    paths["markdown"] = write_atomically(out / "report.md", render_markdown(report))
     return paths
 
 

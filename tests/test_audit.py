@@ -591,3 +591,81 @@ def test_ctrl_c_stops_the_embedded_server(tmp_path):
             proc.kill()
     assert proc.returncode == 130
     assert not _port_open(port), "the embedded TRM server survived Ctrl-C"
+
+
+# ------------------------------------------------------------------ the report folder and the scores
+
+
+def test_lone_surrogates_in_the_input_are_written_as_replacement_characters(tmp_path, capsys):
+    groups = tmp_path / "groups.jsonl"
+    row = SAMPLE_ROWS[0] | {"images": [], "question": SAMPLE_ROWS[0]["question"] + " \ud800?"}
+    row["responses"] = [row["responses"][0] + " \udfff"] + row["responses"][1:]
+    groups.write_text(json.dumps(row) + "\n", encoding="utf-8")  # json.dumps escapes them: valid JSON, valid UTF-8
+    assert "\\ud800" in groups.read_text(encoding="utf-8")
+    with keyword_trm() as server:
+        rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model,
+                   "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))
+    assert report["groups"][0]["question"].endswith(" \ufffd?")
+    assert report["groups"][0]["responses"][0]["response"].endswith(" \ufffd")
+    assert "\ufffd" in (tmp_path / "o" / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_second_audit_on_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys):
+    import fcntl
+    import os
+
+    out = tmp_path / "report"
+    out.mkdir()
+    with keyword_trm() as server:
+        folder = os.open(out, os.O_RDONLY)  # what a running audit holds
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(out),
+                       "--no-progress", "--limit", "2"])
+            err = capsys.readouterr().err
+            assert rc == 2 and f"--out {out} is being written by another sophiavl-verl audit" in err
+            assert server.requests == 0 and list(out.iterdir()) == []
+        finally:
+            os.close(folder)
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(out),
+                   "--no-progress", "--limit", "2"])
+    assert rc == 0 and (out / "report.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["by_problem_type.png", "gamma_hist.png", "report.json",
+                                                     "report.md", "thinking_by_correctness.png"]  # no temp files
+
+
+def test_the_scores_survive_a_failure_to_draw_or_build_the_report(tmp_path, capsys, monkeypatch):
+    import sophiavl_verl.plots
+    import sophiavl_verl.report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(sophiavl_verl.plots, "plot_audit", broken)
+    with keyword_trm() as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "a"),
+                   "--no-progress", "--limit", "2"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "drawing the plots failed (RuntimeError: injected fault); every score is in" in err
+        report = json.loads((tmp_path / "a" / "report.json").read_text(encoding="utf-8"))
+        assert report["trm"]["scored"] == 16 and (tmp_path / "a" / "report.md").is_file()
+
+        monkeypatch.setattr(sophiavl_verl.report, "build_report", broken)
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "b"),
+                   "--no-progress", "--limit", "2"])
+        err = capsys.readouterr().err
+    assert rc == 2 and sum("error:" in line for line in err.splitlines()) == 1
+    assert f"the scores are saved in {tmp_path / 'b' / 'scores.json'}" in err
+    scores = json.loads((tmp_path / "b" / "scores.json").read_text(encoding="utf-8"))
+    assert [g["id"] for g in scores] == [SAMPLE_ROWS[0]["id"], SAMPLE_ROWS[1]["id"]]
+    assert all(r["trm_status"] == "scored" and r["thinking_reward"] in (0.1, 0.5, 0.9)
+               for g in scores for r in g["responses"])
+
+
+def test_an_audit_that_fails_before_writing_leaves_no_out_folder(tmp_path, capsys):
+    groups = tmp_path / "groups.jsonl"
+    groups.write_text("{not json\n")
+    assert "not valid JSON" in _error(["audit", str(groups), "--out", str(tmp_path / "never")], capsys)
+    assert not (tmp_path / "never").exists()
