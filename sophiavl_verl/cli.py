@@ -186,6 +186,9 @@ def _plot(args) -> int:
     from sophiavl_verl.plots import PlotError, parse_metrics_log, plot_training, write_series_csv
 
     series = parse_metrics_log(args.log)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PlotError(f"--out {out} is a file; give a folder for the plots")
     try:
         paths = plot_training(series, args.out)
     except PlotError as exc:
