@@ -202,7 +202,7 @@ def _plot(args) -> int:
     return 0
 
 
-def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM
+def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM / SIGHUP
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -212,8 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     from sophiavl_verl.plots import PlotError
 
     args = build_parser().parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the embedded TRM server is stopped by its context manager.
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C: the embedded TRM server is stopped by its context
+    # manager and the --out lock released. An ignored signal (nohup) stays ignored.
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, _terminate)
     try:
         return _audit(args) if args.command == "audit" else _plot(args)
     except (AuditError, PlotError) as exc:
@@ -226,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sophiavl-verl {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

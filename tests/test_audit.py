@@ -566,8 +566,9 @@ def test_bad_settings_name_the_flag(capsys):
 # ---------------------------------------------------------------------------------- Ctrl-C cleanup
 
 
-def test_ctrl_c_stops_the_embedded_server(tmp_path):
-    """Interrupted while scoring, the command exits 130 and its TRM server is gone."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_ctrl_c_stops_the_embedded_server(tmp_path, signum):
+    """Interrupted while scoring (Ctrl-C, or a closed terminal), the command exits 130 and its TRM server is gone."""
     script = Path(sys.executable).with_name("sophiavl-verl")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "sophiavl_verl.cli"]
     log = tmp_path / "stderr.txt"
@@ -584,7 +585,7 @@ def test_ctrl_c_stops_the_embedded_server(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
         assert _port_open(port)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
