@@ -66,3 +66,11 @@ def test_an_unusable_out_is_refused_before_any_trm_work(trm, tmp_path, capsys, c
     err = _one_line_error(["audit", "--trm-url", trm.base_url, "--trm-model", trm.model, "--out", str(out),
                            "--no-progress"], capsys)
     assert message in err and trm.requests == before, err
+
+
+def test_an_unusable_cache_dir_is_one_line(tmp_path, capsys):
+    assert main(["audit", "--cache-dir", "/proc/sophiavl_cache", "--out", str(tmp_path / "o"), "--limit", "2"]) == 2
+    err = capsys.readouterr().err  # after the "[audit] building ..." progress line
+    assert [line.startswith("sophiavl-verl audit: error: ") for line in err.splitlines()] == [False, True], err
+    assert "--cache-dir /proc/sophiavl_cache: cannot build the embedded thinking reward model there" in err
+    assert not (tmp_path / "o").exists()
