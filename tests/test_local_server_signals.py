@@ -7,6 +7,7 @@ is gone, its port closed, its temporary folder removed, and the parent ended as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,14 +50,23 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _start_parent(mode: str):
+@contextlib.contextmanager
+def _parent(mode: str):
+    """The parent process with its running server; whatever is left of either is killed afterwards."""
     proc = subprocess.Popen([sys.executable, "-c", _PARENT, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    line = proc.stdout.readline()
-    assert line, proc.stderr.read()[-3000:]
-    info = json.loads(line)
-    assert _alive(info["pid"]) and _port_open(info["port"]) and Path(info["cache"]).is_dir()
-    return proc, info
+    info = None
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()[-3000:]
+        info = json.loads(line)
+        assert _alive(info["pid"]) and _port_open(info["port"]) and Path(info["cache"]).is_dir()
+        yield proc, info
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if info is not None and _alive(info["pid"]):
+            os.killpg(info["pid"], signal.SIGKILL)
 
 
 def _assert_cleaned_up(info: dict) -> None:
@@ -71,41 +81,24 @@ def _assert_cleaned_up(info: dict) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1])
 def test_a_terminating_signal_stops_the_server_then_ends_the_parent_by_that_signal(signum):
-    proc, info = _start_parent("wait")
-    try:
+    with _parent("wait") as (proc, info):
         proc.send_signal(signum)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if _alive(info["pid"]):
-            os.killpg(info["pid"], signal.SIGKILL)
-    assert proc.returncode == -signum, proc.stderr.read()[-2000:]
+        assert proc.wait(timeout=60) == -signum, proc.stderr.read()[-2000:]
     _assert_cleaned_up(info)
 
 
 def test_interpreter_exit_stops_the_server():
-    proc, info = _start_parent("exit")
-    try:
+    with _parent("exit") as (proc, info):
         assert proc.wait(timeout=60) == 0, proc.stderr.read()[-2000:]
-    finally:
-        if _alive(info["pid"]):
-            os.killpg(info["pid"], signal.SIGKILL)
     _assert_cleaned_up(info)
 
 
 def test_an_ignored_sighup_stays_ignored():
     """Under nohup a closed terminal must not stop the server (nor the parent)."""
-    proc, info = _start_parent("nohup")
-    try:
+    with _parent("nohup") as (proc, info):
         proc.send_signal(signal.SIGHUP)
         time.sleep(2)
         assert proc.poll() is None and _alive(info["pid"]) and _port_open(info["port"])
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if _alive(info["pid"]):
-            os.killpg(info["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGTERM
     _assert_cleaned_up(info)
