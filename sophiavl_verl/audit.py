@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
+import contextlib
 import json
 import logging
 import math
@@ -75,6 +75,8 @@ QUERY_POLICIES = ("all", "skip_uniform")
 #: Default TRM requests in flight: the embedded CPU server, and a server given by --trm-url.
 EMBEDDED_CONCURRENCY = 1
 REMOTE_CONCURRENCY = 16
+#: Longest --timeout accepted (a day); larger values overflow timers deep in asyncio and aiohttp.
+MAX_TIMEOUT_S = 86400.0
 
 
 class AuditError(Exception):
@@ -209,7 +211,21 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                 raise AuditError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(obj, dict):
                 raise AuditError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-            yield number, obj
+            yield number, _without_lone_surrogates(obj)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """JSON may escape half of a UTF-16 pair ("\\ud800"), which no UTF-8 file can hold: U+FFFD instead."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _canonical_type(value: Any, where: str, flag_hint: str = "") -> str:
@@ -239,25 +255,28 @@ def _decode_base64_image(text: str) -> bytes | None:
         return None
 
 
-def _check_image(data: bytes | Path, ref: str, where: str) -> None:
-    """Open and fully decode an image; a bad one is an error naming the input line and the image."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            img.load()
-    except FileNotFoundError:
-        raise AuditError(f"{where}: image {ref!r} not found ({data})") from None
-    except Exception as exc:  # PIL raises many kinds (UnidentifiedImageError, OSError, DecompressionBombError)
-        raise AuditError(f"{where}: image {_short(ref)!r} cannot be read: {exc}") from None
-
-
 def _short(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _resolve_image(ref: Any, base: Path, where: str) -> tuple[Any, str]:
-    """An input image reference -> (what the TRM client gets, how the report names it)."""
+def _resolve_image(ref: Any, base: Path, where: str, allow_outside_root: bool) -> tuple[Any, str]:
+    """An input image reference -> (what the TRM client gets, how the report names it).
+
+    Files and embedded images pass data preparation's guard (:class:`sophiavl_verl.data.ImageGuard`: confined
+    to ``base`` unless ``allow_outside_root``, size checked before reading, fully decoded under Pillow's
+    decompression-bomb limit).
+    """
+    from sophiavl_verl.data import ImageError, ImageGuard
+
+    guard = ImageGuard(base, allow_outside_root=allow_outside_root)
+
+    def check(source: bytes | Path, name: str) -> None:
+        try:
+            guard.read(source)
+        except ImageError as exc:
+            hint = " (pass --allow-outside-image-root to read it)" if exc.kind == "outside_root" else ""
+            raise AuditError(f"{where}: image {_short(name)!r} cannot be read: {exc.reason}{hint}") from None
+
     if isinstance(ref, dict):  # verl / HF datasets style {"bytes": ..., "path": ...} or {"image": path}
         if ref.get("bytes"):
             ref = ref["bytes"]
@@ -265,7 +284,7 @@ def _resolve_image(ref: Any, base: Path, where: str) -> tuple[Any, str]:
             ref = ref.get("path") or ref.get("image") or ref.get("url")
     if isinstance(ref, (bytes, bytearray)):
         data = bytes(ref)
-        _check_image(data, "<bytes>", where)
+        check(data, "<bytes>")
         return data, f"<{len(data)} bytes>"
     if not isinstance(ref, str) or not ref:
         raise AuditError(f"{where}: image entry {ref!r} is neither a path nor base64 data")
@@ -273,24 +292,27 @@ def _resolve_image(ref: Any, base: Path, where: str) -> tuple[Any, str]:
         return ref, ref  # left to the TRM server to fetch
     data = _decode_base64_image(ref)
     if data is not None:
-        _check_image(data, "<base64>", where)
+        check(data, "<base64>")
         return data, "<base64 image>"
     path = Path(ref).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    _check_image(path, ref, where)
-    return path, ref
+    check(path, ref)
+    return base / path, ref
 
 
 def load_groups_file(
-    path: Path, *, problem_type: str | None = None, image_root: Path | None = None
+    path: Path,
+    *,
+    problem_type: str | None = None,
+    image_root: Path | None = None,
+    allow_outside_image_root: bool = False,
 ) -> list[Group]:
     """Read a JSONL of groups (``question``, ``images``, ``ground_truth``, ``problem_type``, ``responses``).
 
     Args:
         path: The file.
         problem_type: Default for rows without ``problem_type``.
-        image_root: Folder relative image paths are resolved against (default: the file's folder).
+        image_root: Folder relative image paths are resolved against (default: the file's folder); image
+            files outside it are refused unless ``allow_outside_image_root``.
 
     Raises:
         AuditError: On a missing or bad field, a group of fewer than two responses, or an unreadable
@@ -327,7 +349,7 @@ def load_groups_file(
             raw_images = [raw_images]
         images, refs = [], []
         for ref in raw_images:
-            image, name = _resolve_image(ref, base, where)
+            image, name = _resolve_image(ref, base, where, allow_outside_image_root)
             images.append(image)
             refs.append(name)
         known = {"question", "ground_truth", "responses", "problem_type", "images", "image", "id", "step"}
@@ -444,6 +466,7 @@ def load_verl_dump(
     image_root: Path | None = None,
     dataset: Path | None = None,
     raw_prompt: bool = False,
+    allow_outside_image_root: bool = False,
 ) -> tuple[list[Group], dict]:
     """Read verl rollout dumps and group the responses by prompt.
 
@@ -454,7 +477,8 @@ def load_verl_dump(
     Args:
         path: A ``<step>.jsonl`` dump or a folder of them.
         problem_type: Problem type of rows that do not carry one (dumps normally do not).
-        image_root: Folder for relative image paths found in rows or in the dataset.
+        image_root: Folder for relative image paths found in rows or in the dataset (default: the dump's or
+            the dataset's folder); image files outside it are refused unless ``allow_outside_image_root``.
         dataset: The RL dataset (parquet or JSONL, verl format) to recover images, problem type and the
             clean question from, by matching the prompt text.
         raw_prompt: Send the whole decoded ``input`` to the TRM instead of the extracted question.
@@ -549,7 +573,7 @@ def load_verl_dump(
                 raw_images = [raw_images]
             images, refs = [], []
             for ref in raw_images or []:
-                image, name = _resolve_image(ref, base, where)
+                image, name = _resolve_image(ref, base, where, allow_outside_image_root)
                 images.append(image)
                 refs.append(name)
             if match:
@@ -603,13 +627,14 @@ def load_input(
     image_root: str | os.PathLike | None = None,
     dataset: str | os.PathLike | None = None,
     raw_prompt: bool = False,
+    allow_outside_image_root: bool = False,
 ) -> tuple[list[Group], dict]:
     """Load the groups to audit.
 
     Args:
         path: A groups JSONL, a verl rollout dump (file or folder), or None for the embedded sample.
         fmt: ``auto``, ``groups`` or ``verl_dump``.
-        problem_type, image_root, dataset, raw_prompt: See :func:`load_verl_dump`.
+        problem_type, image_root, dataset, raw_prompt, allow_outside_image_root: See :func:`load_verl_dump`.
 
     Returns:
         The groups and a description of the input for the report.
@@ -630,11 +655,12 @@ def load_input(
     if fmt == "groups":
         if data is not None:
             raise AuditError("--dataset only applies to verl rollout dumps")
-        groups = load_groups_file(source, problem_type=problem_type, image_root=root)
+        groups = load_groups_file(source, problem_type=problem_type, image_root=root,
+                                  allow_outside_image_root=allow_outside_image_root)
         info: dict = {"files": [str(source)], "rows": len(groups)}
     elif fmt == "verl_dump":
         groups, info = load_verl_dump(source, problem_type=problem_type, image_root=root, dataset=data,
-                                      raw_prompt=raw_prompt)
+                                      raw_prompt=raw_prompt, allow_outside_image_root=allow_outside_image_root)
     else:
         raise AuditError(f"unknown input format {fmt!r} (auto, groups, verl-dump)")
     info = {"path": str(source), "format": fmt, "embedded_sample": embedded, **info}
@@ -717,7 +743,11 @@ def thinking_reward_endpoint(
 
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     log(f"[audit] embedded thinking reward model: building/reusing it in {cache / 'embedded_trm'}", file=sys.stderr)
-    model_dir = make_embedded_trm(cache / "embedded_trm")
+    try:
+        model_dir = make_embedded_trm(cache / "embedded_trm")
+    except OSError as exc:
+        raise AuditError(f"--cache-dir {cache}: cannot build the embedded thinking reward model there "
+                         f"({exc.strerror or exc})") from None
     log("[audit] starting its OpenAI-compatible server on 127.0.0.1 (transformers serve)", file=sys.stderr)
     with LocalOpenAIServer(model_dir, progress=lambda line: log(f"[audit] {line}", file=sys.stderr)) as server:
         yield {"base_url": server.base_url, "model": server.model, "embedded": True}
@@ -739,6 +769,10 @@ class GroupResult:
     anneal: float = 1.0
     reward: list[float] = field(default_factory=list)
     gamma: float = math.nan  # the multiplier applied to the group's thinking rewards (0 for a skipped group)
+    mixed: bool = False  # a scored correct and a scored wrong response
+    mu_correct: float = math.nan
+    mu_wrong: float = math.nan
+    untrusted: bool = False  # γ < 1 (trust_grpo.group_trust's rule, tie tolerance included)
     advantage: list[float] = field(default_factory=list)
     advantage_grpo: list[float] = field(default_factory=list)
 
@@ -824,7 +858,7 @@ def apply_trust_grpo(results: list[GroupResult], settings: AuditSettings) -> Non
     """
     import torch
 
-    from sophiavl_verl.trust_grpo import group_normalized_advantage, trust_weighted_rewards
+    from sophiavl_verl.trust_grpo import group_normalized_advantage, group_trust, trust_weighted_rewards
 
     by_step: dict[int, list[int]] = {}
     for i, res in enumerate(results):
@@ -834,27 +868,25 @@ def apply_trust_grpo(results: list[GroupResult], settings: AuditSettings) -> Non
         outcome = torch.tensor([x for i in members for x in results[i].outcome], dtype=torch.float64)
         thinking = torch.tensor([x for i in members for x in results[i].thinking], dtype=torch.float64)
         index = np.array([n for n, i in enumerate(members) for _ in results[i].outcome])
-        rewards, gamma = trust_weighted_rewards(
-            outcome,
-            thinking,
-            index,
-            alpha=settings.alpha,
-            anneal=anneal,
-            correct_threshold=settings.correct_threshold,
-            uniform_groups=settings.uniform_groups,
-            use_trust_weight=settings.use_trust_weight,
-        )
+        rule = {"correct_threshold": settings.correct_threshold, "uniform_groups": settings.uniform_groups,
+                "use_trust_weight": settings.use_trust_weight}
+        rewards, _ = trust_weighted_rewards(outcome, thinking, index, alpha=settings.alpha, anneal=anneal, **rule)
+        trust = group_trust(outcome, thinking, index, **rule)  # group n of `index` is results[members[n]]
         mask = torch.ones(len(index), 1)
         kwargs = {"norm_by_std": settings.norm_by_std, "epsilon": settings.epsilon}
         adv, _ = group_normalized_advantage(rewards, mask, index, **kwargs)  # float32, as verl's GRPO
         adv_grpo, _ = group_normalized_advantage(outcome, mask, index, **kwargs)
         pos = 0
-        for i in members:
+        for n_group, i in enumerate(members):
             res = results[i]
             n = len(res.outcome)
             res.anneal = anneal
             res.reward = rewards[pos : pos + n].tolist()
-            res.gamma = float(gamma[pos])
+            res.gamma = float(trust.gamma[n_group])
+            res.mixed = bool(trust.mixed[n_group])
+            res.mu_correct = float(trust.mu_correct[n_group])
+            res.mu_wrong = float(trust.mu_wrong[n_group])
+            res.untrusted = bool(trust.untrusted[n_group])
             res.advantage = adv[pos : pos + n, 0].tolist()
             res.advantage_grpo = adv_grpo[pos : pos + n, 0].tolist()
             pos += n
@@ -881,6 +913,7 @@ def run_audit(
     fmt: str = "auto",
     problem_type: str | None = None,
     image_root: str | os.PathLike | None = None,
+    allow_outside_image_root: bool = False,
     dataset: str | os.PathLike | None = None,
     raw_prompt: bool = False,
     trm_url: str | None = None,
@@ -909,55 +942,66 @@ def run_audit(
 
     settings = settings or AuditSettings()
     settings.validate()
-    if (max_concurrency is not None and max_concurrency < 1) or timeout_s <= 0 or max_retries < 0:
-        raise AuditError("--max-concurrency must be >= 1, --timeout > 0 and --max-retries >= 0")
+    _check_run_options(max_concurrency=max_concurrency, timeout_s=timeout_s, max_retries=max_retries, limit=limit,
+                       text_limit=text_limit)
     started = time.monotonic()
-    groups, input_info = load_input(input_path, fmt=fmt, problem_type=problem_type, image_root=image_root,
-                                    dataset=dataset, raw_prompt=raw_prompt)
-    if limit is not None:
-        groups = groups[:limit]
-    outcomes = outcome_rewards(groups, settings)
-    api_key = os.environ.get(trm_api_key_env) or None
-    with thinking_reward_endpoint(trm_url, trm_model, cache_dir=cache_dir, api_key=api_key, log=log) as endpoint:
-        if max_concurrency is None:
-            # transformers serve runs each request's generate() in its own thread: on a small CPU, requests in
-            # flight together oversubscribe the cores (2 cores: 256 responses took 64 s with 1 in flight, 113 s
-            # with 2). A vLLM-style server batches concurrent requests instead.
-            max_concurrency = EMBEDDED_CONCURRENCY if endpoint["embedded"] else REMOTE_CONCURRENCY
-        client = _client(endpoint, api_key=api_key, max_concurrency=max_concurrency, timeout_s=timeout_s,
-                         max_retries=max_retries)
-        log(f"[audit] scoring {sum(len(g.responses) for g in groups)} responses of {len(groups)} groups with "
-            f"{endpoint['model']} at {endpoint['base_url']}", file=sys.stderr)
-        scoring_started = time.monotonic()
-        thinking = asyncio.run(score_groups(groups, [o for o, _ in outcomes], client, settings, progress=progress))
-        scoring_s = time.monotonic() - scoring_started
-    results = [
-        GroupResult(
-            group=g,
-            outcome=ro,
-            format_ok=fmt_ok,
-            thinking=rt,
-            status=status,
-            step=settings.step if settings.step is not None else (g.step if g.step is not None else 1),
-        )
-        for g, (ro, fmt_ok), (rt, status) in zip(groups, outcomes, thinking, strict=True)
-    ]
-    apply_trust_grpo(results, settings)
-    trm_info = {
-        "base_url": endpoint["base_url"],
-        "model": endpoint["model"],
-        "embedded": endpoint["embedded"],
-        "stats": client.stats,
-        "max_concurrency": client.max_concurrency,
-        "scoring_wall_s": scoring_s,
-    }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report = build_report(results, settings=settings, input_info=input_info, trm_info=trm_info,
-                          text_limit=text_limit)
-    report["plots"] = {name: str(p.name) for name, p in plot_audit(report, out).items()}
-    report["wall_s"] = time.monotonic() - started
-    paths = write_report(report, out)
+    with _report_folder(Path(out_dir)) as out:  # checked and locked before any input is read or scored
+        groups, input_info = load_input(input_path, fmt=fmt, problem_type=problem_type, image_root=image_root,
+                                        dataset=dataset, raw_prompt=raw_prompt,
+                                        allow_outside_image_root=allow_outside_image_root)
+        if limit is not None:
+            groups = groups[:limit]
+        outcomes = outcome_rewards(groups, settings)
+        api_key = os.environ.get(trm_api_key_env) or None
+        with thinking_reward_endpoint(trm_url, trm_model, cache_dir=cache_dir, api_key=api_key, log=log) as endpoint:
+            if max_concurrency is None:
+                # transformers serve runs each request's generate() in its own thread: on a small CPU, requests in
+                # flight together oversubscribe the cores (2 cores: 256 responses took 64 s with 1 in flight, 113 s
+                # with 2). A vLLM-style server batches concurrent requests instead.
+                max_concurrency = EMBEDDED_CONCURRENCY if endpoint["embedded"] else REMOTE_CONCURRENCY
+            client = _client(endpoint, api_key=api_key, max_concurrency=max_concurrency, timeout_s=timeout_s,
+                             max_retries=max_retries)
+            log(f"[audit] scoring {sum(len(g.responses) for g in groups)} responses of {len(groups)} groups with "
+                f"{endpoint['model']} at {endpoint['base_url']}", file=sys.stderr)
+            scoring_started = time.monotonic()
+            thinking = asyncio.run(score_groups(groups, [o for o, _ in outcomes], client, settings,
+                                                progress=progress))
+            scoring_s = time.monotonic() - scoring_started
+        trm_info = {
+            "base_url": endpoint["base_url"],
+            "model": endpoint["model"],
+            "embedded": endpoint["embedded"],
+            "stats": client.stats,
+            "max_concurrency": client.max_concurrency,
+            "scoring_wall_s": scoring_s,
+        }
+        try:
+            results = [
+                GroupResult(
+                    group=g,
+                    outcome=ro,
+                    format_ok=fmt_ok,
+                    thinking=rt,
+                    status=status,
+                    step=settings.step if settings.step is not None else (g.step if g.step is not None else 1),
+                )
+                for g, (ro, fmt_ok), (rt, status) in zip(groups, outcomes, thinking, strict=True)
+            ]
+            apply_trust_grpo(results, settings)
+            report = build_report(results, settings=settings, input_info=input_info, trm_info=trm_info,
+                                  text_limit=text_limit)
+            report["wall_s"] = time.monotonic() - started
+            paths = write_report(report, out)  # report.json (every score) first
+        except Exception as exc:  # never lose the TRM's work to a failure after it
+            raise AuditError(f"the report could not be written ({type(exc).__name__}: {exc}); "
+                             f"{_save_scores(out, groups, outcomes, thinking)}") from None
+        try:
+            report["plots"] = {name: str(p.name) for name, p in plot_audit(report, out).items()}
+            report["wall_s"] = time.monotonic() - started
+            paths = write_report(report, out)
+        except Exception as exc:
+            raise AuditError(f"drawing the plots failed ({type(exc).__name__}: {exc}); every score is in "
+                             f"{paths['json']} and the summary in {paths['markdown']}") from None
     report["paths"] = {k: str(v) for k, v in paths.items()}
     requested = report["trm"]["requested"]
     if requested and report["trm"]["failed"] == requested:
@@ -967,3 +1011,79 @@ def run_audit(
             f"the report in {out} has no thinking rewards. Check --trm-model and the server's log."
         )
     return report
+
+
+def _check_run_options(
+    *, max_concurrency: int | None, timeout_s: float, max_retries: int, limit: int | None, text_limit: int | None
+) -> None:
+    """The run's numeric options, before any work; errors name the flag."""
+
+    def whole(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    checks = (
+        (max_concurrency is None or whole(max_concurrency, 1), "--max-concurrency", "an integer >= 1", max_concurrency),
+        (isinstance(timeout_s, (int, float)) and 0 < timeout_s <= MAX_TIMEOUT_S, "--timeout",
+         f"a number of seconds > 0 and <= {MAX_TIMEOUT_S:.0f}", timeout_s),
+        (whole(max_retries, 0), "--max-retries", "an integer >= 0", max_retries),
+        (limit is None or whole(limit, 1), "--limit", "an integer >= 1", limit),
+        (text_limit is None or whole(text_limit, 0), "--text-limit", "an integer >= 0 (0 = whole texts)", text_limit),
+    )
+    for ok, flag, what, value in checks:
+        if not ok:
+            raise AuditError(f"{flag} must be {what}, got {value!r}")
+
+
+@contextmanager
+def _report_folder(out: Path) -> Iterator[Path]:
+    """``--out``, created if needed, checked writable and locked against a second audit, before any work.
+
+    A folder this call created is removed again if the audit writes nothing into it.
+
+    Raises:
+        AuditError: If ``out`` is a file, cannot be created or written, or another audit is writing it.
+    """
+    import fcntl
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise AuditError(f"--out {out} is a file; give a folder for the report")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write_check_"):
+            pass
+        folder = os.open(out, os.O_RDONLY)
+    except OSError as exc:
+        raise AuditError(f"--out {out}: cannot write the report there ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AuditError(f"--out {out} is being written by another sophiavl-verl audit; wait for it to finish "
+                             "or choose another folder") from None
+        try:
+            yield out
+        finally:
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only when empty: nothing was written
+    finally:
+        os.close(folder)
+
+
+def _save_scores(out: Path, groups: Sequence[Group], outcomes: Sequence[tuple], thinking: Sequence[tuple]) -> str:
+    """Every response's R^o, R^t and TRM status as ``scores.json`` (ASCII JSON: any text can be written)."""
+    from sophiavl_verl.report import write_atomically
+
+    rows = [
+        {"id": g.id, "source": g.source, "responses": [
+            {"outcome_reward": ro, "thinking_reward": rt if math.isfinite(rt) else None, "trm_status": status}
+            for ro, rt, status in zip(outcome[0], scores[0], scores[1], strict=True)
+        ]}
+        for g, outcome, scores in zip(groups, outcomes, thinking, strict=True)
+    ]
+    try:
+        return f"the scores are saved in {write_atomically(out / 'scores.json', json.dumps(rows, indent=1))}"
+    except OSError as exc:
+        return f"saving the scores in {out} failed too ({exc.strerror or exc})"

@@ -16,13 +16,23 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "OneLineErrorParser"]
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``prog: error: ...``, exit status 2), not the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
     return value
 
 
@@ -30,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sophiavl_verl.audit import AuditSettings
 
     d = AuditSettings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="sophiavl-verl",
         description="SophiaVL-R1's Trust-GRPO for verl: audit your rollouts with a thinking reward model (CPU), "
         "plot a run's training curves. See docs/readme_audit.md.",
@@ -57,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="problem type of rows without one: numerical, 'multiple choice', OCR, free-form")
     g.add_argument("--image-root", default=None,
                    help="folder that relative image paths are resolved against (default: the input's folder)")
+    g.add_argument("--allow-outside-image-root", action="store_true",
+                   help="read image files that resolve outside the image root (absolute paths, .., symlinks)")
     g.add_argument("--dataset", default=None,
                    help="verl dumps: the RL parquet/JSONL the run trained on; each prompt is matched to its row "
                    "to recover images, problem type and the clean question")
@@ -133,6 +145,7 @@ def _audit(args) -> int:
         fmt=args.fmt,
         problem_type=args.problem_type,
         image_root=args.image_root,
+        allow_outside_image_root=args.allow_outside_image_root,
         dataset=args.dataset,
         raw_prompt=args.raw_prompt,
         trm_url=args.trm_url,
@@ -173,6 +186,9 @@ def _plot(args) -> int:
     from sophiavl_verl.plots import PlotError, parse_metrics_log, plot_training, write_series_csv
 
     series = parse_metrics_log(args.log)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PlotError(f"--out {out} is a file; give a folder for the plots")
     try:
         paths = plot_training(series, args.out)
     except PlotError as exc:
@@ -186,7 +202,7 @@ def _plot(args) -> int:
     return 0
 
 
-def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM
+def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM / SIGHUP
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -196,18 +212,26 @@ def main(argv: list[str] | None = None) -> int:
     from sophiavl_verl.plots import PlotError
 
     args = build_parser().parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the embedded TRM server is stopped by its context manager.
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C: the embedded TRM server is stopped by its context
+    # manager and the --out lock released. An ignored signal (nohup) stays ignored.
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, _terminate)
     try:
         return _audit(args) if args.command == "audit" else _plot(args)
     except (AuditError, PlotError) as exc:
+        print(f"sophiavl-verl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused something the checks could not foresee (a full disk, ...)
         print(f"sophiavl-verl {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sophiavl-verl {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ class TrustGRPOConfig:
         key = self._prefix
         _require(isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool), f"{key}.alpha",
                  f"must be a number, got {self.alpha!r}")
-        _require(self.alpha >= 0, f"{key}.alpha", f"must be >= 0, got {self.alpha}")
+        _require(math.isfinite(self.alpha) and self.alpha >= 0, f"{key}.alpha",
+                 f"must be a finite number >= 0, got {self.alpha}")
         try:
             get_schedule(self.schedule)
         except ValueError as e:
@@ -73,8 +74,8 @@ class TrustGRPOConfig:
                  f"must be one of {UNIFORM_GROUP_POLICIES}, got {self.uniform_groups!r}")
         _require(isinstance(self.use_trust_weight, bool), f"{key}.use_trust_weight",
                  f"must be true or false, got {self.use_trust_weight!r}")
-        _require(isinstance(self.epsilon, (int, float)) and self.epsilon >= 0, f"{key}.epsilon",
-                 f"must be >= 0, got {self.epsilon!r}")
+        _require(isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon >= 0,
+                 f"{key}.epsilon", f"must be a finite number >= 0, got {self.epsilon!r}")
 
     @classmethod
     def from_algorithm_config(cls, algorithm: Mapping[str, Any] | None) -> "TrustGRPOConfig":

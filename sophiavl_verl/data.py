@@ -11,9 +11,11 @@
 
 Inputs are JSON lists, JSONL or parquet files, or a folder in the released Hugging Face layout (the data
 file(s) next to image sub-folders; image paths are relative to ``--image-root``, by default the folder).
-Images are opened and fully decoded with Pillow (its decompression-bomb guard stays on) and embedded as
-``{"bytes": ...}``. Bad rows are skipped and listed in ``<output stem>_rejected.jsonl`` (one JSON object a
-line: ``row``, ``file``, ``field``, ``reason``); ``--strict`` stops at the first one instead.
+Images pass :class:`ImageGuard` (confined to the image root, size checked before reading, fully decoded with
+Pillow's decompression-bomb guard on) and are embedded as ``{"bytes": ...}``. Options and input files are
+checked before any image is read. Bad rows (a missing or wrong-typed field, a bad image, a repeated id) are
+skipped and listed in ``<output stem>_rejected.jsonl`` (one JSON object a line: ``row``, ``file``, ``field``,
+``reason``); ``--strict`` stops at the first one instead. Outputs appear only when the whole run succeeded.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from collections import Counter
@@ -40,12 +43,14 @@ from tqdm import tqdm
 
 from sophiavl_verl.config import SPLIT_KEY
 from sophiavl_verl.rewards import PROBLEM_TYPES, canonical_problem_type, unwrap_answer
-from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
 
 __all__ = [
     "QUESTION_TEMPLATE",
     "TYPE_TEMPLATE",
+    "DEFAULT_MAX_IMAGE_BYTES",
     "DataError",
+    "ImageError",
+    "ImageGuard",
     "Rejection",
     "Summary",
     "build_rl_prompt",
@@ -87,6 +92,10 @@ TRM_FIELDS = {
     "score": ("score", "reward", "label"),
 }
 IMAGE_FIELDS = ("path", "image", "images", "image_path")
+#: Row id columns of ``rl`` input (SophiaVL-R1-130k has ``problem_id``); a repeated id is rejected.
+ID_FIELDS = ("id", "problem_id")
+#: Largest image file (or embedded image) read, checked before reading it.
+DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
 
 _MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 _IMAGES = pa.list_(pa.struct([("bytes", pa.binary())]))
@@ -152,6 +161,8 @@ class Summary:
     images_missing: int = 0
     images_unreadable: int = 0
     images_oversized: int = 0
+    images_outside_root: int = 0
+    skipped_files: list[str] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     report: str | None = None
@@ -168,8 +179,11 @@ class Summary:
             lines.append("  rows per problem type: " + ", ".join(f"{t} {self.per_type[t]}" for t in PROBLEM_TYPES))
         lines.append(
             f"  images: {self.images_embedded} embedded, {self.images_missing} missing, "
-            f"{self.images_unreadable} unreadable, {self.images_oversized} oversized"
+            f"{self.images_unreadable} unreadable, {self.images_oversized} oversized, "
+            f"{self.images_outside_root} outside the image root"
         )
+        if self.skipped_files:
+            lines.append(f"  files skipped: {len(self.skipped_files)} ({'; '.join(self.skipped_files)})")
         by_field = Counter(r.field for r in self.rejected)
         detail = f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_field.items()))})" if by_field else ""
         lines.append(f"  rows rejected: {len(self.rejected)}{detail} -> {self.report}")
@@ -180,89 +194,205 @@ class Summary:
 
 
 def _rows_of(path: Path) -> tuple[int, Iterator[Any]]:
-    """The number of rows of a data file and an iterator over them (parquet is streamed: it may embed images)."""
+    """The number of rows of a data file and an iterator over them (parquet is streamed: it may embed images).
+
+    Raises:
+        DataError: If the file cannot be read or is not valid JSON / JSONL / parquet, naming the file and
+            (for JSON) the line.
+    """
     if path.suffix == ".parquet":
-        source = pq.ParquetFile(path)
-        batches = source.iter_batches(batch_size=256)
-        return source.metadata.num_rows, (row for batch in batches for row in batch.to_pylist())
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in f if line.strip()]
-        else:
-            rows = json.load(f)
+        try:
+            source = pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{path}: not a readable parquet file: {exc}") from None
+        return source.metadata.num_rows, _parquet_rows(path, source)
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.suffix == ".jsonl":
+                rows = [_json_line(path, number, line) for number, line in enumerate(f, 1) if line.strip()]
+            else:
+                rows = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not isinstance(rows, list):
         raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
     return len(rows), iter(rows)
 
 
-def _columns_of(path: Path) -> set[str]:
-    """Column names of a data file, from its schema or first row; empty when it holds no row objects."""
-    if path.suffix == ".parquet":
-        return set(pq.read_schema(path).names)
+def _json_line(path: Path, number: int, line: str) -> Any:
     try:
-        first = next(_rows_of(path)[1], None)
-    except (ValueError, UnicodeDecodeError):  # JSONDecodeError and DataError are ValueErrors
-        return set()
-    return set(first) if isinstance(first, dict) else set()
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
 
 
-def find_data_files(path: str | os.PathLike, fields: dict[str, tuple[str, ...]]) -> list[Path]:
-    """The data files of an input: the file itself, or the JSON/JSONL/parquet files under a folder.
+def _parquet_rows(path: Path, source: pq.ParquetFile) -> Iterator[dict]:
+    try:
+        for batch in source.iter_batches(batch_size=256):
+            yield from batch.to_pylist()
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot read its rows: {exc}") from None
 
-    In a folder, files whose rows lack the expected columns (``fields``: one alias of each must be present)
-    are skipped with a printed note, e.g. dataset cards' metadata or an earlier run's output.
+
+def _check_data_file(path: Path, fields: dict[str, tuple[str, ...]]) -> str | None:
+    """Read a whole data file once (malformed JSON fails here, before any image is read).
+
+    Returns:
+        Why the file is not a table of rows (a JSON object, e.g. a dataset card's metadata), else None.
 
     Raises:
-        DataError: If the path does not exist or a folder holds no data file.
+        DataError: If the file is unreadable, or its rows lack the expected columns (one alias of each).
+    """
+    if path.suffix == ".parquet":
+        _rows_of(path)
+        columns = set(pq.read_schema(path).names)
+    else:
+        try:
+            _, rows = _rows_of(path)
+        except DataError as exc:
+            if "expected a JSON list of rows" in str(exc):
+                return "a JSON object, not a list of rows"
+            raise
+        first = next(rows, None)
+        if first is None:
+            return None
+        columns = set(first) if isinstance(first, dict) else set()
+    missing = [aliases for aliases in fields.values() if not any(alias in columns for alias in aliases)]
+    if missing:
+        raise DataError(
+            f"{path}: its rows lack the column(s) {', '.join('/'.join(a) for a in missing)} "
+            f"(it has {', '.join(sorted(map(str, columns))) or 'no columns'}); pass the data files explicitly "
+            "or move this one out of the folder"
+        )
+    return None
+
+
+def find_data_files(
+    path: str | os.PathLike, fields: dict[str, tuple[str, ...]], *, exclude: Sequence[Path] = ()
+) -> tuple[list[Path], list[str]]:
+    """The data files of an input, each read once to check it: the file itself, or the JSON/JSONL/parquet
+    files under a folder.
+
+    In a folder, hidden files, ``exclude`` (this run's own outputs) and JSON files that hold one object
+    rather than rows (a dataset card's metadata) are skipped; each skip is returned, never silent.
+
+    Returns:
+        The data files, and one ``"<file> (<why>)"`` note per skipped file.
+
+    Raises:
+        DataError: If the path does not exist, a folder holds no data file, a data file is malformed
+            (naming the file and line), or a folder's file has rows without the expected columns.
     """
     path = Path(path)
     if path.is_file():
-        return [path]
+        reason = _check_data_file(path, fields)
+        if reason:
+            raise DataError(f"{path}: {reason}")
+        return [path], []
     if not path.is_dir():
         raise DataError(f"input not found: {path}")
-    found = []
+    excluded = {p.resolve() for p in exclude}
+    found, skipped = [], []
     for candidate in sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file()):
         if any(part.startswith(".") for part in candidate.relative_to(path).parts):
             continue
-        columns = _columns_of(candidate)
-        if all(any(alias in columns for alias in aliases) for aliases in fields.values()):
-            found.append(candidate)
+        if candidate.resolve() in excluded:
+            skipped.append(f"{candidate} (an output of this run)")
+            continue
+        reason = _check_data_file(candidate, fields)
+        if reason:
+            skipped.append(f"{candidate} ({reason})")
+            print(f"skipping {candidate}: {reason}", file=sys.stderr)
         else:
-            print(f"skipping {candidate}: not a data file (needs columns {_describe(fields)})", file=sys.stderr)
+            found.append(candidate)
     if not found:
         raise DataError(f"no data file (.json, .jsonl, .parquet with columns {_describe(fields)}) under {path}")
-    return found
+    return found, skipped
 
 
 def _describe(fields: dict[str, tuple[str, ...]]) -> str:
     return ", ".join("/".join(aliases) for aliases in fields.values())
 
 
-def _text(row: dict, aliases: Sequence[str]) -> str:
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _describe_value(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _text(row: dict, aliases: Sequence[str], *, numbers: bool = False) -> str:
+    """The first present alias's value, stripped: a string (or, with ``numbers``, an int or float as text).
+
+    Raises:
+        _RowError: Naming the column, when the value has another type (a list, a bool, an object, ...).
+    """
     for key in aliases:
         value = row.get(key)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if _missing(value):
             continue
-        return str(value).strip()
+        if isinstance(value, str):
+            return value.strip()
+        if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        kinds = "a string or a number" if numbers else "a string"
+        raise _RowError(key, f"must be {kinds}, got {_describe_value(value)}")
     return ""
 
 
-def _image_sources(row: dict) -> list[str | bytes]:
-    """The row's images: paths (str) or embedded bytes (``{"bytes": ...}`` as Hugging Face stores images)."""
+def _row_id(row: dict) -> tuple[str, str | int] | None:
+    """``(column, id)`` of an ``rl`` row that carries an id, else None."""
+    for key in ID_FIELDS:
+        value = row.get(key)
+        if _missing(value):
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise _RowError(key, f"must be a string or an integer, got {_describe_value(value)}")
+        return key, value
+    return None
 
-    def source(value: Any) -> str | bytes | None:
-        if isinstance(value, dict):
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, bytes | str) and value.strip():
+
+def _image_sources(row: dict) -> list[str | bytes]:
+    """The row's images: paths (str) or embedded bytes (``{"bytes": ...}`` as Hugging Face stores images).
+
+    The first image column present is used; an empty string or list means no image.
+
+    Raises:
+        _RowError: Naming the column, when an entry is neither a path, bytes, nor a ``{"bytes", "path"}`` struct.
+    """
+
+    def source(key: str, value: Any) -> str | bytes | None:
+        if isinstance(value, dict) and set(value) <= {"bytes", "path"}:
+            data, path = value.get("bytes"), value.get("path")
+            if data is not None and not isinstance(data, bytes):
+                raise _RowError(key, f"'bytes' must be bytes, got {_describe_value(data)}")
+            if path is not None and not isinstance(path, str):
+                raise _RowError(key, f"'path' must be a string, got {_describe_value(path)}")
+            value = data or path
+            if not value:
+                return None
+        if isinstance(value, bytes) and value:
             return value
-        return None
+        if isinstance(value, str):
+            return value.strip() or None
+        raise _RowError(
+            key, f"must be an image path, a list of them, or {{'bytes', 'path'}}, got {_describe_value(value)}"
+        )
 
     for key in IMAGE_FIELDS:
         value = row.get(key)
-        if value is None:
+        if _missing(value):
             continue
         values = value if isinstance(value, list | tuple) else [value]
-        return [s for s in map(source, values) if s is not None]
+        return [s for s in (source(key, v) for v in values) if s is not None]
     return []
 
 
@@ -272,8 +402,6 @@ def _image_sources(row: dict) -> list[str | bytes]:
 @contextmanager
 def _pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
     """Temporarily set Pillow's decompression-bomb limit (never disable it)."""
-    if max_image_pixels is not None and max_image_pixels <= 0:
-        raise DataError(f"--max-image-pixels must be positive, got {max_image_pixels}")
     saved = Image.MAX_IMAGE_PIXELS
     if max_image_pixels is not None:
         Image.MAX_IMAGE_PIXELS = max_image_pixels
@@ -283,35 +411,95 @@ def _pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def _load_image(source: str | bytes, image_root: Path) -> dict:
-    """Read, fully decode and return one image as ``{"bytes": png_or_jpeg_bytes}``."""
-    where = "embedded image"
-    if isinstance(source, str):
-        path = image_root / source
-        if not path.is_file():
-            raise _RowError("path", f"image not found: {path}", "missing")
-        where, source = str(path), path.read_bytes()
+class ImageError(ValueError):
+    """An image the guard refuses; ``kind`` is ``missing``, ``outside_root``, ``oversized`` or ``unreadable``."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason
+
+
+@dataclass(frozen=True)
+class ImageGuard:
+    """How image files and embedded images are read, by data preparation and by ``sophiavl-verl audit`` alike.
+
+    A path is taken relative to ``root``, resolved (``..`` collapsed, symlinks followed) and refused outside
+    ``root`` unless ``allow_outside_root``; its size on disk is checked before it is read. The bytes are then
+    verified and fully decoded by Pillow with its decompression-bomb guard on: an image above
+    ``PIL.Image.MAX_IMAGE_PIXELS`` is refused (Pillow itself only warns up to twice that limit).
+
+    Args:
+        root: The image root.
+        allow_outside_root: Read paths anywhere (absolute paths, ``..``, symlinks out of the root).
+        max_bytes: Largest image file or embedded image.
+    """
+
+    root: Path
+    allow_outside_root: bool = False
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+    def read(self, source: str | os.PathLike | bytes) -> tuple[bytes, str]:
+        """The image's bytes and its Pillow format (``PNG``, ``JPEG``, ...), after every check.
+
+        Raises:
+            ImageError: Naming the file (or "embedded image") and why it is refused.
+        """
+        if isinstance(source, bytes):
+            where, data = "embedded image", source
+            if len(data) > self.max_bytes:
+                raise ImageError("oversized", f"image too large: {where}: {len(data)} bytes, over {self.max_bytes}")
+        else:
+            path = self.root / source
+            where = str(path)
+            resolved = path.resolve()
+            if not self.allow_outside_root and not resolved.is_relative_to(self.root.resolve()):
+                root = self.root.resolve()
+                raise ImageError(
+                    "outside_root", f"image path {str(source)!r} resolves to {resolved}, outside the image root {root}"
+                )
+            if not resolved.is_file():
+                raise ImageError("missing", f"image not found: {path}")
+            size = resolved.stat().st_size
+            if size > self.max_bytes:
+                raise ImageError("oversized", f"image too large: {where}: {size} bytes on disk, over {self.max_bytes}")
+            try:
+                data = resolved.read_bytes()
+            except OSError as exc:
+                raise ImageError("unreadable", f"unreadable image: {where}: {exc.strerror or exc}") from None
+        try:
+            with warnings.catch_warnings():
+                # Above MAX_IMAGE_PIXELS Pillow only warns (it raises at twice the limit): make both errors.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as image:
+                    image.verify()
+                with Image.open(io.BytesIO(data)) as image:
+                    image.load()
+                    return data, image.format
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError("oversized", f"image too large: {where}: {exc}") from None
+        except Exception as exc:  # Pillow raises many types for corrupt files
+            # Pillow names the stream by its repr ("<_io.BytesIO object at 0x7f...>"): not reproducible.
+            detail = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "<image data>", str(exc))
+            raise ImageError("unreadable", f"unreadable image: {where}: {type(exc).__name__}: {detail}") from None
+
+
+def _load_image(source: str | bytes, guard: ImageGuard, field_name: str) -> dict:
+    """One image as ``{"bytes": png_or_jpeg_bytes}`` (other formats re-encoded as PNG)."""
     try:
-        with warnings.catch_warnings():
-            # Above MAX_IMAGE_PIXELS Pillow only warns (it raises at twice the limit): make both errors.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source)) as image:
-                image.verify()
-            with Image.open(io.BytesIO(source)) as image:
-                image.load()
-                if image.format not in ("PNG", "JPEG"):
-                    buffer = io.BytesIO()
-                    image.save(buffer, format="PNG")
-                    source = buffer.getvalue()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _RowError("path", f"image too large: {where}: {exc}", "oversized") from None
-    except Exception as exc:  # Pillow raises many types for corrupt files
-        raise _RowError("path", f"unreadable image: {where}: {type(exc).__name__}: {exc}", "unreadable") from None
-    return {"bytes": source}
+        data, image_format = guard.read(source)
+    except ImageError as exc:
+        raise _RowError(field_name, exc.reason, exc.kind) from None
+    if image_format not in ("PNG", "JPEG"):
+        with Image.open(io.BytesIO(data)) as image:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            data = buffer.getvalue()
+    return {"bytes": data}
 
 
-def _load_images(row: dict, image_root: Path) -> list[dict]:
-    return [_load_image(source, image_root) for source in _image_sources(row)]
+def _load_images(row: dict, guard: ImageGuard) -> list[dict]:
+    field_name = next((key for key in IMAGE_FIELDS if not _missing(row.get(key))), "path")
+    return [_load_image(source, guard, field_name) for source in _image_sources(row)]
 
 
 def _with_placeholders(text: str, num_images: int, field_name: str) -> str:
@@ -345,7 +533,7 @@ def build_rl_prompt(question: str, problem_type: str, num_images: int = 0) -> st
 
 
 def _rl_record(
-    row: dict, index: int, image_root: Path, data_source: str, system_prompt: str | None
+    row: dict, index: int, guard: ImageGuard, data_source: str, system_prompt: str | None
 ) -> tuple[dict, str]:
     question = _text(row, RL_FIELDS["question"])
     if not question:
@@ -355,17 +543,23 @@ def _rl_record(
         problem_type = canonical_problem_type(raw_type)
     except ValueError as exc:
         raise _RowError("problem_type", str(exc)) from None
-    answer = unwrap_answer(_text(row, RL_FIELDS["answer"]))
+    answer = unwrap_answer(_text(row, RL_FIELDS["answer"], numbers=True))
     if not answer:
         raise _RowError("solution", "empty answer")
     data_type = _text(row, ("data_type",)).lower()
     if data_type == "video":
         raise _RowError("data_type", "video rows are not supported")
-    images = [] if data_type == "text" else _load_images(row, image_root)
-    if data_type == "image" and not images:
-        raise _RowError("path", "data_type is 'image' but the row has no image path", "missing")
     options = row.get("options")
-    if problem_type == "multiple choice" and isinstance(options, list | tuple) and options:
+    if not _missing(options) and not (
+        isinstance(options, list | tuple)
+        and all(isinstance(o, (str, int, float)) and not isinstance(o, bool) for o in options)
+    ):
+        raise _RowError("options", f"must be a list of strings, got {_describe_value(options)}")
+    has_images = bool(_image_sources(row))  # types checked for every row, images read only for image rows
+    images = [] if data_type == "text" else _load_images(row, guard)
+    if data_type == "image" and not has_images:
+        raise _RowError("path", "data_type is 'image' but the row has no image path", "missing")
+    if problem_type == "multiple choice" and options:
         # The reference appends the options to the question (many questions already contain them).
         question = f"{question}\n" + "; ".join(map(str, options))
     record = {
@@ -386,21 +580,23 @@ def _rl_record(
     return record, problem_type
 
 
-def _trm_record(row: dict, index: int, image_root: Path) -> tuple[dict, None]:
+def _trm_record(row: dict, index: int, guard: ImageGuard) -> tuple[dict, None]:
     question = _text(row, TRM_FIELDS["question"])
     if not question:
         raise _RowError("question", "empty question")
     response = _text(row, TRM_FIELDS["response"])
     if not response:
         raise _RowError("response", "empty response")
-    raw_score = _text(row, TRM_FIELDS["score"])
+    raw_score = _text(row, TRM_FIELDS["score"], numbers=True)
     try:
         score = float(unwrap_answer(raw_score))
     except ValueError:
         score = math.nan
     if not 0.0 <= score <= 1.0:
         raise _RowError("score", f"score must be a number in [0, 1], got {raw_score!r}" if raw_score else "empty score")
-    images = _load_images(row, image_root)
+    images = _load_images(row, guard)
+    from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt  # aiohttp: not for --help
+
     # Same layout as ThinkingRewardClient's requests: images first, then the Table-4 prompt.
     prompt = IMAGE_PLACEHOLDER * len(images) + build_trm_prompt(question.replace(IMAGE_PLACEHOLDER, ""), response)
     messages = [
@@ -495,14 +691,16 @@ def _default_paths(output: Path, val_output: str | os.PathLike | None) -> tuple[
 
 def _convert_files(
     files: list[Path],
-    convert: Callable[[dict, int, Path], tuple[dict, str | None]],
-    image_root: Path,
+    convert: Callable[[dict, int, ImageGuard], tuple[dict, str | None]],
+    guard: ImageGuard,
     sink: _Sink,
     summary: Summary,
     strict: bool,
+    check_ids: bool,
 ) -> None:
     """Convert every row of ``files`` into ``sink``, counting into ``summary``; ``index`` runs over all files."""
     index = 0
+    first_seen: dict[str | int, str] = {}
     for file in files:
         total, rows = _rows_of(file)
         for file_row, row in enumerate(tqdm(rows, total=total, desc=f"{summary.command}: {file.name}", unit="row")):
@@ -510,7 +708,12 @@ def _convert_files(
             try:
                 if not isinstance(row, dict):
                     raise _RowError("row", f"expected an object, got {type(row).__name__}")
-                record, problem_type = convert(row, index, image_root)
+                row_id = _row_id(row) if check_ids else None
+                if row_id is not None and row_id[1] in first_seen:
+                    raise _RowError(row_id[0], f"duplicate id {row_id[1]!r}: first at {first_seen[row_id[1]]}")
+                record, problem_type = convert(row, index, guard)
+                if row_id is not None:
+                    first_seen[row_id[1]] = f"row {file_row} of {file}"
             except _RowError as exc:
                 if strict:
                     raise DataError(f"row {file_row} of {file}: field '{exc.field}': {exc.reason}") from None
@@ -526,56 +729,102 @@ def _convert_files(
             index += 1
 
 
+def _check_options(
+    output: Path, val_path: Path, val_size: float, seed: int, max_image_pixels: int | None, max_image_bytes: int
+) -> None:
+    """Every option's value, before any input is read; errors name the flag."""
+    if output.suffix != ".parquet":
+        raise DataError(f"--output must be a .parquet file, got {output}")
+    if val_path.suffix != ".parquet" or val_path.resolve() == output.resolve():
+        raise DataError(f"--val-output must be a .parquet file other than --output, got {val_path}")
+    for path, flag in ((output, "--output"), (val_path, "--val-output")):
+        if path.is_dir():
+            raise DataError(f"{flag} {path} is a folder; give a .parquet file name")
+    if not (isinstance(val_size, (int, float)) and math.isfinite(val_size) and val_size >= 0) or (
+        val_size >= 1 and val_size != int(val_size)
+    ):
+        raise DataError(f"--val-size must be a fraction in [0, 1) or a whole count of rows, got {val_size}")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise DataError(f"--seed must be an integer >= 0, got {seed}")
+    for value, flag in ((max_image_pixels, "--max-image-pixels"), (max_image_bytes, "--max-image-bytes")):
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise DataError(f"{flag} must be a positive integer, got {value}")
+
+
 def _prepare(
     command: str,
     inputs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
-    convert: Callable[[dict, int, Path], tuple[dict, str | None]],
+    convert: Callable[[dict, int, ImageGuard], tuple[dict, str | None]],
     fields: dict[str, tuple[str, ...]],
     schema: pa.Schema,
     *,
     image_root: str | os.PathLike | None = None,
+    allow_outside_image_root: bool = False,
     val_size: float = 0,
     val_output: str | os.PathLike | None = None,
     strict: bool = False,
     seed: int = 0,
     max_image_pixels: int | None = None,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> Summary:
     output = Path(output)
-    if output.suffix != ".parquet":
-        raise DataError(f"--output must be a .parquet file, got {output}")
-    if val_size < 0:
-        raise DataError(f"--val-size must be >= 0, got {val_size}")
-    files = [f for path in inputs for f in find_data_files(path, fields)]
+    val_path, report_path = _default_paths(output, val_output)
+    _check_options(output, val_path, val_size, seed, max_image_pixels, max_image_bytes)
     if image_root is None:
         first = Path(inputs[0])
         image_root = first if first.is_dir() else first.parent
     image_root = Path(image_root)
-    val_path, report_path = _default_paths(output, val_output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.partial")
-    summary = Summary(command=command, files=[str(f) for f in files])
-    sink = _Sink(tmp, schema)
-    try:
-        with _pixel_limit(max_image_pixels):
-            _convert_files(files, convert, image_root, sink, summary, strict)
-        sink.close()
-    except BaseException:
-        sink.writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    val_rows: set[int] = set()
-    if val_size:
-        import numpy as np
+    if not image_root.is_dir():
+        raise DataError(f"--image-root {image_root} is not a folder")
+    guard = ImageGuard(image_root, allow_outside_root=allow_outside_image_root, max_bytes=max_image_bytes)
+    files, skipped = [], []
+    for path in inputs:
+        found, skipped_here = find_data_files(path, fields, exclude=(output, val_path, report_path))
+        files += found
+        skipped += skipped_here
+    summary = Summary(command=command, files=[str(f) for f in files], skipped_files=skipped)
 
-        count = _val_count(val_size, summary.rows_written)
-        val_rows = set(np.random.default_rng(seed).choice(summary.rows_written, size=count, replace=False).tolist())
-    summary.rows_val = len(val_rows)
-    summary.outputs = [str(output)] + ([str(val_path)] if val_rows else [])
-    _finalize(tmp, [Path(p) for p in summary.outputs], val_rows, keep_images=summary.images_embedded > 0)
-    with open(report_path, "w", encoding="utf-8") as f:
-        for rejection in summary.rejected:
-            f.write(json.dumps(asdict(rejection), ensure_ascii=False) + "\n")
+    # Everything is written under a temporary name and moved into place at the end: a failed or interrupted
+    # run leaves no file behind.
+    finals = [output, val_path, report_path]
+    staged = {path: path.with_name(f".{path.name}.partial") for path in finals}
+    stream = output.with_name(f".{output.name}.stream.partial")
+    try:
+        for path in {output.parent, val_path.parent}:
+            path.mkdir(parents=True, exist_ok=True)
+        sink = _Sink(stream, schema)
+    except OSError as exc:
+        raise DataError(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
+    try:
+        try:
+            with _pixel_limit(max_image_pixels):
+                _convert_files(files, convert, guard, sink, summary, strict, check_ids=command == "rl")
+        except BaseException:
+            sink.writer.close()
+            raise
+        sink.close()
+        val_rows: set[int] = set()
+        if val_size:
+            import numpy as np
+
+            count = _val_count(val_size, summary.rows_written)
+            generator = np.random.default_rng(seed)
+            val_rows = set(generator.choice(summary.rows_written, size=count, replace=False).tolist())
+        summary.rows_val = len(val_rows)
+        outputs = [output] + ([val_path] if val_rows else [])
+        _finalize(stream, [staged[p] for p in outputs], val_rows, keep_images=summary.images_embedded > 0)
+        with open(staged[report_path], "w", encoding="utf-8") as f:
+            for rejection in summary.rejected:
+                f.write(json.dumps(asdict(rejection), ensure_ascii=False) + "\n")
+        for path in [*outputs, report_path]:
+            os.replace(staged[path], path)
+    except OSError as exc:
+        raise DataError(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
+    finally:
+        for path in [stream, *staged.values()]:
+            path.unlink(missing_ok=True)
+    summary.outputs = [str(p) for p in outputs]
     summary.report = str(report_path)
     return summary
 
@@ -598,12 +847,15 @@ def prepare_rl(
         **options: Shared with :func:`prepare_trm`:
 
             * ``image_root``: folder the rows' image paths are relative to; default: the first input's folder.
+              Image paths that resolve outside it (absolute, ``..``, symlinks) are rejected unless
+              ``allow_outside_image_root`` (False) is set; see :class:`ImageGuard`.
             * ``val_size`` (0): rows held out for validation, a count (>= 1) or a fraction (< 1); 0 = no split.
             * ``val_output``: validation parquet; default ``val.parquet`` next to a ``train.parquet`` output,
               else ``<output stem>_val.parquet``.
             * ``strict`` (False): raise :class:`DataError` at the first bad row instead of skipping it.
             * ``seed`` (0): seed of the validation draw.
             * ``max_image_pixels``: Pillow's decompression-bomb limit for this run (default: Pillow's own).
+            * ``max_image_bytes``: largest image file or embedded image (64 MiB), checked before reading it.
 
     Returns:
         The run's :class:`Summary`; the rejected rows are also in ``<output stem>_rejected.jsonl``.
@@ -626,7 +878,9 @@ def prepare_trm(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sophiavl-verl-data", description=__doc__.split("\n\n")[0])
+    from sophiavl_verl.cli import OneLineErrorParser
+
+    parser = OneLineErrorParser(prog="sophiavl-verl-data", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     helps = {
         "rl": "SophiaVL-R1-130k rows -> verl RL parquet",
@@ -645,6 +899,10 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
         sub.add_argument("--strict", action="store_true", help="fail on the first bad row")
         sub.add_argument("--max-image-pixels", type=int, help="Pillow's decompression-bomb limit (default: Pillow's)")
+        sub.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
+                         help="largest image file or embedded image, checked before reading it (default: 64 MiB)")
+        sub.add_argument("--allow-outside-image-root", action="store_true",
+                         help="read image paths that resolve outside --image-root (absolute, .., symlinks)")
         if name == "rl":
             sub.add_argument("--data-source", default="sophiavl_r1", help="value of the data_source column")
             sub.add_argument("--system-prompt", help="a system message before each row's question (default: none)")
@@ -656,7 +914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options = dict(
         image_root=args.image_root, val_size=args.val_size, val_output=args.val_output, strict=args.strict,
-        seed=args.seed, max_image_pixels=args.max_image_pixels,
+        seed=args.seed, max_image_pixels=args.max_image_pixels, max_image_bytes=args.max_image_bytes,
+        allow_outside_image_root=args.allow_outside_image_root,
     )
     try:
         if args.command == "rl":
@@ -667,11 +926,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = prepare_trm(args.inputs, args.output, **options)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(summary.format())
     if not summary.rows_written:
         print("error: no row was written; see the rejected-rows report", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -17,6 +17,13 @@ Used by ``sophiavl-verl audit`` to serve the embedded tiny thinking reward model
 The child runs ``python -m sophiavl_verl.local_server serve MODEL [transformers serve options]``, which installs
 :func:`sophiavl_verl.tiny_vl.install_processor_shim` (Qwen2.5-VL processors need it without torchvision) and
 then runs transformers' own ``serve`` command in-process.
+
+The child is in its own session (a terminal's signals do not reach it), so this process stops it: on
+:meth:`LocalOpenAIServer.stop` (the context manager's exit), at interpreter exit, and on every catchable
+signal that would end this process (:data:`TERMINATING_SIGNALS`: a closed terminal's SIGHUP, SIGTERM,
+SIGINT, ...). While a server runs, those signals first stop every running server (the child and its
+temporary folders), then take their previous course: the previous Python handler runs, or the process
+ends by the signal as it would have. Ignored signals stay ignored. SIGKILL cannot be caught.
 """
 
 from __future__ import annotations
@@ -29,17 +36,64 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalOpenAIServer", "ServerStartError", "free_port", "main"]
+__all__ = ["LocalOpenAIServer", "ServerStartError", "TERMINATING_SIGNALS", "free_port", "main"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+#: Asynchronous signals whose default action ends the process (faults such as SIGSEGV cannot be handled in
+#: Python; SIGKILL and SIGSTOP cannot be caught at all).
+TERMINATING_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGHUP", "SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF",
+                 "SIGXCPU", "SIGIO", "SIGPWR", "SIGSTKFLT")
+    if hasattr(signal, name)
+)
+_running: list[LocalOpenAIServer] = []  # started and not yet stopped, in this process
+_previous_handlers: dict[int, Any] = {}  # while a server runs: the handlers ours replaced
+
+
+def _stop_servers_then_resignal(signum: int, frame) -> None:
+    """Signal handler: stop every running server, then let the signal take its previous course."""
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    for server in list(_running):
+        server.stop()
+    if callable(previous):
+        previous(signum, frame)
+    else:  # SIG_DFL: end the process by this signal, as it would have without us
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _watch_signals() -> None:
+    """Route the terminating signals through :func:`_stop_servers_then_resignal` (main thread only)."""
+    if _previous_handlers or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in TERMINATING_SIGNALS:
+        current = signal.getsignal(signum)
+        if current in (signal.SIG_IGN, None):  # ignored (nohup), or a handler installed outside Python
+            continue
+        _previous_handlers[signum] = current
+        signal.signal(signum, _stop_servers_then_resignal)
+
+
+def _unwatch_signals() -> None:
+    """Put the replaced handlers back once no server runs."""
+    if _running or threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in _previous_handlers.items():
+        if signal.getsignal(signum) is _stop_servers_then_resignal:
+            signal.signal(signum, previous)
+    _previous_handlers.clear()
 
 
 class ServerStartError(RuntimeError):
@@ -162,11 +216,13 @@ class LocalOpenAIServer:
             "--host", self.host, "--port", str(self.port), "--device", "cpu", *self.extra_args,
         ]  # fmt: skip
         self._progress(f"starting transformers serve for {self.model_path.name} on {self.host}:{self.port}")
+        _watch_signals()
+        _running.append(self)
+        atexit.register(self.stop)
         with open(self._log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        atexit.register(self.stop)
         try:
             self._wait_ready()
         except BaseException:
@@ -212,6 +268,8 @@ class LocalOpenAIServer:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server: SIGTERM to its process group, then SIGKILL after ``timeout_s``. Idempotent."""
         atexit.unregister(self.stop)
+        if self in _running:
+            _running.remove(self)
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
@@ -232,6 +290,7 @@ class LocalOpenAIServer:
             if proc.returncode in (0, -signal.SIGTERM, -signal.SIGKILL):
                 self._log_path.unlink(missing_ok=True)
                 self._log_path = None
+        _unwatch_signals()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

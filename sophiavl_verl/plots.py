@@ -14,16 +14,12 @@ each step through its console logger (``verl.utils.logger.aggregate_logger.Local
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["PlotError", "TRAINING_PANELS", "parse_metrics_log", "plot_audit", "plot_training", "write_series_csv"]
 
@@ -39,15 +35,31 @@ class PlotError(Exception):
 # ------------------------------------------------------------------------------------------- audit plots
 
 
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported with the first figure (so the CLI starts fast)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    from sophiavl_verl.report import write_atomically
+
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=DPI)
+    finally:
+        _pyplot().close(fig)
+    return write_atomically(path, buffer.getvalue())
 
 
 def plot_audit(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write the audit's PNG plots into ``out_dir``; returns ``{name: path}``."""
+    plt = _pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups = report["groups"]
@@ -136,7 +148,7 @@ def _fmt(x: float | None) -> str:
 # ----------------------------------------------------------------------------------------- metric logs
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_CONSOLE = re.compile(r"(?:^|[\s)\]])step:(\d+)((?: - [^\n]*)?)$")
+_CONSOLE = re.compile(r"(?:^|[\s)\]])step:(\S+?)((?: - [^\n]*)?)$")
 _NUMPY_SCALAR = re.compile(r"^(?:np|numpy)\.\w+\((.*)\)$")
 
 
@@ -153,6 +165,19 @@ def _value(text: str) -> float | None:
         return None
 
 
+def _step(raw: object) -> int:
+    """A logged step: a whole number >= 0 (``3`` or ``3.0``; not ``1.7``, ``"two"``, ``null`` or ``1e400``).
+
+    Raises:
+        ValueError: Saying what the step is instead.
+    """
+    if isinstance(raw, str) and raw.isdigit():
+        return int(raw)
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw) and raw == int(raw) >= 0:
+        return int(raw)
+    raise ValueError(f"step {raw!r} is not a whole number >= 0")
+
+
 def _parse_console_line(line: str) -> tuple[int, dict[str, float]] | None:
     match = _CONSOLE.search(_ANSI.sub("", line.rstrip("\r\n")))
     if not match:
@@ -165,7 +190,9 @@ def _parse_console_line(line: str) -> tuple[int, dict[str, float]] | None:
         value = _value(raw)
         if value is not None:
             values[key.strip()] = value
-    return int(match.group(1)), values
+    if not match.group(1).isdigit() and not values:
+        return None  # "step:" in other text, not a metrics line
+    return _step(match.group(1)), values
 
 
 def _parse_file_logger_line(line: str) -> tuple[int, dict[str, float]] | None:
@@ -183,7 +210,7 @@ def _parse_file_logger_line(line: str) -> tuple[int, dict[str, float]] | None:
             values[key] = float(raw)
         elif isinstance(raw, (int, float)):
             values[key] = float(raw)
-    return int(obj["step"]), values
+    return _step(obj["step"]), values
 
 
 def parse_metrics_log(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
@@ -194,7 +221,8 @@ def parse_metrics_log(path: str | os.PathLike) -> dict[str, list[tuple[int, floa
     (a resumed run) keeps the last value.
 
     Raises:
-        PlotError: If the file cannot be read or holds no metric line; the message names the file.
+        PlotError: If the file cannot be read, holds no metric line, or a metric line's step is not a whole
+            number >= 0; the message names the file (and the line).
     """
     path = Path(path)
     try:
@@ -204,13 +232,16 @@ def parse_metrics_log(path: str | os.PathLike) -> dict[str, list[tuple[int, floa
     by_key: dict[str, dict[int, float]] = {}
     metric_lines = 0
     with handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             stripped = line.strip()
             if not stripped:
                 continue
-            parsed = _parse_file_logger_line(stripped) if stripped.startswith("{") else None
-            if parsed is None:
-                parsed = _parse_console_line(line)
+            try:
+                parsed = _parse_file_logger_line(stripped) if stripped.startswith("{") else None
+                if parsed is None:
+                    parsed = _parse_console_line(line)
+            except ValueError as exc:
+                raise PlotError(f"{path}:{number}: {exc}") from None
             if parsed is None:
                 continue
             step, values = parsed
@@ -261,8 +292,6 @@ def plot_training(series: dict[str, list[tuple[int, float]]], out_dir: str | os.
     Raises:
         PlotError: If none of the panels' metrics is in ``series``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     panels = []
     for stem, title, keys in TRAINING_PANELS:
@@ -276,7 +305,10 @@ def plot_training(series: dict[str, list[tuple[int, float]]], out_dir: str | os.
             f"trm/*); it has {len(series)} other metric(s): {', '.join(list(series)[:8])}"
             f"{' ...' if len(series) > 8 else ''}"
         )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
+    plt = _pyplot()
 
     def draw(ax, title, keys):
         for key in keys:
@@ -306,12 +338,13 @@ def write_series_csv(series: dict[str, list[tuple[int, float]]], path: str | os.
     """All parsed metrics as a wide CSV (one row per step, one column per metric, empty when not logged)."""
     import csv
 
-    path = Path(path)
+    from sophiavl_verl.report import write_atomically
+
     steps = sorted({s for points in series.values() for s, _ in points})
     lookup = {key: dict(points) for key, points in series.items()}
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", *series])
-        for step in steps:
-            writer.writerow([step, *("" if step not in lookup[k] else repr(lookup[k][step]) for k in series)])
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["step", *series])
+    for step in steps:
+        writer.writerow([step, *("" if step not in lookup[k] else repr(lookup[k][step]) for k in series)])
+    return write_atomically(Path(path), text.getvalue())

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REPORT_VERSION", "build_report", "render_markdown", "write_report"]
+__all__ = ["REPORT_VERSION", "build_report", "render_markdown", "write_atomically", "write_report"]
 
 REPORT_VERSION = 1
 PROBLEM_TYPE_ORDER = ("numerical", "multiple choice", "OCR", "free-form", "text")
@@ -59,10 +59,6 @@ def _group_entry(res, settings, text_limit: int | None) -> dict:
     g = res.group
     thr = settings.correct_threshold
     correct = [ro >= thr for ro in res.outcome]
-    scored = [math.isfinite(rt) for rt in res.thinking]
-    rt_correct = [rt for rt, c, s in zip(res.thinking, correct, scored) if c and s]
-    rt_wrong = [rt for rt, c, s in zip(res.thinking, correct, scored) if not c and s]
-    mixed = bool(rt_correct) and bool(rt_wrong)
     responses = []
     for i, text in enumerate(g.responses):
         entry = {
@@ -92,11 +88,11 @@ def _group_entry(res, settings, text_limit: int | None) -> dict:
         "anneal": res.anneal,
         "n_correct": sum(correct),
         "n_wrong": len(correct) - sum(correct),
-        "mixed": mixed,
-        "mu_correct": _mean(rt_correct),
-        "mu_wrong": _mean(rt_wrong),
+        "mixed": res.mixed,
+        "mu_correct": _f(res.mu_correct),
+        "mu_wrong": _f(res.mu_wrong),
         "gamma": _f(res.gamma),
-        "untrusted": bool(mixed and res.gamma < 1.0),
+        "untrusted": res.untrusted,
         "meta": g.meta,
         "responses": responses,
     }
@@ -212,20 +208,29 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def write_atomically(path: Path, data: str | bytes) -> Path:
+    """Write ``path`` through a temporary file in its folder and a rename: a reader sees the old file or the
+    whole new one, and a failed write leaves nothing behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json`` and ``report.md`` into ``out_dir`` (atomically: a reader never sees half a file)."""
+    """Write ``report.json``, then ``report.md``, into ``out_dir``, each atomically (:func:`write_atomically`).
+
+    ``report.json`` holds every score, so it is written before the markdown is rendered.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "report.json", "markdown": out / "report.md"}
     payload = {k: v for k, v in report.items() if k != "paths"}
-    texts = {
-        "json": json.dumps(_json_safe(payload), indent=1, ensure_ascii=False, allow_nan=False) + "\n",
-        "markdown": render_markdown(report),
-    }
-    for key, path in paths.items():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(texts[key], encoding="utf-8")
-        os.replace(tmp, path)
+    text = json.dumps(_json_safe(payload), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    paths = {"json": write_atomically(out / "report.json", text)}
+    paths["markdown"] = write_atomically(out / "report.md", render_markdown(report))
     return paths
 
 

@@ -5,7 +5,13 @@ R^t_i in [0, 1] (NaN = missing: the thinking reward model failed or was not aske
 
     G_correct = {i : R^o_i >= threshold, R^t_i scored},  G_wrong = {i : R^o_i < threshold, R^t_i scored}
     μ_c = mean_{i in G_correct} R^t_i,  μ_w = mean_{i in G_wrong} R^t_i                     (Eq. 1-2)
-    γ = 1 if μ_c >= μ_w else e^(μ_c - μ_w)                                                 (Eq. 3)
+    γ = 1 if μ_c >= μ_w - TIE_TOLERANCE else e^(μ_c - μ_w)                                 (Eq. 3)
+
+Equal means must give γ = 1 exactly, but a mean of equal floats is not always that float
+(3 × 0.7 / 3 = 0.6999999999999998 while 5 × 0.7 / 5 = 0.7), so Eq. 3 compares with a tolerance of
+``TIE_TOLERANCE`` = 1e-9: far above the rounding of any group's mean (under n · 2^-53 for n responses)
+and far below any difference a thinking reward model expresses (its scores are in steps of 0.1).
+``_group_trust`` is the one place that applies the rule; the metrics and the audit read its result.
     R_i = R^o_i + γ · α · anneal(step) · R^t_i      (a missing R^t_i adds nothing)         (Eq. 5)
     A_i = (R_i - mean(R)) / (std(R) + ε)            (verl's GRPO normalisation)            (Eq. 6)
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,6 +43,9 @@ __all__ = [
     "TRM_LATENCY_KEY",
     "TRM_FAILURE_KEY",
     "TRM_COST_COLUMNS",
+    "TIE_TOLERANCE",
+    "GroupTrust",
+    "group_trust",
     "trust_weighted_rewards",
     "group_normalized_advantage",
     "compute_trust_grpo_advantage",
@@ -58,6 +68,9 @@ TRM_COST_COLUMNS = (
     ("bytes_sent", "sophiavl_trm_bytes_sent", "trm/bytes_sent"),
 )
 
+#: μ_c below μ_w by at most this is a tie (γ = 1): float rounding of the means, not a judgement.
+TIE_TOLERANCE = 1e-9
+
 
 class GroupTrust(NamedTuple):
     """Per-group quantities of Eq. 1-3, each of shape (num_groups,)."""
@@ -65,6 +78,7 @@ class GroupTrust(NamedTuple):
     mu_correct: torch.Tensor  # NaN where the group has no scored correct response
     mu_wrong: torch.Tensor  # NaN where the group has no scored wrong response
     mixed: torch.Tensor  # bool: at least one scored correct and one scored wrong response
+    untrusted: torch.Tensor  # bool: mixed, trust weight on, and μ_c < μ_w - TIE_TOLERANCE (so γ < 1)
     gamma: torch.Tensor  # the multiplier applied to the group's thinking rewards
 
 
@@ -79,6 +93,11 @@ def _group_trust(
     use_trust_weight: bool,
 ) -> GroupTrust:
     """Eq. 1-3 for every group at once (float64 inputs of shape (bs,), ``group`` of ids 0..G-1)."""
+    if outcome.ndim != 1 or thinking.shape != outcome.shape or group.shape != outcome.shape:
+        raise ValueError(
+            f"outcome, thinking and index must be 1-D of one length, got {tuple(outcome.shape)}, "
+            f"{tuple(thinking.shape)}, {tuple(group.shape)}"
+        )
     scored = ~torch.isnan(thinking)
     correct = outcome >= correct_threshold
     value = torch.where(scored, thinking, torch.zeros_like(thinking))
@@ -93,13 +112,14 @@ def _group_trust(
     mixed = (n_correct > 0) & (n_wrong > 0)
 
     if not use_trust_weight:
+        untrusted = torch.zeros(num_groups, dtype=torch.bool)
         gamma = torch.ones(num_groups, dtype=torch.float64)
     else:
-        # NaN comparisons are False, so non-mixed groups land in the exp branch; they are replaced below.
-        gamma_mixed = torch.where(mu_correct >= mu_wrong, 1.0, torch.exp(mu_correct - mu_wrong))
+        untrusted = mixed & (mu_correct < mu_wrong - TIE_TOLERANCE)  # NaN compares False: never untrusted
         uniform_gamma = 0.0 if uniform_groups == "skip" else 1.0
-        gamma = torch.where(mixed, gamma_mixed, torch.full_like(gamma_mixed, uniform_gamma))
-    return GroupTrust(mu_correct, mu_wrong, mixed, gamma)
+        trusted = torch.where(mixed, 1.0, uniform_gamma).double()
+        gamma = torch.where(untrusted, torch.exp(mu_correct - mu_wrong), trusted)
+    return GroupTrust(mu_correct, mu_wrong, mixed, untrusted, gamma)
 
 
 def _group_ids(index: np.ndarray) -> tuple[torch.Tensor, int]:
@@ -123,16 +143,13 @@ def _thinking_terms(
     uniform_groups: str,
     use_trust_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, GroupTrust]:
-    """The thinking term γ·α·anneal·R^t of every response (float64, shape (bs,)), its γ, and the group stats."""
-    if outcome.ndim != 1 or thinking.shape != outcome.shape or group.shape != outcome.shape:
-        raise ValueError(
-            f"outcome, thinking and index must be 1-D of one length, got {tuple(outcome.shape)}, "
-            f"{tuple(thinking.shape)}, {tuple(group.shape)}"
-        )
-    thinking64 = thinking.detach().to("cpu", torch.float64)
+    """The thinking term γ·α·anneal·R^t of every response (float64, shape (bs,)), its γ, and the group stats.
+
+    ``outcome`` and ``thinking`` are validated float64 CPU tensors (see :func:`_check_rewards`).
+    """
     trust = _group_trust(
-        outcome.detach().to("cpu", torch.float64),
-        thinking64,
+        outcome,
+        thinking,
         group,
         num_groups,
         correct_threshold=correct_threshold,
@@ -140,7 +157,7 @@ def _thinking_terms(
         use_trust_weight=use_trust_weight,
     )
     gamma = trust.gamma[group]
-    return gamma * (alpha * anneal) * torch.nan_to_num(thinking64, nan=0.0), gamma, trust
+    return gamma * (alpha * anneal) * torch.nan_to_num(thinking, nan=0.0), gamma, trust
 
 
 def _add_term(base: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
@@ -148,10 +165,82 @@ def _add_term(base: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
     return (base.detach().to("cpu", torch.float64) + term).to(device=base.device, dtype=base.dtype)
 
 
+def _as_float64(values: Any, name: str) -> torch.Tensor:
+    """A 1-D float64 CPU tensor of ``values``: a tensor of any dtype, an array or a list (``None`` -> NaN).
+
+    Raises:
+        ValueError: Naming ``name`` and the row of the first entry that is not a number (strings included).
+    """
+    if isinstance(values, torch.Tensor):
+        column = values.detach().to("cpu", torch.float64)
+    else:
+        array = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+        if array.dtype.kind not in "biuf" and array.ndim == 1:  # numbers or None only (numpy parses "0.5")
+            for row, value in enumerate(array):
+                if value is not None and not isinstance(value, (int, float, np.integer, np.floating)):
+                    raise ValueError(f"{name} of row {row} is {value!r}, not a number")
+            array = np.array([math.nan if v is None else v for v in array], dtype=np.float64)
+        column = torch.from_numpy(np.asarray(array, dtype=np.float64))
+    if column.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one value per response), got shape {tuple(column.shape)}")
+    return column
+
+
+def _check_rewards(outcome: torch.Tensor, thinking: torch.Tensor, outcome_name: str, thinking_name: str) -> None:
+    """R^o must be finite and R^t in [0, 1] or NaN (missing); errors name the row."""
+    bad = torch.nonzero(~torch.isfinite(outcome)).flatten()
+    if bad.numel():
+        row = int(bad[0])
+        raise ValueError(f"{outcome_name} of row {row} is {outcome[row].item()}; outcome rewards must be finite")
+    bad = torch.nonzero((thinking < 0) | (thinking > 1)).flatten()  # NaN compares False: allowed (missing)
+    if bad.numel():
+        row = int(bad[0])
+        raise ValueError(f"{thinking_name} of row {row} is {thinking[row].item()}; it must be in [0, 1] or NaN")
+
+
+def _api_inputs(
+    function: str, outcome: Any, thinking: Any, index: Any, **options: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Validated float64 R^o, R^t, group ids and group count for a public function, errors naming the argument.
+
+    ``options`` are checked by :class:`TrustGRPOConfig`, the estimator's own validation (``ConfigError``
+    is a ``ValueError``).
+    """
+    TrustGRPOConfig(**options, _prefix=function)
+    outcome64, thinking64 = _as_float64(outcome, "outcome"), _as_float64(thinking, "thinking")
+    _check_rewards(outcome64, thinking64, "outcome", "thinking")
+    return outcome64, thinking64, *_group_ids(index)
+
+
+def group_trust(
+    outcome: torch.Tensor | np.ndarray | Sequence[float],
+    thinking: torch.Tensor | np.ndarray | Sequence[float | None],
+    index: np.ndarray | Sequence[Any],
+    *,
+    correct_threshold: float = 0.5,
+    uniform_groups: str = "skip",
+    use_trust_weight: bool = True,
+) -> GroupTrust:
+    """μ_c, μ_w, whether the group is mixed and untrusted, and γ (Eq. 1-3) of every group.
+
+    Arguments as :func:`trust_weighted_rewards`. Groups are numbered in order of first appearance in
+    ``index``.
+
+    Returns:
+        :class:`GroupTrust` of float64 / bool CPU tensors of shape (num_groups,).
+    """
+    outcome64, thinking64, group, num_groups = _api_inputs(
+        "group_trust", outcome, thinking, index, correct_threshold=correct_threshold,
+        uniform_groups=uniform_groups, use_trust_weight=use_trust_weight,
+    )
+    return _group_trust(outcome64, thinking64, group, num_groups, correct_threshold=correct_threshold,
+                        uniform_groups=uniform_groups, use_trust_weight=use_trust_weight)
+
+
 def trust_weighted_rewards(
-    outcome: torch.Tensor,
-    thinking: torch.Tensor,
-    index: np.ndarray,
+    outcome: torch.Tensor | np.ndarray | Sequence[float],
+    thinking: torch.Tensor | np.ndarray | Sequence[float | None],
+    index: np.ndarray | Sequence[Any],
     *,
     alpha: float,
     anneal: float = 1.0,
@@ -161,40 +250,58 @@ def trust_weighted_rewards(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Trust-weighted reward of every response (Eq. 1-5), vectorised over the batch.
 
+    Inputs are validated as the registered estimator validates the reward extra info; computation is in
+    float64 whatever the input dtype.
+
     Args:
-        outcome: `(torch.Tensor)` shape (bs,). Outcome rewards R^o.
-        thinking: `(torch.Tensor)` shape (bs,). Thinking rewards R^t in [0, 1]; NaN marks a missing
-            one, which is excluded from μ_c and μ_w and adds nothing to its response's reward.
-        index: `(np.ndarray)` shape (bs,). Group id of each response (verl's ``uid`` array).
-        alpha: Weight α of the thinking reward (0.3 in the paper).
-        anneal: The annealing factor of the current step, e.g. e^(-step/T).
-        correct_threshold: R^o at or above this counts as correct.
+        outcome: `(torch.Tensor | np.ndarray | list)` shape (bs,). Outcome rewards R^o, finite.
+        thinking: `(torch.Tensor | np.ndarray | list)` shape (bs,). Thinking rewards R^t in [0, 1]; NaN
+            (or ``None`` in a list) marks a missing one, which is excluded from μ_c and μ_w and adds
+            nothing to its response's reward.
+        index: `(np.ndarray | list)` shape (bs,). Group id of each response (verl's ``uid`` array).
+        alpha: Weight α of the thinking reward (0.3 in the paper), finite and >= 0.
+        anneal: The annealing factor of the current step, e.g. e^(-step/T), finite and >= 0.
+        correct_threshold: R^o at or above this counts as correct, in (0, 1].
         uniform_groups: For a group without at least one scored correct and one scored wrong
             response: ``"skip"`` (no thinking term) or ``"trust"`` (γ = 1).
         use_trust_weight: ``False`` sets γ = 1 everywhere (the "w/o trust weight" ablations).
 
     Returns:
-        rewards: `(torch.Tensor)` shape (bs,), dtype of ``outcome``. R_i of Eq. 5.
-        gamma: `(torch.Tensor)` shape (bs,). The multiplier applied to each response's thinking
-            reward: its group's γ, 0 for a skipped group.
+        rewards: `(torch.Tensor)` shape (bs,). R_i of Eq. 5, in ``outcome``'s dtype and device when it
+            is a floating-point tensor, else float64 on the CPU.
+        gamma: `(torch.Tensor)` shape (bs,), same dtype and device. The multiplier applied to each
+            response's thinking reward: its group's γ, 0 for a skipped group.
+
+    Raises:
+        ValueError: On a non-finite R^o, an R^t outside [0, 1], a missing group id, inputs of different
+            lengths, or an invalid option; the message names the row or the argument.
     """
+    if not (isinstance(anneal, (int, float)) and math.isfinite(anneal) and anneal >= 0):
+        raise ValueError(f"trust_weighted_rewards.anneal must be a finite number >= 0, got {anneal!r}")
+    outcome64, thinking64, group, num_groups = _api_inputs(
+        "trust_weighted_rewards", outcome, thinking, index, alpha=alpha, correct_threshold=correct_threshold,
+        uniform_groups=uniform_groups, use_trust_weight=use_trust_weight,
+    )
     term, gamma, _ = _thinking_terms(
-        outcome,
-        thinking,
-        *_group_ids(index),
+        outcome64,
+        thinking64,
+        group,
+        num_groups,
         alpha=alpha,
         anneal=anneal,
         correct_threshold=correct_threshold,
         uniform_groups=uniform_groups,
         use_trust_weight=use_trust_weight,
     )
-    return _add_term(outcome, term), gamma.to(device=outcome.device, dtype=outcome.dtype)
+    floating = isinstance(outcome, torch.Tensor) and outcome.is_floating_point()
+    base = outcome if floating else outcome64
+    return _add_term(base, term), gamma.to(device=base.device, dtype=base.dtype)
 
 
 def group_normalized_advantage(
-    scores: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: np.ndarray,
+    scores: torch.Tensor | np.ndarray | Sequence[float],
+    response_mask: torch.Tensor | np.ndarray,
+    index: np.ndarray | Sequence[Any],
     *,
     norm_by_std: bool = True,
     epsilon: float = 1e-6,
@@ -205,18 +312,33 @@ def group_normalized_advantage(
     a one-response group has mean 0 and std 1; the std is the unbiased one; the result is float32.
 
     Args:
-        scores: `(torch.Tensor)` shape (bs,). Per-response rewards R_i.
-        response_mask: `(torch.Tensor)` shape (bs, response_length).
-        index: `(np.ndarray)` shape (bs,). Group id of each response.
+        scores: `(torch.Tensor | np.ndarray | list)` shape (bs,). Per-response rewards R_i, finite.
+        response_mask: `(torch.Tensor | np.ndarray)` shape (bs, response_length).
+        index: `(np.ndarray | list)` shape (bs,). Group id of each response.
         norm_by_std: Divide by the group std (GRPO) or not (Dr.GRPO), as verl's
             ``norm_adv_by_std_in_grpo``.
-        epsilon: Added to the std.
+        epsilon: Added to the std, finite and >= 0.
 
     Returns:
-        advantages: `(torch.Tensor)` shape (bs, response_length).
+        advantages: `(torch.Tensor)` shape (bs, response_length), float32, on ``scores``' device.
         returns: `(torch.Tensor)` shape (bs, response_length), equal to ``advantages``.
+
+    Raises:
+        ValueError: On a non-finite score (naming its row), mismatched shapes or an invalid option.
     """
+    TrustGRPOConfig(epsilon=epsilon, _prefix="group_normalized_advantage")
+    if not isinstance(scores, torch.Tensor):
+        scores = _as_float64(scores, "scores")
+    bad = torch.nonzero(~torch.isfinite(scores.detach())).flatten()
+    if bad.numel():
+        raise ValueError(f"scores of row {int(bad[0])} is {scores[int(bad[0])].item()}; scores must be finite")
+    response_mask = torch.as_tensor(response_mask, device=scores.device)
     group, _ = _group_ids(index)
+    if scores.ndim != 1 or response_mask.ndim != 2 or not len(scores) == len(response_mask) == len(group):
+        raise ValueError(
+            f"scores (bs,), response_mask (bs, response_length) and index (bs,) must agree, got "
+            f"{tuple(scores.shape)}, {tuple(response_mask.shape)}, {tuple(group.shape)}"
+        )
     return _normalize(scores, response_mask, group, norm_by_std=norm_by_std, epsilon=epsilon)
 
 
@@ -239,11 +361,7 @@ def _column(non_tensor_batch: dict[str, Any], key: str, size: int) -> torch.Tens
     values = non_tensor_batch[key]
     if len(values) != size:
         raise ValueError(f"reward extra info {key!r} has {len(values)} rows, the batch has {size}")
-    try:
-        return torch.from_numpy(np.asarray(values, dtype=np.float64))  # None -> NaN
-    except (TypeError, ValueError):
-        row = next(i for i, v in enumerate(values) if v is not None and not isinstance(v, (int, float, np.number)))
-        raise ValueError(f"reward extra info {key!r} of row {row} is {values[row]!r}, not a number") from None
+    return _as_float64(values, f"reward extra info {key!r}")
 
 
 def _read_rewards(
@@ -255,7 +373,10 @@ def _read_rewards(
 
         raise RuntimeError(f"trust_grpo got no reward extra info from verl: {adapter_missing_reason()}")
     size = scores.shape[0]
-    outcome = _column(non_tensor_batch, OUTCOME_KEY, size) if OUTCOME_KEY in non_tensor_batch else scores.double()
+    if OUTCOME_KEY in non_tensor_batch:
+        outcome = _column(non_tensor_batch, OUTCOME_KEY, size)
+    else:
+        outcome = scores.detach().to("cpu", torch.float64)
     if THINKING_KEY in non_tensor_batch:
         thinking = _column(non_tensor_batch, THINKING_KEY, size)
     elif alpha == 0:
@@ -266,14 +387,7 @@ def _read_rewards(
             f"(it has {sorted(non_tensor_batch)}). Use reward.reward_manager.name=sophiavl, or a reward "
             f"manager that writes {THINKING_KEY!r} (NaN for a missing score)."
         )
-    bad = torch.nonzero(~torch.isfinite(outcome)).flatten()
-    if bad.numel():
-        row = int(bad[0])
-        raise ValueError(f"{OUTCOME_KEY} of row {row} is {outcome[row].item()}; outcome rewards must be finite")
-    bad = torch.nonzero((thinking < 0) | (thinking > 1) | torch.isinf(thinking)).flatten()
-    if bad.numel():
-        row = int(bad[0])
-        raise ValueError(f"{THINKING_KEY} of row {row} is {thinking[row].item()}; it must be in [0, 1] or NaN")
+    _check_rewards(outcome, thinking, OUTCOME_KEY, THINKING_KEY)
     return outcome, thinking
 
 
@@ -312,7 +426,7 @@ def _metrics(
         gamma_mixed = trust.gamma[mixed]
         metrics["trust_grpo/gamma_mean"] = gamma_mixed.mean().item()
         metrics["trust_grpo/gamma_min"] = gamma_mixed.min().item()
-        metrics["trust_grpo/untrusted_group_frac"] = (gamma_mixed < 1).double().mean().item()
+        metrics["trust_grpo/untrusted_group_frac"] = trust.untrusted[mixed].double().mean().item()
         metrics["trust_grpo/mu_correct"] = trust.mu_correct[mixed].mean().item()
         metrics["trust_grpo/mu_wrong"] = trust.mu_wrong[mixed].mean().item()
 

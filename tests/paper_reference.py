@@ -10,6 +10,9 @@ from collections import defaultdict
 
 import numpy as np
 
+#: Documented rule: means within 1e-9 are equal (γ = 1); a mean of equal floats is not always that float.
+TIE_TOLERANCE = 1e-9
+
 
 def reference_rewards(outcome, thinking, index, *, alpha, anneal, threshold, uniform_groups, use_trust_weight=True):
     """Eq. 1-5 written out group by group with Python floats (independent of the package)."""
@@ -25,7 +28,7 @@ def reference_rewards(outcome, thinking, index, *, alpha, anneal, threshold, uni
             gamma = 1.0
         elif correct and wrong:
             mu_c, mu_w = sum(correct) / len(correct), sum(wrong) / len(wrong)
-            gamma = 1.0 if mu_c >= mu_w else math.exp(mu_c - mu_w)
+            gamma = 1.0 if mu_c >= mu_w - TIE_TOLERANCE else math.exp(mu_c - mu_w)
         else:
             gamma = 0.0 if uniform_groups == "skip" else 1.0
         for i in rows:

@@ -23,6 +23,7 @@ from aiohttp import web
 from PIL import Image
 
 from fault_injection import FaultInjectionServer
+from paper_reference import TIE_TOLERANCE
 
 from sophiavl_verl.audit import EMBEDDED_SAMPLE
 from sophiavl_verl.cli import main
@@ -115,7 +116,7 @@ def check_report_numbers(report: dict) -> None:
         if not s["use_trust_weight"]:
             gamma = 1.0  # the w/o-trust-weight ablation
         elif mixed:
-            gamma = 1.0 if mu_c >= mu_w else math.exp(mu_c - mu_w)  # Eq. 3
+            gamma = 1.0 if mu_c >= mu_w - TIE_TOLERANCE else math.exp(mu_c - mu_w)  # Eq. 3, ties are γ = 1
         else:
             gamma = 0.0 if s["uniform_groups"] == "skip" else 1.0
         anneal = math.exp(-g["step"] / s["anneal_steps"])  # Eq. 5's e^(-step/T)
@@ -293,6 +294,22 @@ def test_out_of_range_trm_replies_are_failures_in_the_console_and_every_report(t
     assert 1 <= report["trm"]["connections"] <= report["trm"]["max_concurrency"] + 1
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert f"**{expected} of 256** (out_of_range: {expected})" in md
+
+
+@pytest.mark.parametrize("score", ["0.7", "0.1"])
+def test_a_constant_trm_leaves_no_group_untrusted(tmp_path, capsys, score):
+    """Equal thinking rewards are a tie (γ = 1), never distrust from float rounding (it reported 35-52 %)."""
+    with FaultInjectionServer(lambda n, body: f"<answer>{score}</answer>") as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert "untrusted groups (mixed, γ < 1): 0 of " in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    check_report_numbers(report)
+    o = report["overall"]
+    assert o["mixed_groups"] >= 20 and o["untrusted_groups"] == 0 and o["untrusted_group_frac"] == 0
+    assert all(g["gamma"] == 1.0 and not g["untrusted"] for g in report["groups"] if g["mixed"])
+    assert "No mixed group has γ < 1" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 def test_other_trust_grpo_settings_reach_the_math(tmp_path, capsys):
@@ -519,6 +536,37 @@ def test_unreadable_image_names_file_line_and_image(tmp_path, capsys):
     assert f"{groups}:2: image 'broken.png' cannot be read" in err
 
 
+def test_the_audit_refuses_the_images_data_preparation_refuses(tmp_path, capsys):
+    """One image guard (sophiavl_verl.data.ImageGuard) for both: a decompression bomb and paths out of the root."""
+    from sophiavl_verl.data import prepare_rl
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("1", (10000, 10000)).save(folder / "bomb.png")  # 10^8 pixels: Pillow only warns, below 2x its limit
+    (tmp_path / "secret.png").write_bytes((EMBEDDED_SAMPLE.parent / SAMPLE_ROWS[0]["images"][0]).read_bytes())
+    (folder / "link.png").symlink_to(tmp_path / "secret.png")
+    data = folder / "rows.json"
+    data.write_text(json.dumps([{"problem": "Q", "solution": "1", "problem_type": "numerical", "path": "bomb.png"}]))
+    reason = prepare_rl([data], tmp_path / "out.parquet").rejected[0].reason
+    capsys.readouterr()
+    assert reason.startswith(f"image too large: {folder / 'bomb.png'}: Image size (100000000 pixels) exceeds limit")
+    groups = folder / "groups.jsonl"
+    for image, message in [
+        ("bomb.png", f"{groups}:1: image 'bomb.png' cannot be read: {reason}"),
+        ("../secret.png", f"{groups}:1: image '../secret.png' cannot be read: image path '../secret.png' resolves to "
+                          f"{(tmp_path / 'secret.png').resolve()}, outside the image root"),
+        (str(tmp_path / "secret.png"), "outside the image root"),
+        ("link.png", "(pass --allow-outside-image-root to read it)"),
+    ]:
+        groups.write_text(json.dumps(SAMPLE_ROWS[0] | {"images": [image]}) + "\n")
+        err = _error(["audit", str(groups), "--out", str(tmp_path / "o")], capsys)
+        assert message in err and err.count("\n") == 1, err
+    # Opting out reads the symlinked image (the audit then stops at the unreachable TRM, after loading).
+    err = _error(["audit", str(groups), "--allow-outside-image-root", "--trm-url", f"http://127.0.0.1:{_free_port()}/v1",
+                  "--trm-model", "m", "--out", str(tmp_path / "o")], capsys)
+    assert "cannot reach the thinking reward model" in err
+
+
 def test_unknown_problem_type_and_malformed_json_name_file_and_line(tmp_path, capsys):
     groups = tmp_path / "groups.jsonl"
     groups.write_text(json.dumps(SAMPLE_ROWS[0] | {"images": [], "problem_type": "essay"}) + "\n")
@@ -541,8 +589,9 @@ def test_bad_settings_name_the_flag(capsys):
 # ---------------------------------------------------------------------------------- Ctrl-C cleanup
 
 
-def test_ctrl_c_stops_the_embedded_server(tmp_path):
-    """Interrupted while scoring, the command exits 130 and its TRM server is gone."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_ctrl_c_stops_the_embedded_server(tmp_path, signum):
+    """Interrupted while scoring (Ctrl-C, or a closed terminal), the command exits 130 and its TRM server is gone."""
     script = Path(sys.executable).with_name("sophiavl-verl")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "sophiavl_verl.cli"]
     log = tmp_path / "stderr.txt"
@@ -559,10 +608,88 @@ def test_ctrl_c_stops_the_embedded_server(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
         assert _port_open(port)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130
     assert not _port_open(port), "the embedded TRM server survived Ctrl-C"
+
+
+# ------------------------------------------------------------------ the report folder and the scores
+
+
+def test_lone_surrogates_in_the_input_are_written_as_replacement_characters(tmp_path, capsys):
+    groups = tmp_path / "groups.jsonl"
+    row = SAMPLE_ROWS[0] | {"images": [], "question": SAMPLE_ROWS[0]["question"] + " \ud800?"}
+    row["responses"] = [row["responses"][0] + " \udfff"] + row["responses"][1:]
+    groups.write_text(json.dumps(row) + "\n", encoding="utf-8")  # json.dumps escapes them: valid JSON, valid UTF-8
+    assert "\\ud800" in groups.read_text(encoding="utf-8")
+    with keyword_trm() as server:
+        rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model,
+                   "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))
+    assert report["groups"][0]["question"].endswith(" \ufffd?")
+    assert report["groups"][0]["responses"][0]["response"].endswith(" \ufffd")
+    assert "\ufffd" in (tmp_path / "o" / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_second_audit_on_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys):
+    import fcntl
+    import os
+
+    out = tmp_path / "report"
+    out.mkdir()
+    with keyword_trm() as server:
+        folder = os.open(out, os.O_RDONLY)  # what a running audit holds
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(out),
+                       "--no-progress", "--limit", "2"])
+            err = capsys.readouterr().err
+            assert rc == 2 and f"--out {out} is being written by another sophiavl-verl audit" in err
+            assert server.requests == 0 and list(out.iterdir()) == []
+        finally:
+            os.close(folder)
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(out),
+                   "--no-progress", "--limit", "2"])
+    assert rc == 0 and (out / "report.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["by_problem_type.png", "gamma_hist.png", "report.json",
+                                                     "report.md", "thinking_by_correctness.png"]  # no temp files
+
+
+def test_the_scores_survive_a_failure_to_draw_or_build_the_report(tmp_path, capsys, monkeypatch):
+    import sophiavl_verl.plots
+    import sophiavl_verl.report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(sophiavl_verl.plots, "plot_audit", broken)
+    with keyword_trm() as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "a"),
+                   "--no-progress", "--limit", "2"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "drawing the plots failed (RuntimeError: injected fault); every score is in" in err
+        report = json.loads((tmp_path / "a" / "report.json").read_text(encoding="utf-8"))
+        assert report["trm"]["scored"] == 16 and (tmp_path / "a" / "report.md").is_file()
+
+        monkeypatch.setattr(sophiavl_verl.report, "build_report", broken)
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "b"),
+                   "--no-progress", "--limit", "2"])
+        err = capsys.readouterr().err
+    assert rc == 2 and sum("error:" in line for line in err.splitlines()) == 1
+    assert f"the scores are saved in {tmp_path / 'b' / 'scores.json'}" in err
+    scores = json.loads((tmp_path / "b" / "scores.json").read_text(encoding="utf-8"))
+    assert [g["id"] for g in scores] == [SAMPLE_ROWS[0]["id"], SAMPLE_ROWS[1]["id"]]
+    assert all(r["trm_status"] == "scored" and r["thinking_reward"] in (0.1, 0.5, 0.9)
+               for g in scores for r in g["responses"])
+
+
+def test_an_audit_that_fails_before_writing_leaves_no_out_folder(tmp_path, capsys):
+    groups = tmp_path / "groups.jsonl"
+    groups.write_text("{not json\n")
+    assert "not valid JSON" in _error(["audit", str(groups), "--out", str(tmp_path / "never")], capsys)
+    assert not (tmp_path / "never").exists()

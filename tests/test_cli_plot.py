@@ -124,3 +124,40 @@ def test_plot_with_only_other_metrics_names_what_it_found(tmp_path, capsys):
     assert main(["plot", str(log), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert str(log) in err and "none of the plotted metrics" in err and "actor/lr" in err
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ('{"step": "two", "data": {"critic/score/mean": 0.5}}', "'two'"),
+        ('{"step": null, "data": {"critic/score/mean": 0.5}}', "None"),
+        ('{"step": 1e400, "data": {"critic/score/mean": 0.5}}', "inf"),
+        ('{"step": 1.7, "data": {"critic/score/mean": 0.5}}', "1.7"),
+        ('{"step": -1, "data": {"critic/score/mean": 0.5}}', "-1"),
+        ('{"step": true, "data": {"critic/score/mean": 0.5}}', "True"),
+        ("(TaskRunner pid=1) step:1.7 - critic/score/mean:0.5", "'1.7'"),
+        ("step:two - critic/score/mean:0.5 - trust_grpo/anneal:1.0", "'two'"),
+    ],
+)
+def test_a_bad_step_is_one_error_naming_file_and_line(tmp_path, capsys, line, shown):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "data": {"critic/score/mean": 0.25}}\nsome other output\n' + line + "\n")
+    assert main(["plot", str(log), "--out", str(tmp_path / "plots")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sophiavl-verl plot: error: {log}:3: step {shown} is not a whole number >= 0\n"
+    assert not (tmp_path / "plots").exists()
+
+
+def test_integral_float_steps_and_step_words_in_other_text_are_fine(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text('{"step": 2.0, "data": {"critic/score/mean": 0.5}}\nINFO next step:warmup done\n')
+    assert parse_metrics_log(log) == {"critic/score/mean": [(2, 0.5)]}
+
+
+@pytest.mark.parametrize("case", ["a file", "not creatable"])
+def test_an_unusable_plot_out_is_one_line(verl_logs, tmp_path, capsys, case):
+    out = tmp_path / "plots.png" if case == "a file" else tmp_path / "plots.png" / "sub"
+    (tmp_path / "plots.png").write_bytes(b"")
+    assert main(["plot", str(verl_logs["jsonl"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sophiavl-verl plot: error: ") and str(out) in err, err

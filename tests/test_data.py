@@ -181,7 +181,7 @@ def test_build_rl_prompt_placeholders():
 def test_rl_strict_names_row_and_field(rl_dir, tmp_path, capsys):
     out = tmp_path / "train.parquet"
     status = main(["rl", str(rl_dir), "-o", str(out), "--strict", "--max-image-pixels", str(PIXEL_LIMIT)])
-    assert status == 1
+    assert status == 2
     error = capsys.readouterr().err
     assert f"error: row 3 of {rl_dir / 'data.json'}: field 'path': unreadable image:" in error
     assert list(tmp_path.iterdir()) == []  # nothing half-written
@@ -396,5 +396,201 @@ def test_several_files_number_rows_per_file(rl_dir, tmp_path, capsys):
     # every row rejected: the CLI says so and fails
     only_bad = tmp_path / "bad.json"
     only_bad.write_text(json.dumps([RL_ROWS[5][0]]))
-    assert main(["rl", str(only_bad), "-o", str(tmp_path / "none.parquet")]) == 1
+    assert main(["rl", str(only_bad), "-o", str(tmp_path / "none.parquet")]) == 2
     assert "no row was written" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- adversarial input
+
+GOOD_ROW = {"problem": "How many?", "solution": "4", "problem_type": "numerical", "data_type": "image",
+            "path": "images/red.png"}
+
+
+def _rejections(rows, root, tmp_path, **options):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    source = tmp_path / "rows.json"
+    source.write_text(json.dumps(rows))
+    summary = prepare_rl([source], tmp_path / "out" / "train.parquet", image_root=root, **options)
+    return summary, [(r.row, r.field, r.reason) for r in summary.rejected]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"problem": ["a", "b"]}, "problem", "must be a string, got list ['a', 'b']"),
+        ({"solution": ["4"]}, "solution", "must be a string or a number, got list ['4']"),
+        ({"solution": True}, "solution", "must be a string or a number, got bool True"),
+        ({"problem_type": {"kind": "numerical"}}, "problem_type", "must be a string, got dict"),
+        ({"data_type": ["image"]}, "data_type", "must be a string, got list"),
+        ({"path": 123}, "path", "must be an image path, a list of them, or {'bytes', 'path'}, got int 123"),
+        ({"path": ["images/red.png", 7]}, "path", "got int 7"),
+        ({"path": {"bytes": "not bytes", "path": None}}, "path", "'bytes' must be bytes, got str"),
+        ({"path": None, "image": False}, "image", "got bool False"),
+        ({"options": "A. one; B. two"}, "options", "must be a list of strings, got str"),
+        ({"options": [["A"], "B"]}, "options", "must be a list of strings"),
+        ({"problem_id": [1]}, "problem_id", "must be a string or an integer, got list [1]"),
+        ({"data_type": "text", "path": 5}, "path", "got int 5"),  # checked even where the image is not read
+    ],
+)
+def test_wrong_typed_fields_are_rejected_with_row_and_field(rl_dir, tmp_path, change, field, reason):
+    summary, rejected = _rejections([GOOD_ROW, GOOD_ROW | change], rl_dir, tmp_path)
+    assert summary.rows_written == 1
+    assert len(rejected) == 1 and rejected[0][:2] == (1, field) and reason in rejected[0][2], rejected
+
+
+def test_a_numeric_answer_is_text_and_trm_types_are_checked(rl_dir, tmp_path):
+    summary, _ = _rejections([GOOD_ROW | {"solution": 4}], rl_dir, tmp_path)
+    assert pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()[0]["reward_model"]["ground_truth"] == "4"
+    source = tmp_path / "trm.jsonl"
+    rows = [{"question": "Q", "response": "R", "score": 0.5}, {"question": ["Q"], "response": "R", "score": 0.5},
+            {"question": "Q", "response": {"text": "R"}, "score": 0.5}, {"question": "Q", "response": "R", "score": True}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = prepare_trm([source], tmp_path / "trm.parquet")
+    assert [(r.row, r.field) for r in summary.rejected] == [(1, "question"), (2, "response"), (3, "score")]
+    assert summary.rejected[2].reason == "must be a string or a number, got bool True"
+
+
+def test_duplicate_ids_are_rejected_naming_the_first(rl_dir, tmp_path):
+    first, second = tmp_path / "a.json", tmp_path / "b.jsonl"
+    first.write_text(json.dumps([GOOD_ROW | {"problem_id": 1}, GOOD_ROW | {"problem_id": 2},
+                                 GOOD_ROW | {"problem_id": 1}]))
+    second.write_text(json.dumps(GOOD_ROW | {"problem_id": 2}) + "\n" + json.dumps(GOOD_ROW | {"id": "x"}) + "\n")
+    summary = prepare_rl([first, second], tmp_path / "out.parquet", image_root=rl_dir)
+    assert summary.rows_written == 3
+    assert [(r.file, r.row, r.field, r.reason) for r in summary.rejected] == [
+        (str(first), 2, "problem_id", f"duplicate id 1: first at row 0 of {first}"),
+        (str(second), 0, "problem_id", f"duplicate id 2: first at row 1 of {first}"),
+    ]
+
+
+def _run_cli(argv, capsys):
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json", "folder"])
+def test_a_malformed_json_line_is_one_error_naming_file_and_line(rl_dir, tmp_path, capsys, layout):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = data / "a_good.json"
+    good.write_text(json.dumps([GOOD_ROW]))  # read first in the folder: its image must not be read in vain
+    if layout == "jsonl":
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps(GOOD_ROW) + "\n\n" + json.dumps(GOOD_ROW) + "\n" + '{"problem": "x", oops}\n')
+        where, inputs = f"{bad}:4: not valid JSON (Expecting property name enclosed in double quotes at column 18)", [good, bad]
+    elif layout == "json":
+        bad = tmp_path / "bad.json"
+        bad.write_text("[\n" + json.dumps(GOOD_ROW) + ",\n" + json.dumps(GOOD_ROW)[:-1] + "\n]\n")
+        where, inputs = f"{bad}:4: not valid JSON", [good, bad]
+    else:
+        bad = data / "b_truncated.jsonl"
+        bad.write_text(json.dumps(GOOD_ROW) + "\n" + json.dumps(GOOD_ROW)[:20] + "\n")
+        where, inputs = f"{bad}:2: not valid JSON", [data]
+    out = tmp_path / "out"
+    status, printed, err = _run_cli(["rl", *map(str, inputs), "-o", str(out / "train.parquet"),
+                                     "--image-root", str(rl_dir)], capsys)
+    assert status == 2 and err.startswith(f"error: {where}") and err.count("\n") == 1, err
+    assert printed == "" and _files_under(out) == []
+
+
+def test_a_folder_never_skips_a_data_file_silently(rl_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rows.json").write_text(json.dumps([GOOD_ROW]))
+    (data / "dataset_info.json").write_text(json.dumps({"description": "metadata"}))
+    status, printed, err = _run_cli(["rl", str(data), "-o", str(data / "train.parquet"), "--image-root", str(rl_dir)],
+                                    capsys)
+    assert status == 0, err
+    assert f"files skipped: 1 ({data / 'dataset_info.json'} (a JSON object, not a list of rows))" in printed
+    # A second run into the same folder skips its own outputs, and says so.
+    status, printed, err = _run_cli(["rl", str(data), "-o", str(data / "train.parquet"), "--image-root", str(rl_dir)],
+                                    capsys)
+    assert status == 0 and "files skipped: 3" in printed and "an output of this run" in printed, err
+    # A file of rows with other columns is an error, not a skip.
+    (data / "other.jsonl").write_text(json.dumps({"question": "Q", "answer": "A"}) + "\n")
+    status, printed, err = _run_cli(["rl", str(data), "-o", str(tmp_path / "o.parquet"), "--image-root", str(rl_dir)],
+                                    capsys)
+    assert status == 2 and err.splitlines()[-1].startswith(
+        f"error: {data / 'other.jsonl'}: its rows lack the column(s) problem")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--val-size", "50"], "--val-size 50.0 leaves no training rows"),
+        (["--val-size", "nan"], "--val-size must be a fraction in [0, 1) or a whole count of rows, got nan"),
+        (["--val-size", "inf"], "--val-size must be"),
+        (["--val-size", "2.5"], "--val-size must be"),
+        (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+        (["--max-image-pixels", "0"], "--max-image-pixels must be a positive integer, got 0"),
+        (["--max-image-bytes", "-5"], "--max-image-bytes must be a positive integer, got -5"),
+        (["--image-root", "/nonexistent/images"], "--image-root /nonexistent/images is not a folder"),
+        (["--val-output", "val.csv"], "--val-output must be a .parquet file"),
+        (["-o", "/proc/sophiavl/train.parquet"], "cannot write /proc/sophiavl"),
+        (["-o", "/sys/train.parquet"], "cannot write /sys/train.parquet"),
+    ],
+)
+def test_option_and_output_errors_are_one_line_and_leave_nothing(rl_dir, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    argv = ["rl", str(rl_dir / "data.json"), "-o", str(out / "train.parquet"), "--image-root", str(rl_dir), *argv]
+    status, printed, err = _run_cli(argv, capsys)
+    lines = err.splitlines()  # a run that got to the rows also printed its progress bar
+    assert status == 2 and lines[-1].startswith(f"error: {message}") and "Traceback" not in err, err
+    assert sum("error" in line for line in lines) == 1
+    assert _files_under(out) == [] and not list(tmp_path.glob("**/.*partial"))
+
+
+def test_rejected_row_reasons_are_reproducible(tmp_path):
+    _write_images(tmp_path)
+    (tmp_path / "images" / "text.png").write_bytes(b"this is text, not an image")
+    rows = [GOOD_ROW | {"path": "images/text.png"}, GOOD_ROW | {"path": "images/corrupt.png"}]
+    reports = []
+    for run in range(2):
+        _, rejected = _rejections(rows, tmp_path, tmp_path / str(run))
+        reports.append(rejected)
+    assert reports[0] == reports[1] and len(reports[0]) == 2
+    assert not any(" at 0x" in reason for _, _, reason in reports[0]), reports[0]
+
+
+@pytest.fixture
+def escape_root(tmp_path):
+    """An image root with an image inside, and three paths to one outside it: ../, absolute, symlink."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "images").mkdir(parents=True)
+    outside.mkdir()
+    Image.new("RGB", (8, 8), "red").save(root / "images" / "in.png")
+    Image.new("RGB", (8, 8), "blue").save(outside / "secret.png")
+    (root / "images" / "link.png").symlink_to(outside / "secret.png")
+    (root / "images" / "inner_link.png").symlink_to(root / "images" / "in.png")
+    return root, ["../outside/secret.png", str(outside / "secret.png"), "images/link.png", "images/../../outside/secret.png"]
+
+
+def test_image_paths_are_confined_to_the_image_root(escape_root, tmp_path):
+    root, escapes = escape_root
+    rows = [GOOD_ROW | {"path": p} for p in ["images/in.png", "images/inner_link.png", *escapes]]
+    summary, rejected = _rejections(rows, root, tmp_path / "confined")
+    assert summary.rows_written == 2 and summary.images_outside_root == len(escapes)
+    assert [(row, field) for row, field, _ in rejected] == [(i + 2, "path") for i in range(len(escapes))]
+    assert all(f"outside the image root {root.resolve()}" in reason for _, _, reason in rejected)
+    summary, rejected = _rejections(rows, root, tmp_path / "allowed", allow_outside_image_root=True)
+    assert summary.rows_written == len(rows) and rejected == []
+
+
+def test_image_size_on_disk_is_checked_before_reading(rl_dir, tmp_path, monkeypatch):
+    big = rl_dir / "images" / "red.png"
+    size = big.stat().st_size
+    real_read_bytes = type(big).read_bytes
+
+    def read_bytes(path):
+        assert path.name != "red.png", "the oversized image was read"
+        return real_read_bytes(path)
+
+    monkeypatch.setattr(type(big), "read_bytes", read_bytes)
+    summary, rejected = _rejections([GOOD_ROW], rl_dir, tmp_path, max_image_bytes=size - 1)
+    assert summary.images_oversized == 1
+    assert rejected == [(0, "path", f"image too large: {big}: {size} bytes on disk, over {size - 1}")]

@@ -16,6 +16,7 @@ from sophiavl_verl.trust_grpo import (
     TRM_LATENCY_KEY,
     TRM_STATUS_KEY,
     group_normalized_advantage,
+    group_trust,
     trust_weighted_rewards,
 )
 from sophiavl_verl.verl_adapter import trainer_step
@@ -248,3 +249,110 @@ def test_equal_rewards_give_zero_advantage_in_any_dtype():
     scores = torch.full((8,), 0.3 + 0.3 * math.exp(-0.1), dtype=torch.float64)
     advantages, _ = group_normalized_advantage(scores, torch.ones(8, 3), np.array(["g"] * 8, dtype=object))
     assert advantages.dtype == torch.float32 and torch.count_nonzero(advantages) == 0
+
+
+# ------------------------------------------------------------------------ ties and the public API's inputs
+
+
+def _constant_trm_batch(value: float):
+    """Every (n_correct, n_wrong) split of groups up to 16 responses, all thinking rewards equal to ``value``."""
+    index, outcome = [], []
+    for n_correct in range(1, 9):
+        for n_wrong in range(1, 9):
+            uid = f"{n_correct}-{n_wrong}"
+            index += [uid] * (n_correct + n_wrong)
+            outcome += [1.0] * n_correct + [0.0] * n_wrong
+    return np.array(index, dtype=object), np.array(outcome), np.full(len(outcome), value)
+
+
+@pytest.mark.parametrize("value", [round(0.1 * k, 1) for k in range(11)])
+def test_a_constant_thinking_reward_model_trusts_every_group_exactly(value):
+    # 3 x 0.7 / 3 = 0.6999999999999998 < 0.7 = 5 x 0.7 / 5 in float64: equal scores must still mean γ = 1.
+    index, outcome, thinking = _constant_trm_batch(value)
+    rewards, gamma = trust_weighted_rewards(outcome, thinking, index, alpha=0.3, anneal=0.5)
+    assert gamma.tolist() == [1.0] * len(index)
+    assert rewards.tolist() == [o + 0.3 * 0.5 * value for o in outcome]
+    trust = group_trust(outcome, thinking, index)
+    assert bool(trust.mixed.all()) and not bool(trust.untrusted.any())
+
+    data = _data_proto(outcome, thinking, index, lengths=[2] * len(index))
+    metrics: dict = {}
+    with trainer_step(global_step=1, total_training_steps=10, metrics=metrics):
+        ray_trainer.compute_advantage(data, "trust_grpo", config=_algorithm())
+    assert metrics["trust_grpo/untrusted_group_frac"] == 0.0
+    assert metrics["trust_grpo/gamma_min"] == metrics["trust_grpo/gamma_mean"] == 1.0
+
+
+def test_a_real_difference_just_above_the_tie_tolerance_still_distrusts():
+    index = np.array(["g"] * 4, dtype=object)
+    thinking = [0.5, 0.5, 0.5 + 1e-6, 0.5 + 1e-6]
+    _, gamma = trust_weighted_rewards([1.0, 1.0, 0.0, 0.0], thinking, index, alpha=0.3)
+    assert gamma[0].item() == pytest.approx(math.exp(-1e-6), rel=1e-12) and gamma[0].item() < 1
+    assert group_trust([1.0, 1.0, 0.0, 0.0], thinking, index).untrusted.tolist() == [True]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "thinking", "options", "message"),
+    [
+        ([1.0, math.nan], [0.5, 0.5], {}, r"^outcome of row 1 is nan; outcome rewards must be finite"),
+        ([1.0, math.inf], [0.5, 0.5], {}, r"^outcome of row 1 is inf"),
+        ([1.0, 0.0], [0.5, 1.5], {}, r"^thinking of row 1 is 1.5; it must be in \[0, 1\] or NaN"),
+        ([1.0, 0.0], [-0.1, 0.5], {}, r"^thinking of row 0 is -0.1"),
+        ([1.0, 0.0], [0.5, math.inf], {}, r"^thinking of row 1 is inf"),
+        ([1.0, 0.0], [0.5, "0.5"], {}, r"^thinking of row 1 is '0.5', not a number"),
+        ([1.0, 0.0, 1.0], [0.5, 0.5], {}, r"must be 1-D of one length"),
+        ([1.0, 0.0], [0.5, 0.5], {"alpha": math.nan}, r"^trust_weighted_rewards.alpha must be a finite number"),
+        ([1.0, 0.0], [0.5, 0.5], {"alpha": math.inf}, r"^trust_weighted_rewards.alpha must be a finite number"),
+        ([1.0, 0.0], [0.5, 0.5], {"anneal": math.nan}, r"^trust_weighted_rewards.anneal must be a finite number"),
+        ([1.0, 0.0], [0.5, 0.5], {"uniform_groups": "bogus"}, r"^trust_weighted_rewards.uniform_groups must be one"),
+        ([1.0, 0.0], [0.5, 0.5], {"correct_threshold": 0.0}, r"^trust_weighted_rewards.correct_threshold must be"),
+        ([1.0, 0.0], [0.5, 0.5], {"use_trust_weight": "no"}, r"^trust_weighted_rewards.use_trust_weight must be"),
+    ],
+)
+def test_trust_weighted_rewards_rejects_what_the_estimator_rejects(outcome, thinking, options, message):
+    with pytest.raises(ValueError, match=message):
+        trust_weighted_rewards(outcome, thinking, ["a", "a"], **{"alpha": 0.3, **options})
+
+
+def test_trust_weighted_rewards_names_a_missing_group_id():
+    with pytest.raises(ValueError, match="uid\\) of row 1 is missing"):
+        trust_weighted_rewards([1.0, 0.0], [0.5, 0.5], ["a", None], alpha=0.3)
+
+
+def test_any_input_type_computes_in_floating_point():
+    # One distrusted group (γ = e^(0.2 - 0.9)): integer outcomes must not truncate the thinking term or γ.
+    index = ["a", "a", "a"]
+    outcome, thinking = [1, 0, 0], [0.2, 0.9, 0.9]
+    gamma = math.exp(0.2 - 0.9)
+    want = [1 + gamma * 0.3 * 0.2, gamma * 0.3 * 0.9, gamma * 0.3 * 0.9]
+    inputs = {
+        "float64 tensor": (torch.tensor(outcome, dtype=torch.float64), torch.tensor(thinking, dtype=torch.float64)),
+        "int64 tensor": (torch.tensor(outcome), torch.tensor(thinking, dtype=torch.float64)),
+        "bool tensor": (torch.tensor(outcome, dtype=torch.bool), torch.tensor(thinking, dtype=torch.float64)),
+        "numpy": (np.array(outcome), np.array(thinking)),
+        "lists": (outcome, thinking),
+        "object array": (np.array(outcome, dtype=object), np.array(thinking, dtype=object)),
+    }
+    for name, (o, t) in inputs.items():
+        rewards, gammas = trust_weighted_rewards(o, t, np.array(index), alpha=0.3)
+        assert rewards.dtype == gammas.dtype == torch.float64, name
+        np.testing.assert_allclose(rewards.numpy(), want, rtol=0, atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(gammas.numpy(), [gamma] * 3, rtol=0, atol=1e-15, err_msg=name)
+    # A float32 tensor keeps its dtype, as verl's scores do; None in a list is a missing thinking reward.
+    rewards, _ = trust_weighted_rewards(torch.tensor(outcome, dtype=torch.float32), thinking, index, alpha=0.3)
+    assert rewards.dtype == torch.float32
+    rewards, _ = trust_weighted_rewards([1, 0, 0], [0.2, None, 0.9], index, alpha=0.3)
+    assert rewards.tolist() == pytest.approx([1 + gamma * 0.3 * 0.2, 0.0, gamma * 0.3 * 0.9])
+
+
+def test_group_normalized_advantage_validates_and_accepts_arrays():
+    index = ["a", "a", "b", "b"]
+    want, _ = group_normalized_advantage(torch.tensor([1.0, 0.0, 0.5, 0.25]), torch.ones(4, 2), index)
+    got, _ = group_normalized_advantage([1, 0, 0.5, 0.25], np.ones((4, 2)), np.array(index))
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="scores of row 2 is nan"):
+        group_normalized_advantage([1.0, 0.0, math.nan, 0.0], torch.ones(4, 2), index)
+    with pytest.raises(ValueError, match="must agree"):
+        group_normalized_advantage([1.0, 0.0, 0.5, 0.0], torch.ones(3, 2), index)
+    with pytest.raises(ValueError, match="group_normalized_advantage.epsilon must be a finite number"):
+        group_normalized_advantage([1.0, 0.0, 0.5, 0.0], torch.ones(4, 2), index, epsilon=math.nan)

@@ -145,7 +145,7 @@ def test_trust_grpo_recipe_options_pass_verls_validation():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["+algorithm.trust_grpo.alpha=-1"], "algorithm.trust_grpo.alpha must be >= 0, got -1"),
+        (["+algorithm.trust_grpo.alpha=-1"], "algorithm.trust_grpo.alpha must be a finite number >= 0, got -1"),
         (["+algorithm.trust_grpo.schedule=bogus"], "algorithm.trust_grpo.schedule: unknown annealing schedule 'bogus'"),
         (["+algorithm.trust_grpo.anneal_steps=0"], r"algorithm.trust_grpo.anneal_steps \(T\) must be > 0, got 0"),
         (["+algorithm.trust_grpo.alpah=0.3"], r"unknown key\(s\) algorithm.trust_grpo.alpah"),

@@ -1,0 +1,86 @@
+"""Command-line start-up: --help and argument errors load no heavy module; any first import still registers the plugin.
+
+Each case runs in a fresh interpreter (the test process itself has verl loaded by conftest) and reports what is in
+``sys.modules`` after the command returned.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "verl", "transformers", "matplotlib", "ray", "aiohttp")
+
+_RUN_CLI = """
+import contextlib, io, json, sys
+module, argv = sys.argv[1], sys.argv[2:]
+main = __import__(module, fromlist=["main"]).main
+out, err = io.StringIO(), io.StringIO()
+try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+except SystemExit as exc:
+    status = exc.code
+print(json.dumps({"status": status, "modules": sorted(sys.modules), "out": out.getvalue(), "err": err.getvalue()}))
+"""
+
+
+def run_fresh(module: str, *argv: str) -> dict:
+    """``module.main(argv)`` in a new interpreter: exit status, output, and every module it imported."""
+    result = subprocess.run([sys.executable, "-c", _RUN_CLI, module, *argv], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "status"),
+    [
+        ("sophiavl_verl.cli", ["--help"], 0),
+        ("sophiavl_verl.cli", ["audit", "--help"], 0),
+        ("sophiavl_verl.cli", ["plot", "--help"], 0),
+        ("sophiavl_verl.cli", [], 2),
+        ("sophiavl_verl.cli", ["audit", "--timeout", "soon"], 2),
+        ("sophiavl_verl.cli", ["audit", "--alpha", "nan"], 2),
+        ("sophiavl_verl.data", ["--help"], 0),
+        ("sophiavl_verl.data", ["rl", "--help"], 0),
+        ("sophiavl_verl.data", ["rl", "x.json"], 2),
+        ("sophiavl_verl.data", ["trm", "x.json", "-o", "o.parquet", "--val-size", "-1"], 2),
+    ],
+)
+def test_help_and_argument_errors_import_no_heavy_module(module, argv, status):
+    result = run_fresh(module, *argv)
+    assert result["status"] == status, result["err"]
+    loaded = [m for m in HEAVY if m in result["modules"]]
+    assert loaded == [], f"{module} {argv} imported {loaded}"
+    if status == 2:
+        assert result["err"].count("error:") == 1 and "Traceback" not in result["err"], result["err"]
+
+
+_FIRST_IMPORT = """
+import importlib, sys
+module = importlib.import_module(sys.argv[1])
+from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+from sophiavl_verl import reward_manager, trust_grpo, verl_adapter
+assert sys.modules[sys.argv[1]] is module
+assert ADV_ESTIMATOR_REGISTRY["trust_grpo"] is trust_grpo.trust_grpo_advantage_estimator
+assert get_reward_manager_cls("sophiavl") is reward_manager.SophiaVLRewardManager
+assert verl_adapter.is_installed()
+assert type(module.__spec__.loader).__name__ == "SourceFileLoader", module.__spec__.loader
+print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["sophiavl_verl.trust_grpo", "sophiavl_verl.reward_manager", "sophiavl_verl.verl_adapter",
+     "sophiavl_verl.validation", "sophiavl_verl.plugin"],
+)
+def test_any_first_import_registers_the_whole_plugin(first):
+    """A user's first import may be a verl-dependent submodule: verl's plugin loader must still see it whole."""
+    result = subprocess.run([sys.executable, "-c", _FIRST_IMPORT, first], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
