@@ -11,9 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
-from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.utils.ray_utils import get_event_loop
 
@@ -92,150 +90,6 @@ def _image(color: tuple[int, int, int]) -> Image.Image:
     return image
 
 
-def _reward_batch(tokenizer) -> tuple[DataProto, list[float]]:
-    """One row per response in the shape verl's agent loop hands the reward loop (see AgentLoopWorker._compute_score)."""
-    prompts, responses, rows, expected_outcomes = [], [], [], []
-    for g, (uid, group) in enumerate(GROUPS.items()):
-        question = f"What is the sum of the two bars? (chart {g})"
-        raw_prompt = [{"role": "user", "content": [
-            {"type": "image", "image": _image((40 * g, 90, 160))},
-            {"type": "text", "text": question + "\nPlease think ..."},
-        ]}]
-        for session, response in enumerate(group):
-            prompts.append(torch.tensor(tokenizer.encode(question), dtype=torch.long))
-            responses.append(torch.tensor(tokenizer.encode(response), dtype=torch.long))
-            rows.append({
-                "uid": uid, "session_id": session, "data_source": "sophiavl_r1", "raw_prompt": raw_prompt,
-                "reward_model": {"style": "rule", "ground_truth": "<answer>7</answer>"},
-                "extra_info": {"problem_type": "numerical", "question": question},
-            })
-            expected_outcomes.append(outcome_reward("numerical", response, "7"))
-    pad = torch.nn.utils.rnn.pad_sequence
-    prompt_ids, response_ids = pad(prompts, batch_first=True), pad(responses, batch_first=True)
-    attention = torch.cat([
-        pad([torch.ones_like(p) for p in prompts], batch_first=True),
-        pad([torch.ones_like(r) for r in responses], batch_first=True),
-    ], dim=1)
-    non_tensors = {key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]}
-    data = DataProto.from_dict(
-        tensors={"prompts": prompt_ids, "responses": response_ids, "attention_mask": attention},
-        non_tensors=non_tensors,
-    )
-    return data, expected_outcomes
-
-
-def _requests_seen(server) -> int:
-    return server.log_path.read_text(errors="replace").count('"POST /v1/chat/completions')
-
-
-@pytest.mark.parametrize(
-    ("policy", "expected_requests"),
-    [
-        ("all", 12),
-        ("skip_uniform", 4),  # only the mixed group
-        ("official", 2),  # the mixed group's responses with R^o >= 0.2
-    ],
-)
-def test_reward_loop_worker_scores_through_the_real_server(embedded_trm_server, policy, expected_requests):
-    config = compose_verl_config([
-        *SMALL_RUN,
-        "actor_rollout_ref.rollout.n=4",
-        f"actor_rollout_ref.model.path={embedded_trm_server.model}",  # the tiny model's tokenizer
-        "algorithm.adv_estimator=trust_grpo",
-        "reward.reward_manager.name=sophiavl",
-        f"+reward.reward_kwargs.trm_base_url={embedded_trm_server.base_url}",
-        f"+reward.reward_kwargs.trm_model={embedded_trm_server.model}",
-        f"+reward.reward_kwargs.query_policy={policy}",
-        "+reward.reward_kwargs.group_wait_s=60",
-    ])
-    worker = RewardLoopWorker(config, reward_router_address=None)  # verl's worker, run in-process
-    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
-
-    before = _requests_seen(embedded_trm_server)
-    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
-    assert _requests_seen(embedded_trm_server) - before == expected_requests
-
-    scores = [out["reward_score"] for out in outputs]
-    info = {key: [out["reward_extra_info"][key] for out in outputs] for key in outputs[0]["reward_extra_info"]}
-    assert scores == expected_outcomes == info[OUTCOME_KEY]
-    queried = [status != "skipped" for status in info[TRM_STATUS_KEY]]
-    assert sum(queried) == expected_requests
-    rows = zip(data.non_tensor_batch["uid"], queried, info[THINKING_KEY], info[TRM_LATENCY_KEY], expected_outcomes)
-    for uid, asked, r_t, latency, r_o in rows:
-        if asked:
-            assert 0.0 <= r_t <= 1.0 and latency > 0
-        elif policy == "official" and uid == "mixed" and r_o < 0.2:
-            assert r_t == 0.0  # the reference code's explicit zero
-        else:
-            assert math.isnan(r_t) and math.isnan(latency)  # missing, never 0
-    assert set(info[TRM_STATUS_KEY]) <= {"scored", "skipped"}
-
-
-def test_reward_loop_worker_failing_trm_gives_nan_and_failed_status(tmp_path):
-    config = compose_verl_config([
-        *SMALL_RUN, "actor_rollout_ref.rollout.n=4", "reward.reward_manager.name=sophiavl",
-        f"actor_rollout_ref.model.path={_tokenizer_dir(tmp_path)}",
-        "+reward.reward_kwargs.trm_base_url=http://127.0.0.1:9/v1",  # nothing listens on port 9
-        "+reward.reward_kwargs.trm_model=trm", "+reward.reward_kwargs.query_policy=all",
-        "+reward.reward_kwargs.max_retries=1", "+reward.reward_kwargs.timeout_s=2",
-    ])
-    worker = RewardLoopWorker(config, reward_router_address=None)
-    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
-    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
-    assert [o["reward_score"] for o in outputs] == expected_outcomes
-    assert all(math.isnan(o["reward_extra_info"][THINKING_KEY]) for o in outputs)
-    assert {o["reward_extra_info"][TRM_STATUS_KEY] for o in outputs} == {"failed"}
-
-
-def _tokenizer_dir(tmp_path):
-    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
-
-    return build_tiny_qwen2_5_vl(tmp_path / "tiny")
-
-
-def test_groups_split_across_ray_reward_workers_share_one_board(ray_with_transfer_queue, tmp_path):
-    """verl sends each response to a random reward worker: the board is a cluster-wide named actor."""
-    ray = ray_with_transfer_queue
-    from sophiavl_verl import reward_manager
-
-    @ray.remote(num_cpus=0)
-    class Worker:
-        async def arrive(self, uid, outcome):
-            board = reward_manager._group_board()
-            return await board.arrive(uid, outcome, 4, 30, 30)
-
-    workers = [Worker.remote(), Worker.remote()]
-    refs = [workers[i % 2].arrive.remote("g", float(i % 3 == 0)) for i in range(4)]
-    results = ray.get(refs, timeout=120)
-    assert all(sorted(r) == [0.0, 0.0, 1.0, 1.0] for r in results)
-
-
-def test_hosting_mode_a_reaches_the_trm_through_verls_router_address(embedded_trm_server):
-    """Mode A: verl serves the TRM in the cluster and hands the manager its router's host:port.
-
-    vLLM cannot run here, so the real OpenAI-compatible server stands where verl's reward router would;
-    everything on verl's side (RewardLoopWorker with an enabled reward model, the custom-function route
-    that avoids /classify, the manager's router address and model_path) is verl's own code.
-    """
-    host_port = embedded_trm_server.base_url.removeprefix("http://").removesuffix("/v1")
-    config = compose_verl_config([
-        *SMALL_RUN, "actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={embedded_trm_server.model}",
-        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
-        "reward.reward_model.enable=True", "reward.reward_model.enable_resource_pool=True",
-        f"reward.reward_model.model_path={embedded_trm_server.model}", "reward.reward_model.rollout.name=vllm",
-        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
-        "+reward.reward_kwargs.query_policy=all",
-    ])
-    run_verl_validation(config)
-    worker = RewardLoopWorker(config, reward_router_address=host_port)
-    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
-    before = _requests_seen(embedded_trm_server)
-    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
-    assert _requests_seen(embedded_trm_server) - before == 12
-    assert [o["reward_score"] for o in outputs] == expected_outcomes
-    assert all(0.0 <= o["reward_extra_info"][THINKING_KEY] <= 1.0 for o in outputs)
-
-
 # ------------------------------------------------------------------ inputs built by verl's own code path
 
 SYSTEM = "You are a careful visual reasoner."
@@ -271,6 +125,152 @@ def tiny_vl_processor(embedded_trm_server):
 
     install_processor_shim()
     return AutoProcessor.from_pretrained(embedded_trm_server.model)
+
+
+def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], list[float], list[dict]]:
+    """Score GROUPS through verl's own pipeline (tests/verl_pipeline.py), one prompt per group, its sessions
+    answering the group's responses; with a processor each prompt has a chart image.
+
+    Returns:
+        Per response: its group's name, its expected R^o and the reward loop's output.
+    """
+    rows = []
+    for g, name in enumerate(GROUPS):
+        question = f"What is the sum of the two bars? (chart {g})"
+        image = "<image>" if processor is not None else ""
+        rows.append(_row(g, [{"role": "user", "content": f"{image}{question}\nPlease think ..."}],
+                         [_png((40 * g, 90, 160))] if processor is not None else [], question=question))
+        rows[-1]["reward_model"]["ground_truth"] = "<answer>7</answer>"
+    tokenizer = worker.input_tokenizer
+    dataset = rl_dataset([_rl_parquet(tmp_path / "groups.parquet", rows)], config, tokenizer, processor)
+    sessions = [kwargs for group in session_kwargs(prompt_batch(dataset, global_steps=1), config) for kwargs in group]
+    responses = [GROUPS[list(GROUPS)[kwargs["index"]]][kwargs["session_id"]] for kwargs in sessions]
+    handle = RewardWorkerHandle(worker)
+
+    async def run():
+        return await asyncio.gather(*(
+            score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(response))])
+            for kwargs, response in zip(sessions, responses)
+        ))
+
+    finals = get_event_loop().run_until_complete(run())
+    outputs = [{"reward_score": f.reward_score, "reward_extra_info": f.extra_fields["reward_extra_info"]}
+               for f in finals]
+    names = [list(GROUPS)[kwargs["index"]] for kwargs in sessions]
+    return names, [outcome_reward("numerical", r, "7") for r in responses], outputs
+
+
+def _requests_seen(server) -> int:
+    return server.log_path.read_text(errors="replace").count('"POST /v1/chat/completions')
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_requests"),
+    [
+        ("all", 12),
+        ("skip_uniform", 4),  # only the mixed group
+        ("official", 2),  # the mixed group's responses with R^o >= 0.2
+    ],
+)
+def test_reward_loop_worker_scores_through_the_real_server(
+    embedded_trm_server, tiny_vl_processor, tmp_path, policy, expected_requests
+):
+    config = compose_verl_config([
+        *SMALL_RUN,
+        "actor_rollout_ref.rollout.n=4",
+        f"actor_rollout_ref.model.path={embedded_trm_server.model}",  # the tiny model's tokenizer
+        "algorithm.adv_estimator=trust_grpo",
+        "reward.reward_manager.name=sophiavl",
+        f"+reward.reward_kwargs.trm_base_url={embedded_trm_server.base_url}",
+        f"+reward.reward_kwargs.trm_model={embedded_trm_server.model}",
+        f"+reward.reward_kwargs.query_policy={policy}",
+        "+reward.reward_kwargs.group_wait_s=60",
+    ])
+    worker = RewardLoopWorker(config, reward_router_address=None)  # verl's worker, run in-process
+
+    before = _requests_seen(embedded_trm_server)
+    names, expected_outcomes, outputs = _score_groups(worker, config, tmp_path, tiny_vl_processor)
+    assert _requests_seen(embedded_trm_server) - before == expected_requests
+
+    scores = [out["reward_score"] for out in outputs]
+    info = {key: [out["reward_extra_info"][key] for out in outputs] for key in outputs[0]["reward_extra_info"]}
+    assert scores == expected_outcomes == info[OUTCOME_KEY]
+    queried = [status != "skipped" for status in info[TRM_STATUS_KEY]]
+    assert sum(queried) == expected_requests
+    rows = zip(names, queried, info[THINKING_KEY], info[TRM_LATENCY_KEY], expected_outcomes)
+    for name, asked, r_t, latency, r_o in rows:
+        if asked:
+            assert 0.0 <= r_t <= 1.0 and latency > 0
+        elif policy == "official" and name == "mixed" and r_o < 0.2:
+            assert r_t == 0.0  # the reference code's explicit zero
+        else:
+            assert math.isnan(r_t) and math.isnan(latency)  # missing, never 0
+    assert set(info[TRM_STATUS_KEY]) <= {"scored", "skipped"}
+
+
+def test_reward_loop_worker_failing_trm_gives_nan_and_failed_status(tmp_path):
+    config = compose_verl_config([
+        *SMALL_RUN, "actor_rollout_ref.rollout.n=4", "reward.reward_manager.name=sophiavl",
+        f"actor_rollout_ref.model.path={_tokenizer_dir(tmp_path)}",
+        "+reward.reward_kwargs.trm_base_url=http://127.0.0.1:9/v1",  # nothing listens on port 9
+        "+reward.reward_kwargs.trm_model=trm", "+reward.reward_kwargs.query_policy=all",
+        "+reward.reward_kwargs.max_retries=1", "+reward.reward_kwargs.timeout_s=2",
+    ])
+    worker = RewardLoopWorker(config, reward_router_address=None)
+    _, expected_outcomes, outputs = _score_groups(worker, config, tmp_path)
+    assert [o["reward_score"] for o in outputs] == expected_outcomes
+    assert all(math.isnan(o["reward_extra_info"][THINKING_KEY]) for o in outputs)
+    assert {o["reward_extra_info"][TRM_STATUS_KEY] for o in outputs} == {"failed"}
+
+
+def _tokenizer_dir(tmp_path):
+    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path / "tiny")
+
+
+def test_groups_split_across_ray_reward_workers_share_one_board(ray_with_transfer_queue, tmp_path):
+    """verl sends each response to a random reward worker: the board is a cluster-wide named actor."""
+    ray = ray_with_transfer_queue
+    from sophiavl_verl import reward_manager
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        async def arrive(self, uid, outcome):
+            board = reward_manager._group_board()
+            return await board.arrive(uid, outcome, 4, 30, 30)
+
+    workers = [Worker.remote(), Worker.remote()]
+    refs = [workers[i % 2].arrive.remote("g", float(i % 3 == 0)) for i in range(4)]
+    results = ray.get(refs, timeout=120)
+    assert all(sorted(r) == [0.0, 0.0, 1.0, 1.0] for r in results)
+
+
+def test_hosting_mode_a_reaches_the_trm_through_verls_router_address(
+    embedded_trm_server, tiny_vl_processor, tmp_path
+):
+    """Mode A: verl serves the TRM in the cluster and hands the manager its router's host:port.
+
+    vLLM cannot run here, so the real OpenAI-compatible server stands where verl's reward router would;
+    everything on verl's side (RewardLoopWorker with an enabled reward model, the custom-function route
+    that avoids /classify, the manager's router address and model_path) is verl's own code.
+    """
+    host_port = embedded_trm_server.base_url.removeprefix("http://").removesuffix("/v1")
+    config = compose_verl_config([
+        *SMALL_RUN, "actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={embedded_trm_server.model}",
+        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
+        "reward.reward_model.enable=True", "reward.reward_model.enable_resource_pool=True",
+        f"reward.reward_model.model_path={embedded_trm_server.model}", "reward.reward_model.rollout.name=vllm",
+        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "+reward.reward_kwargs.query_policy=all",
+    ])
+    run_verl_validation(config)
+    worker = RewardLoopWorker(config, reward_router_address=host_port)
+    before = _requests_seen(embedded_trm_server)
+    _, expected_outcomes, outputs = _score_groups(worker, config, tmp_path, tiny_vl_processor)
+    assert _requests_seen(embedded_trm_server) - before == 12
+    assert [o["reward_score"] for o in outputs] == expected_outcomes
+    assert all(0.0 <= o["reward_extra_info"][THINKING_KEY] <= 1.0 for o in outputs)
 
 
 def test_multi_message_prompts_reach_the_trm_in_every_shape_verl_builds(
