@@ -98,6 +98,76 @@ def _image(color: tuple[int, int, int]) -> Image.Image:
     return image
 
 
+# ------------------------------------------------------------------ inputs built by verl's own code path
+
+SYSTEM = "You are a careful visual reasoner."
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    _image(color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _rl_parquet(path, rows: list[dict]) -> str:
+    """An RL parquet in the layout verl's RLHFDataset reads (``prompt`` messages, ``images``)."""
+    pd.DataFrame(rows).to_parquet(path)
+    return str(path)
+
+
+def _row(index: int, messages: list[dict], images: list[bytes], question: str | None) -> dict:
+    extra_info = {"problem_type": "numerical", "index": index}
+    if question is not None:
+        extra_info["question"] = question
+    return {
+        "data_source": "sophiavl_r1", "prompt": messages, "images": [{"bytes": b} for b in images],
+        "reward_model": {"style": "rule", "ground_truth": "7"}, "extra_info": extra_info,
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_vl_processor(embedded_trm_server):
+    from transformers import AutoProcessor
+
+    from sophiavl_verl.tiny_vl import install_processor_shim
+
+    install_processor_shim()
+    return AutoProcessor.from_pretrained(embedded_trm_server.model)
+
+
+def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], list[float], list[dict]]:
+    """Score GROUPS through verl's own pipeline (tests/verl_pipeline.py), one prompt per group, its sessions
+    answering the group's responses; with a processor each prompt has a chart image.
+
+    Returns:
+        Per response: its group's name, its expected R^o and the reward loop's output.
+    """
+    rows = []
+    for g, name in enumerate(GROUPS):
+        question = f"What is the sum of the two bars? (chart {g})"
+        image = "<image>" if processor is not None else ""
+        rows.append(_row(g, [{"role": "user", "content": f"{image}{question}\nPlease think ..."}],
+                         [_png((40 * g, 90, 160))] if processor is not None else [], question=question))
+        rows[-1]["reward_model"]["ground_truth"] = "<answer>7</answer>"
+    tokenizer = worker.input_tokenizer
+    dataset = rl_dataset([_rl_parquet(tmp_path / "groups.parquet", rows)], config, tokenizer, processor)
+    sessions = [kwargs for group in session_kwargs(prompt_batch(dataset, global_steps=1), config) for kwargs in group]
+    responses = [GROUPS[list(GROUPS)[kwargs["index"]]][kwargs["session_id"]] for kwargs in sessions]
+    handle = RewardWorkerHandle(worker)
+
+    async def run():
+        return await asyncio.gather(*(
+            score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(response))])
+            for kwargs, response in zip(sessions, responses)
+        ))
+
+    finals = get_event_loop().run_until_complete(run())
+    outputs = [{"reward_score": f.reward_score, "reward_extra_info": f.extra_fields["reward_extra_info"]}
+               for f in finals]
+    names = [list(GROUPS)[kwargs["index"]] for kwargs in sessions]
+    return names, [outcome_reward("numerical", r, "7") for r in responses], outputs
+
+
 def _reward_batch(tokenizer) -> tuple[DataProto, list[float]]:
     """One row per response in the shape verl's agent loop hands the reward loop (see AgentLoopWorker._compute_score)."""
     prompts, responses, rows, expected_outcomes = [], [], [], []
@@ -142,7 +212,9 @@ def _requests_seen(server) -> int:
         ("official", 2),  # the mixed group's responses with R^o >= 0.2
     ],
 )
-def test_reward_loop_worker_scores_through_the_real_server(embedded_trm_server, policy, expected_requests):
+def test_reward_loop_worker_scores_through_the_real_server(
+    embedded_trm_server, tiny_vl_processor, tmp_path, policy, expected_requests
+):
     config = compose_verl_config([
         *SMALL_RUN,
         "actor_rollout_ref.rollout.n=4",
@@ -155,10 +227,9 @@ def test_reward_loop_worker_scores_through_the_real_server(embedded_trm_server, 
         "+reward.reward_kwargs.group_wait_s=60",
     ])
     worker = RewardLoopWorker(config, reward_router_address=None)  # verl's worker, run in-process
-    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
 
     before = _requests_seen(embedded_trm_server)
-    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
+    names, expected_outcomes, outputs = _score_groups(worker, config, tmp_path, tiny_vl_processor)
     assert _requests_seen(embedded_trm_server) - before == expected_requests
 
     scores = [out["reward_score"] for out in outputs]
@@ -166,11 +237,11 @@ def test_reward_loop_worker_scores_through_the_real_server(embedded_trm_server, 
     assert scores == expected_outcomes == info[OUTCOME_KEY]
     queried = [status != "skipped" for status in info[TRM_STATUS_KEY]]
     assert sum(queried) == expected_requests
-    rows = zip(data.non_tensor_batch["uid"], queried, info[THINKING_KEY], info[TRM_LATENCY_KEY], expected_outcomes)
-    for uid, asked, r_t, latency, r_o in rows:
+    rows = zip(names, queried, info[THINKING_KEY], info[TRM_LATENCY_KEY], expected_outcomes)
+    for name, asked, r_t, latency, r_o in rows:
         if asked:
             assert 0.0 <= r_t <= 1.0 and latency > 0
-        elif policy == "official" and uid == "mixed" and r_o < 0.2:
+        elif policy == "official" and name == "mixed" and r_o < 0.2:
             assert r_t == 0.0  # the reference code's explicit zero
         else:
             assert math.isnan(r_t) and math.isnan(latency)  # missing, never 0
@@ -186,8 +257,7 @@ def test_reward_loop_worker_failing_trm_gives_nan_and_failed_status(tmp_path):
         "+reward.reward_kwargs.max_retries=1", "+reward.reward_kwargs.timeout_s=2",
     ])
     worker = RewardLoopWorker(config, reward_router_address=None)
-    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
-    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
+    _, expected_outcomes, outputs = _score_groups(worker, config, tmp_path)
     assert [o["reward_score"] for o in outputs] == expected_outcomes
     assert all(math.isnan(o["reward_extra_info"][THINKING_KEY]) for o in outputs)
     assert {o["reward_extra_info"][TRM_STATUS_KEY] for o in outputs} == {"failed"}
@@ -217,7 +287,9 @@ def test_groups_split_across_ray_reward_workers_share_one_board(ray_with_transfe
     assert all(sorted(r) == [0.0, 0.0, 1.0, 1.0] for r in results)
 
 
-def test_hosting_mode_a_reaches_the_trm_through_verls_router_address(embedded_trm_server):
+def test_hosting_mode_a_reaches_the_trm_through_verls_router_address(
+    embedded_trm_server, tiny_vl_processor, tmp_path
+):
     """Mode A: verl serves the TRM in the cluster and hands the manager its router's host:port.
 
     vLLM cannot run here, so the real OpenAI-compatible server stands where verl's reward router would;
@@ -235,49 +307,11 @@ def test_hosting_mode_a_reaches_the_trm_through_verls_router_address(embedded_tr
     ])
     run_verl_validation(config)
     worker = RewardLoopWorker(config, reward_router_address=host_port)
-    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
     before = _requests_seen(embedded_trm_server)
-    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
+    _, expected_outcomes, outputs = _score_groups(worker, config, tmp_path, tiny_vl_processor)
     assert _requests_seen(embedded_trm_server) - before == 12
     assert [o["reward_score"] for o in outputs] == expected_outcomes
     assert all(0.0 <= o["reward_extra_info"][THINKING_KEY] <= 1.0 for o in outputs)
-
-
-# ------------------------------------------------------------------ inputs built by verl's own code path
-
-SYSTEM = "You are a careful visual reasoner."
-
-
-def _png(color: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    _image(color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _rl_parquet(path, rows: list[dict]) -> str:
-    """An RL parquet in the layout verl's RLHFDataset reads (``prompt`` messages, ``images``)."""
-    pd.DataFrame(rows).to_parquet(path)
-    return str(path)
-
-
-def _row(index: int, messages: list[dict], images: list[bytes], question: str | None) -> dict:
-    extra_info = {"problem_type": "numerical", "index": index}
-    if question is not None:
-        extra_info["question"] = question
-    return {
-        "data_source": "sophiavl_r1", "prompt": messages, "images": [{"bytes": b} for b in images],
-        "reward_model": {"style": "rule", "ground_truth": "7"}, "extra_info": extra_info,
-    }
-
-
-@pytest.fixture(scope="module")
-def tiny_vl_processor(embedded_trm_server):
-    from transformers import AutoProcessor
-
-    from sophiavl_verl.tiny_vl import install_processor_shim
-
-    install_processor_shim()
-    return AutoProcessor.from_pretrained(embedded_trm_server.model)
 
 
 def test_multi_message_prompts_reach_the_trm_in_every_shape_verl_builds(

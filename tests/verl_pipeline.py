@@ -17,6 +17,7 @@ The path, step by step, with verl's functions wherever verl has one:
 from __future__ import annotations
 
 import asyncio
+import pickle
 import types
 import uuid
 from typing import Any
@@ -74,6 +75,9 @@ def session_kwargs(batch: Any, config: Any) -> list[list[dict]]:
 class RewardWorkerHandle:
     """Stands in for the Ray handle of a reward-loop worker: ``handle.compute_score.remote(data)``.
 
+    The reward input is pickled on the way, as Ray serialises a remote call's arguments (so concurrent
+    sessions do not share objects, e.g. the PIL images of their common prompt).
+
     Args:
         worker: A real ``RewardLoopWorker``.
         meta_info: Added to the reward input's ``meta_info`` (verl PR #7217 adds ``{"validate": ...}``).
@@ -86,6 +90,7 @@ class RewardWorkerHandle:
         self.compute_score = types.SimpleNamespace(remote=self._remote)
 
     async def _remote(self, data: Any) -> dict:
+        data = pickle.loads(pickle.dumps(data))
         data.meta_info.update(self.meta_info)
         self.inputs.append(data)
         return await self.worker.compute_score(data)
