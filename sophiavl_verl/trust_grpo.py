@@ -16,7 +16,7 @@ and far below any difference a thinking reward model expresses (its scores are i
     A_i = (R_i - mean(R)) / (std(R) + ε)            (verl's GRPO normalisation)            (Eq. 6)
 
 Everything is vectorised over the batch (scatter-adds over group ids; no Python loop per response
-or per group). The registered estimator ``trust_grpo`` reads R^o and R^t from the per-sample reward
+or per group; only the metrics look at one uid per group, for verl's padding rows). The registered estimator ``trust_grpo`` reads R^o and R^t from the per-sample reward
 extra info that the ``sophiavl`` reward manager writes; see ``verl_adapter`` for how it gets there.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+import re
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -70,6 +71,8 @@ TRM_COST_COLUMNS = (
 
 #: μ_c below μ_w by at most this is a tie (γ = 1): float rounding of the means, not a judgement.
 TIE_TOLERANCE = 1e-9
+
+_PAD_UID = re.compile(PAD_UID_PATTERN)
 
 
 class GroupTrust(NamedTuple):
@@ -391,10 +394,18 @@ def _read_rewards(
     return outcome, thinking
 
 
-def _padding_rows(index: np.ndarray) -> torch.Tensor:
-    """`(torch.Tensor)` bool, shape (bs,): the rows verl adds to pad a batch (``padding_utils``'s uid)."""
-    uids = pd.Series(np.asarray(index, dtype=object), dtype=object)
-    return torch.from_numpy(uids.str.fullmatch(PAD_UID_PATTERN, na=False).to_numpy(dtype=bool, copy=True))
+def _padding_groups(index: np.ndarray, group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """`(torch.Tensor)` bool, shape (num_groups,): the groups of rows verl adds to pad a batch.
+
+    Their uid is ``padding_utils``'s; one uid per group is checked (a row of each), not every row.
+    """
+    first = torch.full((num_groups,), len(group), dtype=torch.int64)
+    first = first.scatter_reduce(0, group, torch.arange(len(group)), reduce="amin")
+    uids = np.asarray(index, dtype=object)[first.numpy()]
+    return torch.tensor(
+        [isinstance(uid, str) and uid.startswith("pad") and _PAD_UID.fullmatch(uid) is not None for uid in uids],
+        dtype=torch.bool,
+    )
 
 
 def _metrics(
@@ -407,13 +418,13 @@ def _metrics(
     anneal: float,
     cfg: TrustGRPOConfig,
     non_tensor_batch: dict[str, Any],
-    real: torch.Tensor,
+    real_groups: torch.Tensor,
 ) -> dict[str, float]:
     """Per-step metrics of the estimator (``trust_grpo/*``) and the thinking reward model (``trm/*``).
 
-    Only ``real`` rows (``(bs,)`` bool) count: verl's padding rows copy a real sample's extra info.
+    Only ``real_groups`` (``(num_groups,)`` bool) count: verl's padding rows copy a real sample's extra info.
     """
-    real_groups = torch.zeros(len(trust.mixed), dtype=torch.bool).index_fill_(0, group[real], True)
+    real = real_groups[group]
     mixed = trust.mixed & real_groups
     scored = ~torch.isnan(thinking) & real
     metrics = {
@@ -510,7 +521,7 @@ def compute_trust_grpo_advantage(
     )
     metrics = _metrics(
         trust, thinking, term, outcome, group, anneal=anneal, cfg=cfg, non_tensor_batch=non_tensor_batch,
-        real=~_padding_rows(index),
+        real_groups=~_padding_groups(index, group, num_groups),
     )
     return advantages, returns, metrics
 
