@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 #: Submodules that do not need verl (the command lines and what they import before a command runs).
 _WITHOUT_VERL = frozenset(
     {"annealing", "audit", "cli", "config", "data", "local_server", "outcome_reward_fn", "plots", "report",
-     "rewards", "thinking_reward", "tiny_vl"}
+     "rewards", "thinking_reward", "tiny_vl", "train_cpu"}
 )
 
 

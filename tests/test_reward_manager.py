@@ -360,7 +360,7 @@ def test_multi_message_prompts_reach_the_trm_in_every_shape_verl_builds(
     by_index = {row["index"]: _question_and_images(row) for row in rows_seen}
     question, images = by_index[0]
     assert question == "What is the sum of the two bars?" and len(images) == 1
-    assert np.asarray(images[0]).shape[-1] == 3  # the decoded PNG of the row
+    assert images[0] == rows[0]["images"][0]["bytes"]  # the row's PNG, its original bytes (never re-encoded)
     assert by_index[1] == ("What is 3 + 4?", ())  # the user message only, never the system prompt
     assert by_index[2] == ("What is 2 + 5?", ())
 
