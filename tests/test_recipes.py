@@ -163,7 +163,10 @@ def test_tiny_cpu_recipe_runs_the_methods_keys():
     assert {key: tiny[key] for key in METHOD_KEYS} == {key: main[key] for key in METHOD_KEYS}
     assert tiny["actor_rollout_ref.rollout.name"] == "transformers" and tiny["trainer.device"] == "cpu"
     assert tiny["algorithm.trust_grpo.anneal_steps"] is not None  # one T across the first run and the resume
-    validate(recipe(TINY_CPU, TINY_CPU_INPUTS))
+    # Outside VERL_PLATFORM=cpu the CPU rollout is refused in the driver; the rest of the recipe must validate.
+    with pytest.raises(ValueError, match="set VERL_PLATFORM=cpu"):
+        validate(recipe(TINY_CPU, TINY_CPU_INPUTS))
+    validate(recipe(TINY_CPU, (*TINY_CPU_INPUTS, "actor_rollout_ref.rollout.name=vllm")))
 
 
 @pytest.mark.parametrize("name", VARIANTS)
