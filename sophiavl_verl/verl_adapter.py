@@ -468,7 +468,7 @@ def install() -> bool:
 
 def is_installed() -> bool:
     """Whether :func:`install` ran and found ``validate_config`` as the adapter expects."""
-    return _installed and not _mismatches
+    return _installed
 
 
 def require_trainer_adapter() -> None:
@@ -483,5 +483,5 @@ def require_trainer_adapter() -> None:
     if _installed:
         for name in _TRAINER_PATCHES:
             importlib.import_module(name)
-    if not is_installed():
+    if not _installed or _mismatches:
         raise ConfigError(adapter_missing_reason())
