@@ -16,8 +16,9 @@ and far below any difference a thinking reward model expresses (its scores are i
     A_i = (R_i - mean(R)) / (std(R) + ε)            (verl's GRPO normalisation)            (Eq. 6)
 
 Everything is vectorised over the batch (scatter-adds over group ids; no Python loop per response
-or per group; only the metrics look at one uid per group, for verl's padding rows). The registered estimator ``trust_grpo`` reads R^o and R^t from the per-sample reward
-extra info that the ``sophiavl`` reward manager writes; see ``verl_adapter`` for how it gets there.
+or per group; only the metrics look at one uid per group, for verl's padding rows). The registered
+estimator ``trust_grpo`` reads R^o and R^t from the per-sample reward extra info that the ``sophiavl``
+reward manager writes; see ``verl_adapter`` for how it gets there.
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import dataclasses
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -339,7 +339,7 @@ def _wrap_multi_trajectories(original: Callable[..., Any]) -> Callable[..., Any]
         context = _current_context()
         if context.reward_extra_info is not None:
             # Rows follow batch_keys; verl's select_idxs then keeps the extra info of the rows it keeps.
-            data.non_tensor_batch.update(context.reward_extra_info)
+            data.non_tensor_batch.update({k: np.asarray(v, dtype=object) for k, v in context.reward_extra_info.items()})
         route = dataclasses.replace(context, reward_extra_info=None, grpo_runs_trust_grpo=True)
         with _step_context(route):
             return original(data, batch_keys=batch_keys, adv_estimator=AdvantageEstimator.GRPO, **kwargs)
@@ -539,7 +539,7 @@ def when_imported(module_name: str, patch: Callable[[ModuleType], None]) -> None
 
 def is_installed() -> bool:
     """Whether :func:`install` ran and found ``validate_config`` as the adapter expects."""
-    return _installed and not _mismatches
+    return _installed
 
 
 def require_trainer_adapter() -> None:
@@ -554,5 +554,5 @@ def require_trainer_adapter() -> None:
     if _installed:
         for name in _TRAINER_PATCHES:
             importlib.import_module(name)
-    if not is_installed():
+    if not _installed or _mismatches:
         raise ConfigError(adapter_missing_reason())
