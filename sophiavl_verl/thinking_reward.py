@@ -318,8 +318,9 @@ def _image_job(image: Any, max_pixels: int | None) -> tuple[Hashable, Callable[[
         key = ("file", os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
         return key, lambda: _prepare_bytes(Path(path).read_bytes(), max_pixels, f"the bytes of {path}")
     if hasattr(image, "tobytes") and hasattr(image, "save"):  # a PIL image, without importing PIL here
-        key = ("pixels", image.mode, image.size, hashlib.sha256(image.tobytes()).digest())
-        return key, lambda: _encode_pil(image, max_pixels)
+        digest = hashlib.sha256(image.tobytes())
+        digest.update(bytes(image.getpalette() or ()))  # mode "P": the same indices with another palette differ
+        return ("pixels", image.mode, image.size, digest.digest()), lambda: _encode_pil(image, max_pixels)
     raise _BadInput(f"an image is a {type(image).__name__}, not bytes, a PIL image, a path or a URL")
 
 
@@ -682,13 +683,28 @@ def _close_open_pools() -> None:
 
 
 class _Attempt:
-    """Per-request context for aiohttp's tracing: which item's counters it feeds, whether it reused a connection."""
+    """Per-request context for aiohttp's tracing: which counters it feeds, whether it reused a connection."""
 
-    __slots__ = ("result", "reused")
+    __slots__ = ("stats", "result", "reused")
 
-    def __init__(self, result: TRMResult) -> None:
+    def __init__(self, stats: TRMStats, result: TRMResult) -> None:
+        self.stats = stats
         self.result = result
         self.reused = False
+
+
+# aiohttp tracing callbacks. Module functions, not methods: a pool must not keep its client alive, so that a
+# client dropped with its pool open is collected and its pool closed (see _orphan_pools).
+async def _on_connection_created(session: Any, context: Any, params: Any) -> None:
+    attempt = context.trace_request_ctx
+    if isinstance(attempt, _Attempt):
+        attempt.stats.connections += 1
+        attempt.result.connections += 1
+
+
+async def _on_connection_reused(session: Any, context: Any, params: Any) -> None:
+    if isinstance(context.trace_request_ctx, _Attempt):
+        context.trace_request_ctx.reused = True
 
 
 # --------------------------------------------------------------------------------------------- client
@@ -934,8 +950,8 @@ class ThinkingRewardClient:
     async def _session(self, state: _LoopState) -> aiohttp.ClientSession:
         if state.session is None or state.session.closed:
             trace = aiohttp.TraceConfig()
-            trace.on_connection_create_end.append(self._on_connection_created)
-            trace.on_connection_reuseconn.append(self._on_connection_reused)
+            trace.on_connection_create_end.append(_on_connection_created)
+            trace.on_connection_reuseconn.append(_on_connection_reused)
             headers = {"Content-Type": "application/json"}
             if self._api_key.value:
                 headers["Authorization"] = f"Bearer {self._api_key.value}"
@@ -944,15 +960,6 @@ class ThinkingRewardClient:
             state.lifetime = _pool_lifetime(state)
             await state.lifetime.__anext__()  # registers it with the loop, which closes it at shutdown
         return state.session
-
-    async def _on_connection_created(self, session: Any, context: Any, params: Any) -> None:
-        self.stats.connections += 1
-        if isinstance(context.trace_request_ctx, _Attempt):
-            context.trace_request_ctx.result.connections += 1
-
-    async def _on_connection_reused(self, session: Any, context: Any, params: Any) -> None:
-        if isinstance(context.trace_request_ctx, _Attempt):
-            context.trace_request_ctx.reused = True
 
     async def _score_item(self, state: _LoopState, item: Any, deadline: float) -> TRMResult:
         result = TRMResult()
@@ -1108,7 +1115,7 @@ class ThinkingRewardClient:
         result.bytes_sent += len(body)
         if attempt:
             self.stats.retries += 1
-        context = _Attempt(result)
+        context = _Attempt(self.stats, result)
         start = time.monotonic()
         try:
             async with session.post(self.url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s),

@@ -540,12 +540,15 @@ def test_pool_is_closed_at_interpreter_exit_without_warnings(tmp_path):
             "print(loop.run_until_complete(client.score([item])))\n"
             f"dropped = ThinkingRewardClient({server.base_url!r}, 'trm')\n"
             "print(asyncio.run(dropped.score([item])), loop.run_until_complete(dropped.score([item])))\n"
-            "del dropped; gc.collect()\n"  # a client collected with its pool open
-            "print(loop.run_until_complete(client.score([item])))\n"
+            "from sophiavl_verl import thinking_reward\n"
+            "print(len(thinking_reward._OPEN_POOLS))\n"
+            "del dropped; gc.collect()\n"  # a client collected with its pool open ...
+            "print(loop.run_until_complete(client.score([item])))\n"  # ... which this loop's next call closes
+            "print(len(thinking_reward._OPEN_POOLS))\n"
         )
         done = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.split() == ["[0.5]", "[0.5]", "[0.5]", "[0.5]"]
+        assert done.stdout.split() == ["[0.5]", "[0.5]", "[0.5]", "2", "[0.5]", "1"]
         assert "Unclosed" not in done.stderr and "never awaited" not in done.stderr, done.stderr
         assert _wait_until(lambda: server.open_connections == 0)
 
@@ -862,3 +865,15 @@ def test_responses_waiting_for_their_groups_image_hold_no_thread(monkeypatch):
         scores, other_work_first = asyncio.run(group_and_other_work(client))
     assert scores == [[0.5]] * 8 and client.stats.image_encodes == 1
     assert other_work_first  # a free executor thread ran it while the image was still being encoded
+
+
+def test_palette_images_with_equal_indices_but_other_palettes_are_not_confused():
+    red, blue = Image.new("P", (8, 8), 0), Image.new("P", (8, 8), 0)
+    red.putpalette([255, 0, 0] * 256)
+    blue.putpalette([0, 0, 255] * 256)
+    items = [ThinkingRewardItem("q", "r", (red,)), ThinkingRewardItem("q", "r", (blue,))]
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        _, client, _ = _score(server.base_url, items, max_concurrency=1)
+        sent = _sent_images(server)
+    colors = sorted(Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0)) for data in sent)
+    assert colors == [(0, 0, 255), (255, 0, 0)] and client.stats.image_encodes == 2
