@@ -682,6 +682,14 @@ def _close_open_pools() -> None:
             logger.debug("thinking reward client: closing a pool at exit failed: %r", exc)
 
 
+async def _once_more_if_stale(request: Callable[[], Any]) -> Any:
+    """``await request()``, once more when the pooled connection it got had been closed by the server."""
+    try:
+        return await request()
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        return await request()
+
+
 class _Attempt:
     """Per-request context for aiohttp's tracing: which counters it feeds, whether it reused a connection."""
 
@@ -1121,10 +1129,12 @@ class ThinkingRewardClient:
             async with session.post(self.url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                     trace_request_ctx=context) as resp:
                 status = resp.status
+                if status >= 500 and resp.connection is not None:
+                    # uvicorn (verl's router) drops the connection after an error: keep it out of the pool, which
+                    # aiohttp returns it to as soon as the body is read
+                    resp.connection.protocol.force_close()
                 raw = await resp.read()
                 retry_after = _retry_after_s(resp.headers.get("Retry-After"))
-                if status >= 500:
-                    resp.close()  # uvicorn (verl's router) drops the connection after an error: never reuse it
         except asyncio.TimeoutError:
             raise _AttemptError("timeout", f"no reply within {timeout_s:.3g}s", retryable=True, alive=False) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -1184,10 +1194,13 @@ class ThinkingRewardClient:
         return state.model_listed is not False
 
     async def _list_models(self, session: aiohttp.ClientSession) -> set | None:
-        try:
+        async def get() -> Any:
             timeout = aiohttp.ClientTimeout(total=min(self.timeout_s, 10.0))
             async with session.get(f"{self.base_url}/models", timeout=timeout) as resp:
-                models = await resp.json(content_type=None) if resp.status == 200 else None
+                return await resp.json(content_type=None) if resp.status == 200 else None
+
+        try:
+            models = await _once_more_if_stale(get)
             return {entry.get("id") for entry in models["data"]}
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -1197,14 +1210,17 @@ class ThinkingRewardClient:
         self.stats.probes += 1
         payload = {"model": self.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1,
                    "temperature": 0.0}
-        alive = False
-        try:
-            session = await self._session(state)
+        session = await self._session(state)
+
+        async def post() -> bool:
             async with session.post(self.url, json=payload, timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
                 await resp.read()
-                alive = resp.status < 500
+                return resp.status < 500
+
+        try:
+            alive = await _once_more_if_stale(post)
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass
+            alive = False
         now = asyncio.get_running_loop().time()
         state.breaker.probing = False
         if alive:
