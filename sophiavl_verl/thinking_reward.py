@@ -363,8 +363,9 @@ def _image_job(image: Any, max_pixels: int | None) -> tuple[Hashable, Callable[[
         key = ("file", os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
         return key, lambda: _prepare_bytes(Path(path).read_bytes(), max_pixels, f"the bytes of {path}")
     if hasattr(image, "tobytes") and hasattr(image, "save"):  # a PIL image, without importing PIL here
-        key = ("pixels", image.mode, image.size, hashlib.sha256(image.tobytes()).digest())
-        return key, lambda: _encode_pil(image, max_pixels)
+        digest = hashlib.sha256(image.tobytes())
+        digest.update(bytes(image.getpalette() or ()))  # mode "P": the same indices with another palette differ
+        return ("pixels", image.mode, image.size, digest.digest()), lambda: _encode_pil(image, max_pixels)
     raise _BadInput(f"an image is a {type(image).__name__}, not bytes, a PIL image, a path or a URL")
 
 
@@ -726,14 +727,37 @@ def _close_open_pools() -> None:
             logger.debug("thinking reward client: closing a pool at exit failed: %r", exc)
 
 
+async def _once_more_if_stale(request: Callable[[], Any]) -> Any:
+    """``await request()``, once more when the pooled connection it got had been closed by the server."""
+    try:
+        return await request()
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        return await request()
+
+
 class _Attempt:
-    """Per-request context for aiohttp's tracing: which item's counters it feeds, whether it reused a connection."""
+    """Per-request context for aiohttp's tracing: which counters it feeds, whether it reused a connection."""
 
-    __slots__ = ("result", "reused")
+    __slots__ = ("stats", "result", "reused")
 
-    def __init__(self, result: TRMResult) -> None:
+    def __init__(self, stats: TRMStats, result: TRMResult) -> None:
+        self.stats = stats
         self.result = result
         self.reused = False
+
+
+# aiohttp tracing callbacks. Module functions, not methods: a pool must not keep its client alive, so that a
+# client dropped with its pool open is collected and its pool closed (see _orphan_pools).
+async def _on_connection_created(session: Any, context: Any, params: Any) -> None:
+    attempt = context.trace_request_ctx
+    if isinstance(attempt, _Attempt):
+        attempt.stats.connections += 1
+        attempt.result.connections += 1
+
+
+async def _on_connection_reused(session: Any, context: Any, params: Any) -> None:
+    if isinstance(context.trace_request_ctx, _Attempt):
+        context.trace_request_ctx.reused = True
 
 
 # --------------------------------------------------------------------------------------------- client
@@ -987,8 +1011,8 @@ class ThinkingRewardClient:
     async def _session(self, state: _LoopState) -> aiohttp.ClientSession:
         if state.session is None or state.session.closed:
             trace = aiohttp.TraceConfig()
-            trace.on_connection_create_end.append(self._on_connection_created)
-            trace.on_connection_reuseconn.append(self._on_connection_reused)
+            trace.on_connection_create_end.append(_on_connection_created)
+            trace.on_connection_reuseconn.append(_on_connection_reused)
             headers = {"Content-Type": "application/json"}
             if self._api_key.value:
                 headers["Authorization"] = f"Bearer {self._api_key.value}"
@@ -997,15 +1021,6 @@ class ThinkingRewardClient:
             state.lifetime = _pool_lifetime(state)
             await state.lifetime.__anext__()  # registers it with the loop, which closes it at shutdown
         return state.session
-
-    async def _on_connection_created(self, session: Any, context: Any, params: Any) -> None:
-        self.stats.connections += 1
-        if isinstance(context.trace_request_ctx, _Attempt):
-            context.trace_request_ctx.result.connections += 1
-
-    async def _on_connection_reused(self, session: Any, context: Any, params: Any) -> None:
-        if isinstance(context.trace_request_ctx, _Attempt):
-            context.trace_request_ctx.reused = True
 
     async def _score_item(self, state: _LoopState, item: Any, deadline: float) -> TRMResult:
         result = TRMResult()
@@ -1166,16 +1181,18 @@ class ThinkingRewardClient:
         result.bytes_sent += len(body)
         if attempt:
             self.stats.retries += 1
-        context = _Attempt(result)
+        context = _Attempt(self.stats, result)
         start = time.monotonic()
         try:
             async with session.post(self.url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                     trace_request_ctx=context) as resp:
                 status = resp.status
+                if status >= 500 and resp.connection is not None:
+                    # uvicorn (verl's router) drops the connection after an error: keep it out of the pool, which
+                    # aiohttp returns it to as soon as the body is read
+                    resp.connection.protocol.force_close()
                 raw = await resp.read()
                 retry_after = _retry_after_s(resp.headers.get("Retry-After"))
-                if status >= 500:
-                    resp.close()  # uvicorn (verl's router) drops the connection after an error: never reuse it
         except asyncio.TimeoutError:
             raise _AttemptError("timeout", f"no reply within {timeout_s:.3g}s", retryable=True, alive=False) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -1235,10 +1252,13 @@ class ThinkingRewardClient:
         return state.model_listed is not False
 
     async def _list_models(self, session: aiohttp.ClientSession) -> set | None:
-        try:
+        async def get() -> Any:
             timeout = aiohttp.ClientTimeout(total=min(self.timeout_s, 10.0))
             async with session.get(f"{self.base_url}/models", timeout=timeout) as resp:
-                models = await resp.json(content_type=None) if resp.status == 200 else None
+                return await resp.json(content_type=None) if resp.status == 200 else None
+
+        try:
+            models = await _once_more_if_stale(get)
             return {entry.get("id") for entry in models["data"]}
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -1248,14 +1268,17 @@ class ThinkingRewardClient:
         self.stats.probes += 1
         payload = {"model": self.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1,
                    "temperature": 0.0}
-        alive = False
-        try:
-            session = await self._session(state)
+        session = await self._session(state)
+
+        async def post() -> bool:
             async with session.post(self.url, json=payload, timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
                 await resp.read()
-                alive = resp.status < 500
+                return resp.status < 500
+
+        try:
+            alive = await _once_more_if_stale(post)
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass
+            alive = False
         now = asyncio.get_running_loop().time()
         state.breaker.probing = False
         if alive:

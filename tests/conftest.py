@@ -73,3 +73,42 @@ def embedded_trm_server():
 
     with LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm")) as server:
         yield server
+
+
+@pytest.fixture
+def verl_router():
+    """verl 0.9.1's own reward-model router (``run_router`` in a child process, as ``launch_router_process``
+    starts it) in front of a fault-injection server: call it with the server's script; it returns the router's
+    ``host:port`` (what verl hands a reward manager in hosting mode A) and the server."""
+    import multiprocessing
+    import socket
+    import time
+
+    from fault_injection import FaultInjectionServer
+    from verl.experimental.reward_loop.router.naive_router import run_router
+
+    from sophiavl_verl.local_server import free_port
+
+    started = []
+
+    def start(script):
+        server = FaultInjectionServer(script).__enter__()
+        port = free_port()
+        process = multiprocessing.Process(
+            target=run_router, args=("127.0.0.1", port, [f"http://127.0.0.1:{server.port}"]), daemon=True
+        )
+        process.start()
+        started.append((server, process))
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return f"127.0.0.1:{port}", server
+            assert time.monotonic() < deadline and process.is_alive(), "verl's router did not start"
+            time.sleep(0.05)
+
+    yield start
+    for server, process in started:
+        process.terminate()
+        process.join(10)
+        server.__exit__(None, None, None)

@@ -10,6 +10,14 @@ import weakref
 from aiohttp import web
 
 
+#: vLLM's OpenAI-server error bodies (``ErrorResponse``) for a prompt over the context length and an unknown model.
+VLLM_TOO_LONG = {"object": "error", "message": "This model's maximum context length is 32768 tokens. However, you "
+                 "requested 40000 tokens (39968 in the messages, 32 in the completion).", "type": "BadRequestError",
+                 "param": None, "code": 400}
+VLLM_NO_MODEL = {"object": "error", "message": "The model `trm` does not exist.", "type": "NotFoundError",
+                 "param": None, "code": 404}
+
+
 def _completion(content: str) -> dict:
     message = {"role": "assistant", "content": content}
     return {"object": "chat.completion", "choices": [{"index": 0, "message": message}]}

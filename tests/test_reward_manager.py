@@ -592,3 +592,45 @@ def test_reward_worker_with_a_hanging_trm_ends_within_the_deadline_with_nan_coun
     assert all(math.isnan(i[THINKING_KEY]) and i[TRM_STATUS_KEY] == "failed" for i in infos)
     kinds = Counter(i["sophiavl_trm_failure"] for i in infos)
     assert set(kinds) <= {"timeout", "circuit_open"} and kinds["circuit_open"] >= 4
+
+
+def test_hosting_mode_a_refused_requests_fail_fast_through_verls_worker_and_router(verl_router, tmp_path):
+    """Mode A end to end: verl's RewardLoopWorker with its router address, verl's own router, and an upstream that
+    refuses the wrong responses' requests with vLLM's context-length 400 (the router turns it into its bodiless
+    500): those are NaN as upstream_rejected after two requests each, not six with backoff."""
+    from aiohttp import web
+
+    from fault_injection import VLLM_TOO_LONG
+
+    async def script(n, body):
+        if BAD in body["messages"][-1]["content"][-1]["text"]:
+            await asyncio.sleep(0.3)  # the other requests are answered first
+            return web.json_response(VLLM_TOO_LONG, status=400)
+        return "<answer>0.6</answer>"
+
+    address, server = verl_router(script)
+    tokenizer = _tokenizer_dir(tmp_path)
+    config = compose_verl_config([
+        *SMALL_RUN, "actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={tokenizer}",
+        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
+        "reward.reward_model.enable=True", "reward.reward_model.enable_resource_pool=True",
+        f"reward.reward_model.model_path={tokenizer}", "reward.reward_model.rollout.name=vllm",
+        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "+reward.reward_kwargs.query_policy=all", "+reward.reward_kwargs.max_retries=5",
+    ])
+    run_verl_validation(config)
+    worker = RewardLoopWorker(config, reward_router_address=address)
+    data, expected_outcomes = _reward_batch(worker.input_tokenizer)
+    outputs = get_event_loop().run_until_complete(worker.compute_score_batch(data))
+    worker.reward_manager.client.close()
+    responses = [response for group in GROUPS.values() for response in group]
+    refused = [response == BAD for response in responses]
+    assert [o["reward_score"] for o in outputs] == expected_outcomes
+    for out, bad in zip(outputs, refused):
+        info = out["reward_extra_info"]
+        if bad:
+            assert math.isnan(info[THINKING_KEY]) and info["sophiavl_trm_failure"] == "upstream_rejected"
+            assert info["sophiavl_trm_http_requests"] == 2
+        else:
+            assert info[THINKING_KEY] == pytest.approx(0.6) and info["sophiavl_trm_failure"] == ""
+    assert server.requests == sum(not b for b in refused) + 2 * sum(refused)

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from fault_injection import FaultInjectionServer
+from fault_injection import VLLM_NO_MODEL, VLLM_TOO_LONG, FaultInjectionServer
 from sophiavl_verl.local_server import LocalOpenAIServer, ServerStartError, free_port
 from sophiavl_verl.thinking_reward import (
     API_KEY_ENV,
@@ -613,12 +613,15 @@ def test_pool_is_closed_at_interpreter_exit_without_warnings(tmp_path):
             "print(loop.run_until_complete(client.score([item])))\n"
             f"dropped = ThinkingRewardClient({server.base_url!r}, 'trm')\n"
             "print(asyncio.run(dropped.score([item])), loop.run_until_complete(dropped.score([item])))\n"
-            "del dropped; gc.collect()\n"  # a client collected with its pool open
-            "print(loop.run_until_complete(client.score([item])))\n"
+            "from sophiavl_verl import thinking_reward\n"
+            "print(len(thinking_reward._OPEN_POOLS))\n"
+            "del dropped; gc.collect()\n"  # a client collected with its pool open ...
+            "print(loop.run_until_complete(client.score([item])))\n"  # ... which this loop's next call closes
+            "print(len(thinking_reward._OPEN_POOLS))\n"
         )
         done = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-        assert done.stdout.split() == ["[0.5]", "[0.5]", "[0.5]", "[0.5]"]
+        assert done.stdout.split() == ["[0.5]", "[0.5]", "[0.5]", "2", "[0.5]", "1"]
         assert "Unclosed" not in done.stderr and "never awaited" not in done.stderr, done.stderr
         assert _wait_until(lambda: server.open_connections == 0)
 
@@ -813,14 +816,6 @@ def test_circuit_breaker_fails_fast_on_a_hanging_trm_then_probes_and_recovers():
 
 # ------------------------------------------------------------------------------ permanent errors
 
-#: vLLM's OpenAI-server error bodies (``ErrorResponse``) for a prompt over the context length and an unknown model.
-VLLM_TOO_LONG = {"object": "error", "message": "This model's maximum context length is 32768 tokens. However, you "
-                 "requested 40000 tokens (39968 in the messages, 32 in the completion).", "type": "BadRequestError",
-                 "param": None, "code": 400}
-VLLM_NO_MODEL = {"object": "error", "message": "The model `trm` does not exist.", "type": "NotFoundError",
-                 "param": None, "code": 404}
-
-
 @pytest.mark.parametrize(("status", "error", "kind"), [
     (400, VLLM_TOO_LONG, "context_length"),
     (404, VLLM_NO_MODEL, "unknown_model"),
@@ -833,42 +828,6 @@ def test_permanent_errors_are_named_and_not_retried(status, error, kind):
     assert math.isnan(score) and dict(client.stats.failures) == {kind: 1}
 
 
-@pytest.fixture
-def verl_router():
-    """verl 0.9.1's reward-model router (``run_router``, as ``launch_router_process`` starts it) in front of a
-    fault-injection server; yields (router base URL, the server's holder)."""
-    import multiprocessing
-
-    from verl.experimental.reward_loop.router.naive_router import run_router
-
-    holder = {}
-
-    def start(script):
-        server = FaultInjectionServer(script).__enter__()
-        holder["server"] = server
-        port = free_port()
-        process = multiprocessing.Process(  # as launch_router_process does
-            target=run_router, args=("127.0.0.1", port, [f"http://127.0.0.1:{server.port}"]), daemon=True)
-        process.start()
-        holder["process"] = process
-        assert _wait_until(lambda: _port_open(port), 60), "verl's router did not start"
-        return f"http://127.0.0.1:{port}/v1", server
-
-    yield start
-    if "process" in holder:
-        holder["process"].terminate()
-        holder["process"].join(10)
-    if "server" in holder:
-        holder["server"].__exit__(None, None, None)
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_mode_a_router_500_for_a_refused_request_fails_fast(verl_router):
     """verl's router turns the upstream's 400 (context too long) into its bodiless 500: two tries, not six."""
 
@@ -878,7 +837,8 @@ def test_mode_a_router_500_for_a_refused_request_fails_fast(verl_router):
             return web.json_response(VLLM_TOO_LONG, status=400)
         return "<answer>0.7</answer>"
 
-    url, server = verl_router(script)
+    address, server = verl_router(script)
+    url = f"http://{address}/v1"
     items = [ThinkingRewardItem(f"fine {k}", "r") for k in range(6)] + [ThinkingRewardItem("too long", "r")] * 2
     scores, client, _ = _score(url, items, max_retries=5, max_concurrency=8)
     assert scores[:6] == [0.7] * 6 and math.isnan(scores[6]) and math.isnan(scores[7])
@@ -892,8 +852,8 @@ def test_mode_a_unknown_model_behind_the_router_fails_fast(verl_router):
             return web.json_response(VLLM_NO_MODEL, status=404)
         return "<answer>0.7</answer>"
 
-    url, server = verl_router(script)
-    scores, client, _ = _score(url, [ITEM] * 10, max_retries=5, max_concurrency=2)
+    address, server = verl_router(script)
+    scores, client, _ = _score(f"http://{address}/v1", [ITEM] * 10, max_retries=5, max_concurrency=2)
     assert all(math.isnan(s) for s in scores)
     assert dict(client.stats.failures) == {"unknown_model": 10}
     assert server.requests <= 2 and server.models_requests == 1  # the first wave; then nothing is sent
@@ -935,3 +895,15 @@ def test_responses_waiting_for_their_groups_image_hold_no_thread(monkeypatch):
         scores, other_work_first = asyncio.run(group_and_other_work(client))
     assert scores == [[0.5]] * 8 and client.stats.image_encodes == 1
     assert other_work_first  # a free executor thread ran it while the image was still being encoded
+
+
+def test_palette_images_with_equal_indices_but_other_palettes_are_not_confused():
+    red, blue = Image.new("P", (8, 8), 0), Image.new("P", (8, 8), 0)
+    red.putpalette([255, 0, 0] * 256)
+    blue.putpalette([0, 0, 255] * 256)
+    items = [ThinkingRewardItem("q", "r", (red,)), ThinkingRewardItem("q", "r", (blue,))]
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        _, client, _ = _score(server.base_url, items, max_concurrency=1)
+        sent = _sent_images(server)
+    colors = sorted(Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0)) for data in sent)
+    assert colors == [(0, 0, 255), (255, 0, 0)] and client.stats.image_encodes == 2
