@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 #: Submodules that do not need verl (the command lines and what they import before a command runs).
 _WITHOUT_VERL = frozenset(
-    {"annealing", "audit", "cli", "config", "data", "local_server", "outcome_reward_fn", "plots", "report",
+    {"annealing", "audit", "cli", "config", "data", "errors", "local_server", "outcome_reward_fn", "plots", "report",
      "rewards", "thinking_reward", "tiny_vl", "train_cpu"}
 )
 

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from sophiavl_verl.errors import AuditError
+
 __all__ = [
     "AuditError",
     "AuditSettings",
@@ -77,10 +79,6 @@ EMBEDDED_CONCURRENCY = 1
 REMOTE_CONCURRENCY = 16
 #: Longest --timeout accepted (a day); larger values overflow timers deep in asyncio and aiohttp.
 MAX_TIMEOUT_S = 86400.0
-
-
-class AuditError(Exception):
-    """Bad input or an unusable setting; the message names the file and line (or the URL) at fault."""
 
 
 # ---------------------------------------------------------------------------------------------- settings

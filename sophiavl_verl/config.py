@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from sophiavl_verl.annealing import get_schedule
+from sophiavl_verl.errors import ConfigError
 
 __all__ = ["TRUST_GRPO", "TrustGRPOConfig", "ConfigError", "is_trust_grpo"]
 
@@ -19,10 +20,6 @@ __all__ = ["TRUST_GRPO", "TrustGRPOConfig", "ConfigError", "is_trust_grpo"]
 TRUST_GRPO = "trust_grpo"
 
 UNIFORM_GROUP_POLICIES = ("skip", "trust")
-
-
-class ConfigError(ValueError):
-    """A plugin option has a wrong name, type or value; the message names the full key."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from sophiavl_verl.config import SPLIT_KEY
+from sophiavl_verl.errors import DataError, ImageError
 from sophiavl_verl.rewards import PROBLEM_TYPES, canonical_problem_type, unwrap_answer
 
 __all__ = [
@@ -123,10 +124,6 @@ RL_SCHEMA = pa.schema(
 TRM_SCHEMA = pa.schema(
     [("messages", _MESSAGES), ("images", _IMAGES), ("extra_info", pa.struct([("index", pa.int64())]))]
 )
-
-
-class DataError(ValueError):
-    """A bad input row under ``--strict``, or an unusable input or option."""
 
 
 @dataclass(frozen=True)
@@ -409,14 +406,6 @@ def _pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
-
-
-class ImageError(ValueError):
-    """An image the guard refuses; ``kind`` is ``missing``, ``outside_root``, ``oversized`` or ``unreadable``."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind, self.reason = kind, reason
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sophiavl_verl.errors import ServerStartError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LocalOpenAIServer", "ServerStartError", "TERMINATING_SIGNALS", "free_port", "main"]
@@ -94,10 +96,6 @@ def _unwatch_signals() -> None:
         if signal.getsignal(signum) is _stop_servers_then_resignal:
             signal.signal(signum, previous)
     _previous_handlers.clear()
-
-
-class ServerStartError(RuntimeError):
-    """The server exited or did not answer in time; the message ends with the tail of its log."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -21,15 +21,13 @@ import os
 import re
 from pathlib import Path
 
+from sophiavl_verl.errors import PlotError
+
 __all__ = ["PlotError", "TRAINING_PANELS", "parse_metrics_log", "plot_audit", "plot_training", "write_series_csv"]
 
 CORRECT_COLOUR = "#2e8b57"
 WRONG_COLOUR = "#c0392b"
 DPI = 110
-
-
-class PlotError(Exception):
-    """A log without metrics, or an unreadable file; the message names the file."""
 
 
 # ------------------------------------------------------------------------------------------- audit plots
