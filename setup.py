@@ -1,17 +1,23 @@
 """sophiavl-verl: SophiaVL-R1 (thinking reward + Trust-GRPO + annealing) as a verl plugin."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The one version source is sophiavl_verl/__init__.py.
+VERSION = re.search(r'^__version__ = "([^"]+)"', Path("sophiavl_verl/__init__.py").read_text(), re.M).group(1)
 
 setup(
     name="sophiavl-verl",
-    version="0.1.0",
+    version=VERSION,
     description="SophiaVL-R1's Trust-GRPO, thinking reward model and annealing as a plugin for verl",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sophiavl_verl", "sophiavl_verl.*"]),
     include_package_data=True,
-    package_data={"sophiavl_verl": ["embedded/*.jsonl", "embedded/images/*.png"]},
+    package_data={"sophiavl_verl": ["tools/embedded/*.jsonl", "tools/embedded/images/*.png"]},
     install_requires=[
         # Tested with verl 0.9.1. Any 0.9.x runs if the interfaces the adapter touches match; one that
         # does not is refused at config validation, naming what changed (verl_adapter.REQUIREMENTS).
@@ -38,10 +44,10 @@ setup(
     },
     entry_points={
         # `import verl` loads this in every process (driver and Ray workers).
-        "verl.plugins": ["sophiavl_verl = sophiavl_verl.plugin"],
+        "verl.plugins": ["sophiavl_verl = sophiavl_verl.integration.plugin"],
         "console_scripts": [
-            "sophiavl-verl = sophiavl_verl.cli:main",
-            "sophiavl-verl-data = sophiavl_verl.data:main",
+            "sophiavl-verl = sophiavl_verl.tools.cli:main",
+            "sophiavl-verl-data = sophiavl_verl.tools.data:main",
         ],
     },
 )

@@ -183,9 +183,9 @@ def install_legacy(sources: dict[str, str]) -> None:
     manager = types.ModuleType("sophiavl_legacy_reward_manager")
     sys.modules[manager.__name__] = manager
     exec(compile(manager_source, "legacy/reward_manager.py", "exec"), manager.__dict__)
-    from sophiavl_verl import reward_manager
+    from sophiavl_verl.integration import group_board
 
-    manager.GroupOutcomeBoard = reward_manager.GroupOutcomeBoard  # an importable class for the board's actor
+    manager.GroupOutcomeBoard = group_board.GroupOutcomeBoard  # an importable class for the board's actor
 
 
 def bench_worker_class():
@@ -210,7 +210,9 @@ def bench_worker_class():
                     "requests": stats.requests, "failed": stats.failed}
 
         async def board_latency(self, prefix: str, n: int) -> dict:
-            board = sys.modules[type(self.reward_manager).__module__]._group_board()
+            from sophiavl_verl.integration import group_board
+
+            board = group_board.group_board()
 
             async def arrive(i: int) -> float:
                 start = time.perf_counter()
@@ -367,8 +369,8 @@ def main() -> None:
 
     import ray
 
-    from sophiavl_verl.local_server import free_port
-    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
+    from sophiavl_verl.tools.local_server import free_port
+    from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
     from verl.utils import hf_tokenizer
 
     legacy = {name: subprocess.run(["git", "-C", str(REPO), "show", f"{args.old_commit}:sophiavl_verl/{name}.py"],
@@ -392,9 +394,9 @@ def main() -> None:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}})
         worker_cls = bench_worker_class()
-        from sophiavl_verl import reward_manager
+        from sophiavl_verl.integration import group_board
 
-        board = reward_manager._group_board()  # the named board, started (and owned) here once for every run
+        board = group_board.group_board()  # the named board, started (and owned) here once for every run
         ray.get(board._handle.pending_groups.remote())
         small = images[: args.n_small // GROUP_SIZE]
         results = []

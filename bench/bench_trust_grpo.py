@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
-from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, compute_trust_grpo_advantage
+from sophiavl_verl.integration.estimator import compute_trust_grpo_advantage
+from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY
 
 
 def make_batch(batch: int, length: int, group: int, seed: int = 0):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build the sample that `sophiavl-verl audit` uses when it is given no input.
 
-Writes ``sophiavl_verl/embedded/groups.jsonl`` and ``sophiavl_verl/embedded/images/*.png``:
+Writes ``sophiavl_verl/tools/embedded/groups.jsonl`` and ``sophiavl_verl/tools/embedded/images/*.png``:
 32 questions of the paper's four task types (8 each), each with an image drawn here with Pillow and
 8 responses in the ``<think>...</think><answer>...</answer>`` format:
 
@@ -21,7 +21,7 @@ compare the thinking reward model's scores with what the response really is; the
 reads ``question``, ``images``, ``ground_truth``, ``problem_type`` and ``responses``.
 
 Deterministic: fixed seeds and Pillow's built-in font, so a re-run rewrites identical files.
-Usage: python scripts/make_embedded_sample.py [--out sophiavl_verl/embedded]
+Usage: python scripts/make_embedded_sample.py [--out sophiavl_verl/tools/embedded]
 """
 
 from __future__ import annotations
@@ -578,7 +578,7 @@ def build(out: Path) -> list[dict]:
 
 
 def main() -> None:
-    default = Path(__file__).resolve().parent.parent / "sophiavl_verl" / "embedded"
+    default = Path(__file__).resolve().parent.parent / "sophiavl_verl" / "tools" / "embedded"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=default, help=f"output folder (default {default})")
     args = ap.parse_args()

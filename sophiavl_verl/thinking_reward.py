@@ -380,6 +380,9 @@ def _bad_input_on_error(function: Callable, *args: Any) -> Any:
         raise _BadInput(f"an image cannot be read: {type(exc).__name__}: {exc}") from None
 
 
+#: Each thread's event loop for :meth:`ThinkingRewardClient.score_sync`.
+_THREAD_LOOP = threading.local()
+
 #: The image cache's default budget per client (the JSON strings of prepared images, in bytes).
 IMAGE_CACHE_BYTES = 256 * 2**20
 
@@ -961,7 +964,7 @@ class ThinkingRewardClient:
         return results
 
     def score_sync(self, items: Sequence[ThinkingRewardItem]) -> list[float]:
-        """Blocking :meth:`score`, run on verl's event loop (``verl.utils.ray_utils.get_event_loop``).
+        """Blocking :meth:`score`, on this thread's own event loop (kept, so its connection pool is reused).
 
         Raises:
             RuntimeError: When called from inside a running event loop (``await score(...)`` there).
@@ -972,9 +975,10 @@ class ThinkingRewardClient:
             pass
         else:
             raise RuntimeError("score_sync() called inside a running event loop; use `await client.score(...)`")
-        from verl.utils.ray_utils import get_event_loop
-
-        return get_event_loop().run_until_complete(self.score(items))
+        loop = getattr(_THREAD_LOOP, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = _THREAD_LOOP.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(self.score(items))
 
     async def aclose(self) -> None:
         """Close the connection pool of the running event loop (a later call opens a new one)."""

@@ -16,64 +16,37 @@ and far below any difference a thinking reward model expresses (its scores are i
     A_i = (R_i - mean(R)) / (std(R) + ε)            (verl's GRPO normalisation)            (Eq. 6)
 
 Everything is vectorised over the batch (scatter-adds over group ids; no Python loop per response
-or per group; only the metrics look at one uid per group, for verl's padding rows). The registered
-estimator ``trust_grpo`` reads R^o and R^t from the per-sample reward extra info that the ``sophiavl``
-reward manager writes; see ``verl_adapter`` for how it gets there.
+or per group). This module needs torch, numpy and pandas only, never verl: the registered estimator
+``trust_grpo`` (:mod:`sophiavl_verl.integration.estimator`) reads R^o and R^t from the reward extra
+info and calls :func:`trust_grpo_advantages`; ``sophiavl-verl audit`` calls the same function.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
-import re
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from verl.trainer.ppo.core_algos import register_adv_est
-from verl.utils import group_mean_std
 
-from sophiavl_verl.annealing import get_schedule
-from sophiavl_verl.config import TRUST_GRPO, TrustGRPOConfig
+from sophiavl_verl.config import TrustGRPOConfig
 
 __all__ = [
-    "OUTCOME_KEY",
-    "THINKING_KEY",
-    "TRM_STATUS_KEY",
-    "TRM_LATENCY_KEY",
-    "TRM_FAILURE_KEY",
-    "TRM_COST_COLUMNS",
     "TIE_TOLERANCE",
     "GroupTrust",
+    "TrustGRPOResult",
+    "as_float64_column",
+    "check_rewards",
     "group_trust",
     "trust_weighted_rewards",
     "group_normalized_advantage",
-    "compute_trust_grpo_advantage",
+    "trust_grpo_advantages",
 ]
-
-#: Per-sample reward extra info written by the ``sophiavl`` reward manager.
-OUTCOME_KEY = "sophiavl_outcome_reward"
-THINKING_KEY = "sophiavl_thinking_reward"  # float in [0, 1], NaN = missing
-TRM_STATUS_KEY = "sophiavl_trm_status"  # "scored" | "failed" | "skipped"
-TRM_LATENCY_KEY = "sophiavl_trm_latency_s"  # NaN when no request was sent
-#: The uid verl's ``padding_utils.upsample_batch_to_divisible_size`` gives the rows it adds
-#: (``f"pad{uuid.uuid4().hex}"``); they copy a real sample's reward extra info and count in no metric.
-PAD_UID_PATTERN = r"pad[0-9a-f]{32}"
-TRM_FAILURE_KEY = "sophiavl_trm_failure"  # the kind of a failed request ("" otherwise), summed as trm/failed_<kind>
-#: What each response's TRM request cost: (``TRMResult`` attribute, reward extra info key, per-step sum metric).
-TRM_COST_COLUMNS = (
-    ("requests", "sophiavl_trm_http_requests", "trm/http_requests"),
-    ("connections", "sophiavl_trm_connections", "trm/connections"),
-    ("image_encodes", "sophiavl_trm_image_encodes", "trm/image_encodes"),
-    ("bytes_sent", "sophiavl_trm_bytes_sent", "trm/bytes_sent"),
-)
 
 #: μ_c below μ_w by at most this is a tie (γ = 1): float rounding of the means, not a judgement.
 TIE_TOLERANCE = 1e-9
-
-_PAD_UID = re.compile(PAD_UID_PATTERN)
 
 
 class GroupTrust(NamedTuple):
@@ -149,7 +122,7 @@ def _thinking_terms(
 ) -> tuple[torch.Tensor, torch.Tensor, GroupTrust]:
     """The thinking term γ·α·anneal·R^t of every response (float64, shape (bs,)), its γ, and the group stats.
 
-    ``outcome`` and ``thinking`` are validated float64 CPU tensors (see :func:`_check_rewards`).
+    ``outcome`` and ``thinking`` are validated float64 CPU tensors (see :func:`check_rewards`).
     """
     trust = _group_trust(
         outcome,
@@ -169,7 +142,7 @@ def _add_term(base: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
     return (base.detach().to("cpu", torch.float64) + term).to(device=base.device, dtype=base.dtype)
 
 
-def _as_float64(values: Any, name: str) -> torch.Tensor:
+def as_float64_column(values: Any, name: str) -> torch.Tensor:
     """A 1-D float64 CPU tensor of ``values``: a tensor of any dtype, an array or a list (``None`` -> NaN).
 
     Raises:
@@ -190,7 +163,7 @@ def _as_float64(values: Any, name: str) -> torch.Tensor:
     return column
 
 
-def _check_rewards(outcome: torch.Tensor, thinking: torch.Tensor, outcome_name: str, thinking_name: str) -> None:
+def check_rewards(outcome: torch.Tensor, thinking: torch.Tensor, outcome_name: str, thinking_name: str) -> None:
     """R^o must be finite and R^t in [0, 1] or NaN (missing); errors name the row."""
     bad = torch.nonzero(~torch.isfinite(outcome)).flatten()
     if bad.numel():
@@ -211,8 +184,8 @@ def _api_inputs(
     is a ``ValueError``).
     """
     TrustGRPOConfig(**options, _prefix=function)
-    outcome64, thinking64 = _as_float64(outcome, "outcome"), _as_float64(thinking, "thinking")
-    _check_rewards(outcome64, thinking64, "outcome", "thinking")
+    outcome64, thinking64 = as_float64_column(outcome, "outcome"), as_float64_column(thinking, "thinking")
+    check_rewards(outcome64, thinking64, "outcome", "thinking")
     return outcome64, thinking64, *_group_ids(index)
 
 
@@ -332,7 +305,7 @@ def group_normalized_advantage(
     """
     TrustGRPOConfig(epsilon=epsilon, _prefix="group_normalized_advantage")
     if not isinstance(scores, torch.Tensor):
-        scores = _as_float64(scores, "scores")
+        scores = as_float64_column(scores, "scores")
     bad = torch.nonzero(~torch.isfinite(scores.detach())).flatten()
     if bad.numel():
         raise ValueError(f"scores of row {int(bad[0])} is {scores[int(bad[0])].item()}; scores must be finite")
@@ -346,225 +319,99 @@ def group_normalized_advantage(
     return _normalize(scores, response_mask, group, norm_by_std=norm_by_std, epsilon=epsilon)
 
 
+def _group_mean_std(scores: torch.Tensor, group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and unbiased std of float32 ``scores`` (shape (bs,)), each of shape (num_groups,).
+
+    verl's GRPO statistics: a one-response group has mean 0 and std 1 (its advantage is its score).
+    """
+    count = torch.zeros(num_groups, dtype=scores.dtype, device=scores.device).index_add_(0, group, torch.ones_like(scores))
+    total = torch.zeros_like(count).index_add_(0, group, scores)
+    mean = total / count.clamp_min(1.0)
+    centred = scores - mean[group]
+    squares = torch.zeros_like(count).index_add_(0, group, centred * centred)
+    std = torch.sqrt(squares / (count - 1.0).clamp_min(1.0))
+    single = count <= 1.0
+    return mean.masked_fill(single, 0.0), std.masked_fill(single, 1.0)
+
+
 def _normalize(
     scores: torch.Tensor, response_mask: torch.Tensor, group: torch.Tensor, *, norm_by_std: bool, epsilon: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6 given group ids; see :func:`group_normalized_advantage`."""
     with torch.no_grad():
-        scores = scores.float()  # verl's GRPO works in float32 (and group_mean_std returns float32)
+        scores = scores.float()  # verl's GRPO works in float32
         group = group.to(scores.device)
-        mean, std, _ = group_mean_std(scores, group, eps=0.0, device=scores.device)
+        mean, std = _group_mean_std(scores, group, int(group.max()) + 1 if group.numel() else 0)
         centred = scores - mean[group]
         scalars = centred / (std[group] + epsilon) if norm_by_std else centred
         advantages = scalars.unsqueeze(-1) * response_mask
     return advantages, advantages
 
 
-def _column(non_tensor_batch: dict[str, Any], key: str, size: int) -> torch.Tensor:
-    """A per-sample float column of the reward extra info; ``None`` entries become NaN (missing)."""
-    values = non_tensor_batch[key]
-    if len(values) != size:
-        raise ValueError(f"reward extra info {key!r} has {len(values)} rows, the batch has {size}")
-    return _as_float64(values, f"reward extra info {key!r}")
+class TrustGRPOResult(NamedTuple):
+    """What :func:`trust_grpo_advantages` computes for a batch: the advantages and every quantity behind them."""
+
+    advantages: torch.Tensor  # (bs, response_length), float32 (Eq. 6)
+    returns: torch.Tensor  # (bs, response_length), equal to advantages
+    rewards: torch.Tensor  # (bs,) R_i of Eq. 5, in the scores' dtype and device
+    thinking_term: torch.Tensor  # (bs,) float64 γ·α·anneal·R^t (0 where R^t is missing or the group skipped)
+    group: torch.Tensor  # (bs,) int64 group id of each response, 0..num_groups-1 in order of first appearance
+    trust: GroupTrust  # per-group μ_c, μ_w, mixed, untrusted, γ (Eq. 1-3)
 
 
-def _read_rewards(
-    non_tensor_batch: dict[str, Any] | None, scores: torch.Tensor, alpha: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """R^o and R^t of every response from the reward extra info, validated row by row."""
-    if non_tensor_batch is None:
-        from sophiavl_verl.verl_adapter import adapter_missing_reason
-
-        raise RuntimeError(f"trust_grpo got no reward extra info from verl: {adapter_missing_reason()}")
-    size = scores.shape[0]
-    if OUTCOME_KEY in non_tensor_batch:
-        outcome = _column(non_tensor_batch, OUTCOME_KEY, size)
-    else:
-        outcome = scores.detach().to("cpu", torch.float64)
-    if THINKING_KEY in non_tensor_batch:
-        thinking = _column(non_tensor_batch, THINKING_KEY, size)
-    elif alpha == 0:
-        thinking = torch.full((size,), math.nan, dtype=torch.float64)
-    else:
-        raise KeyError(
-            f"trust_grpo needs the per-sample reward extra info {THINKING_KEY!r}, which the batch lacks "
-            f"(it has {sorted(non_tensor_batch)}). Use reward.reward_manager.name=sophiavl, or a reward "
-            f"manager that writes {THINKING_KEY!r} (NaN for a missing score)."
-        )
-    _check_rewards(outcome, thinking, OUTCOME_KEY, THINKING_KEY)
-    return outcome, thinking
-
-
-def _padding_groups(index: np.ndarray, group: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """`(torch.Tensor)` bool, shape (num_groups,): the groups of rows verl adds to pad a batch.
-
-    Their uid is ``padding_utils``'s; one uid per group is checked (a row of each), not every row.
-    """
-    first = torch.full((num_groups,), len(group), dtype=torch.int64)
-    first = first.scatter_reduce(0, group, torch.arange(len(group)), reduce="amin")
-    uids = np.asarray(index, dtype=object)[first.numpy()]
-    return torch.tensor(
-        [isinstance(uid, str) and uid.startswith("pad") and _PAD_UID.fullmatch(uid) is not None for uid in uids],
-        dtype=torch.bool,
-    )
-
-
-def _metrics(
-    trust: GroupTrust,
-    thinking: torch.Tensor,
-    thinking_term: torch.Tensor,
-    outcome: torch.Tensor,
-    group: torch.Tensor,
+def trust_grpo_advantages(
+    scores: torch.Tensor,
+    outcome: torch.Tensor | np.ndarray | Sequence[float],
+    thinking: torch.Tensor | np.ndarray | Sequence[float | None],
+    response_mask: torch.Tensor | np.ndarray,
+    index: np.ndarray | Sequence[Any],
     *,
+    config: TrustGRPOConfig,
     anneal: float,
-    cfg: TrustGRPOConfig,
-    non_tensor_batch: dict[str, Any],
-    real_groups: torch.Tensor,
-) -> dict[str, float]:
-    """Per-step metrics of the estimator (``trust_grpo/*``) and the thinking reward model (``trm/*``).
+    norm_by_std: bool = True,
+    names: tuple[str, str] = ("outcome", "thinking"),
+) -> TrustGRPOResult:
+    """Trust-GRPO advantages of a batch (Eq. 1-6), with the group statistics behind them.
 
-    Only ``real_groups`` (``(num_groups,)`` bool) count: verl's padding rows copy a real sample's extra info.
-    """
-    real = real_groups[group]
-    mixed = trust.mixed & real_groups
-    scored = ~torch.isnan(thinking) & real
-    metrics = {
-        "trust_grpo/anneal": anneal,
-        "trust_grpo/mixed_group_frac": mixed.double().sum().item() / max(int(real_groups.sum()), 1),
-        "trust_grpo/thinking_term_mean": thinking_term[real].mean().item(),
-        "trust_grpo/thinking_missing_frac": 1.0 - scored.double().sum().item() / max(int(real.sum()), 1),
-    }
-    if mixed.any():
-        gamma_mixed = trust.gamma[mixed]
-        metrics["trust_grpo/gamma_mean"] = gamma_mixed.mean().item()
-        metrics["trust_grpo/gamma_min"] = gamma_mixed.min().item()
-        metrics["trust_grpo/untrusted_group_frac"] = trust.untrusted[mixed].double().mean().item()
-        metrics["trust_grpo/mu_correct"] = trust.mu_correct[mixed].mean().item()
-        metrics["trust_grpo/mu_wrong"] = trust.mu_wrong[mixed].mean().item()
-
-    correct = outcome >= cfg.correct_threshold
-    for name, members in (("correct", scored & correct), ("wrong", scored & ~correct)):
-        if members.any():
-            metrics[f"trm/thinking_reward_{name}_mean"] = thinking[members].mean().item()
-    keep = real.numpy()
-    if TRM_STATUS_KEY in non_tensor_batch:
-        status = np.asarray(non_tensor_batch[TRM_STATUS_KEY], dtype=object)[keep]
-        metrics["trm/requests"] = float(np.sum(status != "skipped"))
-        metrics["trm/skipped"] = float(np.sum(status == "skipped"))
-        metrics["trm/failed"] = float(np.sum(status == "failed"))
-    if TRM_FAILURE_KEY in non_tensor_batch:
-        kinds = Counter(str(kind) for kind in list(non_tensor_batch[TRM_FAILURE_KEY]) if kind)
-        metrics.update({f"trm/failed_{kind}": float(n) for kind, n in sorted(kinds.items())})
-    for _, key, metric in TRM_COST_COLUMNS:
-        if key in non_tensor_batch:
-            metrics[metric] = float(np.nansum(_column(non_tensor_batch, key, len(thinking)).numpy()))
-    if TRM_LATENCY_KEY in non_tensor_batch:
-        latency = _column(non_tensor_batch, TRM_LATENCY_KEY, len(thinking)).numpy()[keep]
-        latency = latency[~np.isnan(latency)]
-        if latency.size:
-            metrics["trm/latency_p50_s"] = float(np.percentile(latency, 50))
-            metrics["trm/latency_p95_s"] = float(np.percentile(latency, 95))
-    return metrics
-
-
-def compute_trust_grpo_advantage(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: np.ndarray,
-    config: Any,
-    *,
-    non_tensor_batch: dict[str, Any],
-    global_step: int,
-    total_training_steps: int | None,
-    norm_adv_by_std_in_grpo: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Trust-GRPO advantages of a batch, with the step's metrics.
+    The correct/wrong split uses R^o; the thinking term is added to ``scores``, verl's base score (R^o, or
+    R^o minus the KL penalty with ``use_kl_in_reward``).
 
     Args:
-        token_level_rewards: `(torch.Tensor)` shape (bs, response_length). Summed per response it is
-            the base score (R^o, minus the KL penalty if ``use_kl_in_reward``), as in verl's GRPO.
-        response_mask: `(torch.Tensor)` shape (bs, response_length).
-        index: `(np.ndarray)` shape (bs,). verl's ``uid`` per response.
-        config: verl's ``algorithm`` config node (reads ``trust_grpo`` and ``norm_adv_by_std_in_grpo``).
-        non_tensor_batch: Per-sample reward extra info with ``OUTCOME_KEY`` (optional: correctness
-            falls back to the base score) and ``THINKING_KEY`` (required unless α = 0).
-        global_step: verl's global training step (1-based; restored on resume).
-        total_training_steps: The run's total steps, T when ``anneal_steps`` is null.
-        norm_adv_by_std_in_grpo: Overrides ``config.norm_adv_by_std_in_grpo`` when given.
+        scores: `(torch.Tensor)` shape (bs,). Each response's base score, finite.
+        outcome: `(torch.Tensor | np.ndarray | list)` shape (bs,). R^o, finite.
+        thinking: `(torch.Tensor | np.ndarray | list)` shape (bs,). R^t in [0, 1]; NaN = missing.
+        response_mask: `(torch.Tensor | np.ndarray)` shape (bs, response_length).
+        index: `(np.ndarray | list)` shape (bs,). Group id of each response (verl's ``uid``).
+        config: The estimator's options (α, threshold, uniform groups, trust weight, ε).
+        anneal: The step's annealing factor (Eq. 6 of :mod:`sophiavl_verl.annealing`).
+        norm_by_std: Divide by the group std (GRPO) or not (Dr.GRPO).
+        names: How errors name R^o and R^t (the estimator names its reward extra-info keys).
 
     Returns:
-        advantages: `(torch.Tensor)` shape (bs, response_length).
-        returns: `(torch.Tensor)` shape (bs, response_length).
-        metrics: ``trust_grpo/*`` and ``trm/*`` scalars for verl's tracker.
-    """
-    cfg = TrustGRPOConfig.from_algorithm_config(config)
-    if norm_adv_by_std_in_grpo is None:
-        norm_adv_by_std_in_grpo = (config or {}).get("norm_adv_by_std_in_grpo", True)
-    scores = token_level_rewards.sum(dim=-1)
-    outcome, thinking = _read_rewards(non_tensor_batch, scores, cfg.alpha)
-    anneal = get_schedule(cfg.schedule)(global_step, cfg.anneal_total_steps(total_training_steps))
+        :class:`TrustGRPOResult`.
 
-    # The correct/wrong split uses R^o; the thinking term is added to verl's base score.
+    Raises:
+        ValueError: On a non-finite score or R^o, an R^t outside [0, 1], a missing group id or mismatched
+            lengths; the message names the row.
+    """
+    outcome64, thinking64 = as_float64_column(outcome, names[0]), as_float64_column(thinking, names[1])
+    check_rewards(outcome64, thinking64, *names)
     group, num_groups = _group_ids(index)
     term, _, trust = _thinking_terms(
-        outcome,
-        thinking,
+        outcome64,
+        thinking64,
         group,
         num_groups,
-        alpha=cfg.alpha,
+        alpha=config.alpha,
         anneal=anneal,
-        correct_threshold=cfg.correct_threshold,
-        uniform_groups=cfg.uniform_groups,
-        use_trust_weight=cfg.use_trust_weight,
+        correct_threshold=config.correct_threshold,
+        uniform_groups=config.uniform_groups,
+        use_trust_weight=config.use_trust_weight,
     )
-    advantages, returns = _normalize(
-        _add_term(scores, term), response_mask, group, norm_by_std=norm_adv_by_std_in_grpo, epsilon=cfg.epsilon
-    )
-    metrics = _metrics(
-        trust, thinking, term, outcome, group, anneal=anneal, cfg=cfg, non_tensor_batch=non_tensor_batch,
-        real_groups=~_padding_groups(index, group, num_groups),
-    )
-    return advantages, returns, metrics
-
-
-@register_adv_est(TRUST_GRPO)
-def trust_grpo_advantage_estimator(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: np.ndarray,
-    config: Any = None,
-    non_tensor_batch: dict[str, Any] | None = None,
-    global_step: int | None = None,
-    total_training_steps: int | None = None,
-    metrics: dict[str, Any] | None = None,
-    norm_adv_by_std_in_grpo: bool | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """verl's registered ``trust_grpo`` estimator: :func:`compute_trust_grpo_advantage` in verl's contract.
-
-    verl 0.9.1 calls registered estimators with only ``token_level_rewards, response_mask, config,
-    index``; the plugin's adapter adds ``non_tensor_batch``, ``global_step``, ``total_training_steps``
-    and a ``metrics`` dict that receives the step's metrics. Called without them (the adapter is not
-    installed), it raises and says why.
-
-    Returns:
-        advantages: `(torch.Tensor)` shape (bs, response_length).
-        returns: `(torch.Tensor)` shape (bs, response_length).
-    """
-    if non_tensor_batch is None or global_step is None:
-        from sophiavl_verl.verl_adapter import adapter_missing_reason
-
-        raise RuntimeError(f"trust_grpo was called without its inputs: {adapter_missing_reason()}")
-    advantages, returns, step_metrics = compute_trust_grpo_advantage(
-        token_level_rewards,
-        response_mask,
-        index,
-        config,
-        non_tensor_batch=non_tensor_batch,
-        global_step=global_step,
-        total_training_steps=total_training_steps,
-        norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
-    )
-    if metrics is not None:
-        metrics.update(step_metrics)
-    return advantages, returns
+    rewards = _add_term(scores, term)
+    bad = torch.nonzero(~torch.isfinite(rewards.detach())).flatten()
+    if bad.numel():
+        raise ValueError(f"the score of row {int(bad[0])} is {rewards[int(bad[0])].item()}; scores must be finite")
+    response_mask = torch.as_tensor(response_mask, device=scores.device)
+    advantages, returns = _normalize(rewards, response_mask, group, norm_by_std=norm_by_std, epsilon=config.epsilon)
+    return TrustGRPOResult(advantages, returns, rewards, term, group, trust)

@@ -67,9 +67,9 @@ def ray_with_transfer_queue():
 @pytest.fixture(scope="session")
 def embedded_trm_server():
     """The embedded tiny thinking reward model (built once, cached) behind a real `transformers serve`."""
-    from sophiavl_verl.audit import default_cache_dir
-    from sophiavl_verl.local_server import LocalOpenAIServer
-    from sophiavl_verl.tiny_vl import make_embedded_trm
+    from sophiavl_verl.tools.audit import default_cache_dir
+    from sophiavl_verl.tools.local_server import LocalOpenAIServer
+    from sophiavl_verl.tools.tiny_vl import make_embedded_trm
 
     with LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm")) as server:
         yield server
@@ -87,7 +87,7 @@ def verl_router():
     from fault_injection import FaultInjectionServer
     from verl.experimental.reward_loop.router.naive_router import run_router
 
-    from sophiavl_verl.local_server import free_port
+    from sophiavl_verl.tools.local_server import free_port
 
     started = []
 

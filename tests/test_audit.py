@@ -25,8 +25,8 @@ from PIL import Image
 from fault_injection import FaultInjectionServer
 from paper_reference import TIE_TOLERANCE
 
-from sophiavl_verl.audit import EMBEDDED_SAMPLE
-from sophiavl_verl.cli import main
+from sophiavl_verl.tools.audit import EMBEDDED_SAMPLE
+from sophiavl_verl.tools.cli import main
 
 SAMPLE_ROWS = [json.loads(line) for line in EMBEDDED_SAMPLE.read_text(encoding="utf-8").splitlines()]
 PLOTS = ("gamma_hist.png", "thinking_by_correctness.png", "by_problem_type.png")
@@ -180,7 +180,7 @@ def embedded_run(tmp_path_factory):
     """`sophiavl-verl audit` with no input: the embedded sample, the embedded TRM served by the command."""
     out = tmp_path_factory.mktemp("embedded") / "audit_report"
     script = Path(sys.executable).with_name("sophiavl-verl")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "sophiavl_verl.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "sophiavl_verl.tools.cli"]
     started = time.monotonic()
     result = subprocess.run([*command, "audit", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -361,7 +361,7 @@ def test_every_trm_request_failing_is_an_error_but_the_report_is_written(tmp_pat
 def tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
+    from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
 
     return AutoTokenizer.from_pretrained(build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tok")))
 
@@ -387,7 +387,7 @@ def verl_dumps(tmp_path_factory, tokenizer):
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-    from sophiavl_verl.data import build_rl_prompt
+    from sophiavl_verl.tools.data import build_rl_prompt
     from sophiavl_verl.rewards import outcome_reward
 
     root = tmp_path_factory.mktemp("dumps")
@@ -537,8 +537,8 @@ def test_unreadable_image_names_file_line_and_image(tmp_path, capsys):
 
 
 def test_the_audit_refuses_the_images_data_preparation_refuses(tmp_path, capsys):
-    """One image guard (sophiavl_verl.data.ImageGuard) for both: a decompression bomb and paths out of the root."""
-    from sophiavl_verl.data import prepare_rl
+    """One image guard (sophiavl_verl.tools.data.ImageGuard) for both: a decompression bomb and paths out of the root."""
+    from sophiavl_verl.tools.data import prepare_rl
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -593,7 +593,7 @@ def test_bad_settings_name_the_flag(capsys):
 def test_ctrl_c_stops_the_embedded_server(tmp_path, signum):
     """Interrupted while scoring (Ctrl-C, or a closed terminal), the command exits 130 and its TRM server is gone."""
     script = Path(sys.executable).with_name("sophiavl-verl")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "sophiavl_verl.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "sophiavl_verl.tools.cli"]
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
         proc = subprocess.Popen([*command, "audit", "--out", str(tmp_path / "r"), "--max-concurrency", "1"],
@@ -661,13 +661,13 @@ def test_a_second_audit_on_the_same_out_is_refused_while_the_first_runs(tmp_path
 
 
 def test_the_scores_survive_a_failure_to_draw_or_build_the_report(tmp_path, capsys, monkeypatch):
-    import sophiavl_verl.plots
-    import sophiavl_verl.report
+    import sophiavl_verl.tools.plots
+    import sophiavl_verl.tools.report
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(sophiavl_verl.plots, "plot_audit", broken)
+    monkeypatch.setattr(sophiavl_verl.tools.plots, "plot_audit", broken)
     with keyword_trm() as server:
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "a"),
                    "--no-progress", "--limit", "2"])
@@ -676,7 +676,7 @@ def test_the_scores_survive_a_failure_to_draw_or_build_the_report(tmp_path, caps
         report = json.loads((tmp_path / "a" / "report.json").read_text(encoding="utf-8"))
         assert report["trm"]["scored"] == 16 and (tmp_path / "a" / "report.md").is_file()
 
-        monkeypatch.setattr(sophiavl_verl.report, "build_report", broken)
+        monkeypatch.setattr(sophiavl_verl.tools.report, "build_report", broken)
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "b"),
                    "--no-progress", "--limit", "2"])
         err = capsys.readouterr().err

@@ -12,7 +12,7 @@ import pytest
 
 from fault_injection import FaultInjectionServer
 
-from sophiavl_verl.cli import main
+from sophiavl_verl.tools.cli import main
 
 NUMERIC_FLAGS = {  # flag: values a careful user would expect to be refused, with a word of the message
     "--limit": ["0", "-3", "1.5", "x"],

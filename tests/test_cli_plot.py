@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sophiavl_verl.cli import main
-from sophiavl_verl.plots import PlotError, parse_metrics_log
+from sophiavl_verl.tools.cli import main
+from sophiavl_verl.tools.plots import PlotError, parse_metrics_log
 
 STEPS = [1, 2, 3, 4]
 

@@ -25,7 +25,7 @@ print(json.dumps({
     "replicas": sorted(RolloutReplicaRegistry._registry),
     "init_process_group_patched": hasattr(torch.distributed.init_process_group, "_sophiavl_cpu"),
     "engine_device": os.environ.get("VERL_ENGINE_DEVICE"),
-    "modules": sorted(m for m in sys.modules if m.startswith(("sophiavl_verl.cpu_backend.", "qwen_vl_utils",
+    "modules": sorted(m for m in sys.modules if m.startswith(("sophiavl_verl.integration.cpu_backend.", "qwen_vl_utils",
                                                               "torchvision"))),
 }))
 """
@@ -77,7 +77,7 @@ print(get_device_name(), get_nccl_backend(), get_resource_name(), get_torch_devi
 
 
 def _free_port() -> int:
-    from sophiavl_verl.local_server import free_port
+    from sophiavl_verl.tools.local_server import free_port
 
     return free_port()
 
@@ -93,7 +93,7 @@ def test_cpu_rollout_without_the_cpu_platform_fails_validation_in_the_driver():
 def test_refuses_an_untested_verl(monkeypatch):
     import verl
 
-    from sophiavl_verl.cpu_backend import patches
+    from sophiavl_verl.integration.cpu_backend import patches
 
     monkeypatch.setattr(verl, "__version__", "0.9.9")
     monkeypatch.setattr(patches, "_applied", False)
@@ -103,13 +103,13 @@ def test_refuses_an_untested_verl(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
+    from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
 
     return str(build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("policy"), seed=3))
 
 
 def _server(model_path: str):
-    from sophiavl_verl.cpu_backend.rollout import TransformersServer
+    from sophiavl_verl.integration.cpu_backend.rollout import TransformersServer
 
     return TransformersServer(model_path, prompt_length=64, response_length=12)
 

@@ -1,4 +1,4 @@
-"""Data preparation (sophiavl_verl.data): schemas, rejected rows, --strict, and read-back through verl."""
+"""Data preparation (sophiavl_verl.tools.data): schemas, rejected rows, --strict, and read-back through verl."""
 
 import json
 import sys
@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sophiavl_verl.data import (
+from sophiavl_verl.tools.data import (
     QUESTION_TEMPLATE,
     TYPE_TEMPLATE,
     DataError,
@@ -80,10 +80,10 @@ def rl_run(rl_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_vl(tmp_path_factory):
-    """Tokenizer and processor of sophiavl_verl.tiny_vl's tiny Qwen2.5-VL (built locally, no hub)."""
+    """Tokenizer and processor of sophiavl_verl.tools.tiny_vl's tiny Qwen2.5-VL (built locally, no hub)."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
+    from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
 
     path = build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_vl"))  # also installs the processor shim
     return AutoTokenizer.from_pretrained(path), AutoProcessor.from_pretrained(path)

@@ -21,9 +21,9 @@ import pytest
 
 _PARENT = """
 import json, signal, sys, time
-from sophiavl_verl.audit import default_cache_dir
-from sophiavl_verl.local_server import LocalOpenAIServer
-from sophiavl_verl.tiny_vl import make_embedded_trm
+from sophiavl_verl.tools.audit import default_cache_dir
+from sophiavl_verl.tools.local_server import LocalOpenAIServer
+from sophiavl_verl.tools.tiny_vl import make_embedded_trm
 
 if sys.argv[1] == "nohup":
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

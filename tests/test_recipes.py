@@ -3,7 +3,7 @@ the paper's values, what each ablation changes, the run scripts' guards and hand
 public-API example.
 
 Tests in ``TestPluginValidator`` need the plugin's wrapper around ``verl.utils.config.validate_config``
-(sophiavl_verl.validation); everything else needs only verl and Hydra.
+(sophiavl_verl.integration.validation); everything else needs only verl and Hydra.
 """
 
 from __future__ import annotations
@@ -266,8 +266,8 @@ def test_official_preset_reproduces_the_authors_rewards_on_every_group():
 
     from paper_reference import reference_advantage
     from sophiavl_verl.config import SophiaVLRewardConfig
-    from sophiavl_verl.reward_manager import thinking_reward_decision
-    from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY
+    from sophiavl_verl.query_policy import thinking_reward_decision
+    from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY
 
     config = recipe("official")
     policy = SophiaVLRewardConfig.from_reward_config(config.reward).query_policy
@@ -300,7 +300,7 @@ def test_official_preset_reproduces_the_authors_rewards_on_every_group():
 
 
 class TestPluginValidator:
-    """Need the plugin's validate_config wrapper (sophiavl_verl.validation): each bad option fails
+    """Need the plugin's validate_config wrapper (sophiavl_verl.integration.validation): each bad option fails
     verl's validation in the driver, naming the key."""
 
     @pytest.mark.parametrize(

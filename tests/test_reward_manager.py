@@ -25,11 +25,13 @@ from verl.utils.ray_utils import get_event_loop
 
 from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
 from fault_injection import FaultInjectionServer
-from sophiavl_verl.data import prepare_rl
-from sophiavl_verl.reward_manager import GroupOutcomeBoard, _question_and_images, thinking_reward_decision
+from sophiavl_verl.tools.data import prepare_rl
+from sophiavl_verl.integration.group_board import GroupOutcomeBoard
+from sophiavl_verl.integration.reward_manager import _question_and_images
+from sophiavl_verl.query_policy import thinking_reward_decision
 from sophiavl_verl.rewards import outcome_reward
 from sophiavl_verl.thinking_reward import build_reference_trm_prompt
-from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
+from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
 from verl_pipeline import RewardWorkerHandle, prompt_batch, rl_dataset, score_session, session_kwargs
 
 GOOD = "<think>The bars read 3 and 4, so 3 + 4 = 7.</think><answer>7</answer>"
@@ -129,7 +131,7 @@ def _row(index: int, messages: list[dict], images: list[bytes], question: str | 
 def tiny_vl_processor(embedded_trm_server):
     from transformers import AutoProcessor
 
-    from sophiavl_verl.tiny_vl import install_processor_shim
+    from sophiavl_verl.tools.tiny_vl import install_processor_shim
 
     install_processor_shim()
     return AutoProcessor.from_pretrained(embedded_trm_server.model)
@@ -264,7 +266,7 @@ def test_reward_loop_worker_failing_trm_gives_nan_and_failed_status(tmp_path):
 
 
 def _tokenizer_dir(tmp_path):
-    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl
+    from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(tmp_path / "tiny")
 
@@ -272,12 +274,12 @@ def _tokenizer_dir(tmp_path):
 def test_groups_split_across_ray_reward_workers_share_one_board(ray_with_transfer_queue, tmp_path):
     """verl sends each response to a random reward worker: the board is a cluster-wide named actor."""
     ray = ray_with_transfer_queue
-    from sophiavl_verl import reward_manager
+    from sophiavl_verl.integration import group_board
 
     @ray.remote(num_cpus=0)
     class Worker:
         async def arrive(self, uid, outcome):
-            board = reward_manager._group_board()
+            board = group_board.group_board()
             # Generous waits: on a loaded 2-core machine the second actor can take tens of seconds to start.
             return await board.arrive(uid, outcome, 4, 180, 180)
 
@@ -530,7 +532,7 @@ def _sophiavl_worker(tmp_path, server, *options) -> RewardLoopWorker:
 def test_reward_worker_sends_the_datasets_image_bytes_prepared_once_per_group_and_logs_the_cost(tmp_path):
     from verl.trainer.ppo import ray_trainer
 
-    from sophiavl_verl.verl_adapter import trainer_step
+    from sophiavl_verl.integration.adapter import trainer_step
 
     images = {uid: _jpeg((60 * g, 90, 160)) for g, uid in enumerate(["mixed", "all_correct"])}
     with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:

@@ -36,9 +36,9 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 def _train_cpu(out: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m sophiavl_verl.train_cpu`` as scripts/train_cpu.sh runs it (the venv is already set up here)."""
+    """``python -m sophiavl_verl.tools.train_cpu`` as scripts/train_cpu.sh runs it (the venv is already set up here)."""
     return subprocess.run(
-        [sys.executable, "-m", "sophiavl_verl.train_cpu", "--out", str(out), *args],
+        [sys.executable, "-m", "sophiavl_verl.tools.train_cpu", "--out", str(out), *args],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "RAY_DEDUP_LOGS": "0"},
     )
 

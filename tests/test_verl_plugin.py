@@ -18,8 +18,8 @@ from verl.trainer.ppo import ray_trainer
 from conftest import SMALL_RUN, TRUST_GRPO_RUN, compose_verl_config, run_verl_validation
 from paper_reference import reference_advantage, reference_rewards
 from sophiavl_verl.config import ConfigError
-from sophiavl_verl.trust_grpo import OUTCOME_KEY, THINKING_KEY, TRM_STATUS_KEY
-from sophiavl_verl.verl_adapter import METRICS_META_KEY, _wrap_legacy_fit, fetch_reward_extra_info, trainer_step
+from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_STATUS_KEY
+from sophiavl_verl.integration.adapter import METRICS_META_KEY, _wrap_legacy_fit, fetch_reward_extra_info, trainer_step
 
 REGISTRATION_PROBE = """
 import verl
@@ -41,7 +41,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_bare_import_verl_registers_everything_in_a_fresh_process():
     result = _python(REGISTRATION_PROBE)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["sophiavl_verl.trust_grpo", "sophiavl_verl.reward_manager", "True"]
+    assert result.stdout.split() == ["sophiavl_verl.trust_grpo", "sophiavl_verl.integration.reward_manager", "True"]
 
 
 def test_verl_plugin_filter_can_exclude_us():
@@ -93,8 +93,8 @@ GUARD_PROBE = """
 import sys
 {setup}
 from omegaconf import OmegaConf
-from sophiavl_verl import verl_adapter
-from sophiavl_verl.validation import validate_plugin_config
+from sophiavl_verl.integration import adapter as verl_adapter
+from sophiavl_verl.integration.validation import validate_plugin_config
 print("INSTALLED:", verl_adapter.install())
 try:
     validate_plugin_config(OmegaConf.create({{"algorithm": {{"adv_estimator": "trust_grpo"}}}}))

@@ -44,7 +44,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    from sophiavl_verl.report import write_atomically
+    from sophiavl_verl.tools.report import write_atomically
 
     buffer = io.BytesIO()
     try:
@@ -336,7 +336,7 @@ def write_series_csv(series: dict[str, list[tuple[int, float]]], path: str | os.
     """All parsed metrics as a wide CSV (one row per step, one column per metric, empty when not logged)."""
     import csv
 
-    from sophiavl_verl.report import write_atomically
+    from sophiavl_verl.tools.report import write_atomically
 
     steps = sorted({s for points in series.values() for s, _ in points})
     lookup = {key: dict(points) for key, points in series.items()}

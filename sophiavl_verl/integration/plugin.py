@@ -1,7 +1,7 @@
 """Target of the ``verl.plugins`` entry point: ``import verl`` runs this in every process.
 
-It registers the ``trust_grpo`` advantage estimator, the annealing schedules and the ``sophiavl``
-reward manager, and installs the verl adapter. verl swallows a plugin's import error at DEBUG level;
+It registers the ``trust_grpo`` advantage estimator and the ``sophiavl`` reward manager, installs
+the verl adapter, and, with ``VERL_PLATFORM=cpu`` only, the CPU backend. verl swallows a plugin's import error at DEBUG level;
 so that a broken install is still loud, a failure here logs an error and registers a stand-in
 ``trust_grpo`` that raises with the original error, and makes a trust_grpo config fail validation.
 """
@@ -36,9 +36,10 @@ def _register_failure_stand_ins(error: str) -> None:
 
 
 try:
-    from sophiavl_verl import annealing, cpu_backend, reward_manager, trust_grpo, verl_adapter  # noqa: F401
+    # Importing registers: the estimator with register_adv_est, the manager with the reward loop's register.
+    from sophiavl_verl.integration import adapter, cpu_backend, estimator, reward_manager  # noqa: F401
 
-    verl_adapter.install()
+    adapter.install()
     cpu_backend.install()  # a no-op unless VERL_PLATFORM=cpu
 except Exception:  # noqa: BLE001 - reported loudly, then re-raised for verl's own (DEBUG) log
     _error = traceback.format_exc()

@@ -37,7 +37,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sophiavl_verl.audit import AuditSettings
+    from sophiavl_verl.tools.audit import AuditSettings
 
     d = AuditSettings()
     parser = OneLineErrorParser(
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _audit(args) -> int:
-    from sophiavl_verl.audit import AuditSettings, run_audit
+    from sophiavl_verl.tools.audit import AuditSettings, run_audit
 
     settings = AuditSettings(
         alpha=args.alpha,
@@ -183,7 +183,7 @@ def _audit(args) -> int:
 
 
 def _plot(args) -> int:
-    from sophiavl_verl.plots import PlotError, parse_metrics_log, plot_training, write_series_csv
+    from sophiavl_verl.tools.plots import PlotError, parse_metrics_log, plot_training, write_series_csv
 
     series = parse_metrics_log(args.log)
     out = Path(args.out)
@@ -208,8 +208,8 @@ def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTER
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sophiavl-verl`` console script."""
-    from sophiavl_verl.audit import AuditError
-    from sophiavl_verl.plots import PlotError
+    from sophiavl_verl.tools.audit import AuditError
+    from sophiavl_verl.tools.plots import PlotError
 
     args = build_parser().parse_args(argv)
     # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C: the embedded TRM server is stopped by its context

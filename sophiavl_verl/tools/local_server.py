@@ -14,8 +14,8 @@
 """A real OpenAI-compatible server on 127.0.0.1: ``transformers serve`` in a child process.
 
 Used by ``sophiavl-verl audit`` to serve the embedded tiny thinking reward model on CPU, and by the tests.
-The child runs ``python -m sophiavl_verl.local_server serve MODEL [transformers serve options]``, which installs
-:func:`sophiavl_verl.tiny_vl.install_processor_shim` (Qwen2.5-VL processors need it without torchvision) and
+The child runs ``python -m sophiavl_verl.tools.local_server serve MODEL [transformers serve options]``, which installs
+:func:`sophiavl_verl.tools.tiny_vl.install_processor_shim` (Qwen2.5-VL processors need it without torchvision) and
 then runs transformers' own ``serve`` command in-process.
 
 The child is in its own session (a terminal's signals do not reach it), so this process stops it: on
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LocalOpenAIServer", "ServerStartError", "TERMINATING_SIGNALS", "free_port", "main"]
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 #: Asynchronous signals whose default action ends the process (faults such as SIGSEGV cannot be handled in
 #: Python; SIGKILL and SIGSTOP cannot be caught at all).
@@ -210,7 +210,7 @@ class LocalOpenAIServer:
         if self.num_threads is not None:
             env["OMP_NUM_THREADS"] = str(self.num_threads)
         cmd = [
-            sys.executable, "-m", "sophiavl_verl.local_server", "serve", self.model,
+            sys.executable, "-m", "sophiavl_verl.tools.local_server", "serve", self.model,
             "--host", self.host, "--port", str(self.port), "--device", "cpu", *self.extra_args,
         ]  # fmt: skip
         self._progress(f"starting transformers serve for {self.model_path.name} on {self.host}:{self.port}")
@@ -292,11 +292,11 @@ class LocalOpenAIServer:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m sophiavl_verl.local_server serve MODEL [options]``: ``transformers serve`` with the shim."""
+    """``python -m sophiavl_verl.tools.local_server serve MODEL [options]``: ``transformers serve`` with the shim."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "serve":
-        sys.exit("usage: python -m sophiavl_verl.local_server serve MODEL [transformers serve options]")
-    from sophiavl_verl.tiny_vl import install_processor_shim
+        sys.exit("usage: python -m sophiavl_verl.tools.local_server serve MODEL [transformers serve options]")
+    from sophiavl_verl.tools.tiny_vl import install_processor_shim
 
     install_processor_shim()
     # transformers' CLI app, called directly: its `main()` would first check PyPI for a newer release.

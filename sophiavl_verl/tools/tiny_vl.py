@@ -32,7 +32,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ def install_processor_shim() -> None:
     Images keep the PIL image processor; videos are unsupported, which the thinking reward model never needs.
 
     Idempotent; a no-op when torchvision is installed. Call it before loading a processor, in every process
-    that loads one (the ``transformers serve`` wrapper of :mod:`sophiavl_verl.local_server` does).
+    that loads one (the ``transformers serve`` wrapper of :mod:`sophiavl_verl.tools.local_server` does).
     """
     import importlib
     import sys
@@ -444,40 +444,16 @@ def finetune_to_answer(
     Returns:
         ``{"loss_first": ..., "loss_last": ..., "seconds": ...}``.
     """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    install_processor_shim()
-    start = time.monotonic()
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    tokenizer = processor.tokenizer
     examples = list(examples)
     if not examples:
         raise ValueError("finetune_to_answer needs at least one example")
 
-    def encode(example: tuple) -> dict:
+    def chat(example: tuple) -> tuple[list[dict], Sequence[Any], str]:
         question, response, images, score = example
-        prompt = processor.apply_chat_template(_chat(question, response, images), add_generation_prompt=True)
-        target = f"<answer>{score:.1f}</answer><|im_end|>"
-        enc = processor(text=[prompt + target], images=list(images) or None, return_tensors="pt")
-        labels = enc["input_ids"].clone()
-        labels[:, : -len(tokenizer(target, add_special_tokens=False)["input_ids"])] = -100  # loss on the reply only
-        enc["labels"] = labels
-        return enc
+        return _chat(question, response, images), images, f"<answer>{score:.1f}</answer>"
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 64-wide matrices: more threads only add overhead (and spin on a busy machine)
-    try:
-        losses = _train(model, examples, encode, steps=steps, batch_size=batch_size, lr=lr, rng=rng,
-                        pad_id=tokenizer.pad_token_id)
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    model.save_pretrained(model_dir)
-    result = {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.monotonic() - start}
+    # 64-wide matrices: more threads only add overhead (and spin on a busy machine).
+    result = _finetune(model_dir, examples, chat, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=1)
     logger.info("tiny TRM fine-tuned: %s", result)
     return result
 
@@ -509,6 +485,25 @@ def finetune_policy(
     Returns:
         ``{"loss_first": ..., "loss_last": ..., "seconds": ...}``.
     """
+    return _finetune(model_dir, list(examples), lambda example: example, steps=steps, batch_size=batch_size,
+                     lr=lr, seed=seed)
+
+
+def _finetune(
+    model_dir: str | os.PathLike,
+    examples: list,
+    to_chat: Callable[[Any], tuple[list[dict], Sequence[Any], str]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """SFT of the model in ``model_dir`` on the replies of ``to_chat(example)`` = (messages, images, reply).
+
+    The loss is on the reply tokens (and the closing ``<|im_end|>``) only; the weights are saved back.
+    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -519,18 +514,24 @@ def finetune_policy(
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = processor.tokenizer
 
-    def encode(example: tuple) -> dict:
-        messages, images, response = example
+    def encode(example: Any) -> dict:
+        messages, images, reply = to_chat(example)
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        target = f"{response}<|im_end|>"
+        target = f"{reply}<|im_end|>"
         enc = processor(text=[prompt + target], images=list(images) or None, return_tensors="pt")
         labels = enc["input_ids"].clone()
-        labels[:, : -len(tokenizer(target, add_special_tokens=False)["input_ids"])] = -100
+        labels[:, : -len(tokenizer(target, add_special_tokens=False)["input_ids"])] = -100  # loss on the reply only
         enc["labels"] = labels
         return enc
 
-    losses = _train(model, list(examples), encode, steps=steps, batch_size=batch_size, lr=lr,
-                    rng=random.Random(seed), pad_id=tokenizer.pad_token_id)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        losses = _train(model, examples, encode, steps=steps, batch_size=batch_size, lr=lr,
+                        rng=random.Random(seed), pad_id=tokenizer.pad_token_id)
+    finally:
+        torch.set_num_threads(previous_threads)
     model.eval()
     model.save_pretrained(model_dir)
     return {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.monotonic() - start}
@@ -538,7 +539,7 @@ def finetune_policy(
 
 def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: float, rng: random.Random,
            pad_id: int) -> list[float]:
-    """The SFT loop of :func:`finetune_to_answer`; returns the loss of every step."""
+    """The SFT loop of :func:`_finetune`; returns the loss of every step."""
     import torch
 
     n = len(examples)
@@ -595,7 +596,7 @@ def make_embedded_trm(out_dir: str | os.PathLike, *, steps: int = 250) -> Path:
         steps: Fine-tuning steps.
 
     Returns:
-        ``out_dir`` as a Path, ready for :class:`~sophiavl_verl.local_server.LocalOpenAIServer`.
+        ``out_dir`` as a Path, ready for :class:`~sophiavl_verl.tools.local_server.LocalOpenAIServer`.
     """
     out = Path(out_dir)
     marker = out / _READY_MARKER

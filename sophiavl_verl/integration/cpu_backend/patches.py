@@ -15,7 +15,7 @@ import types
 
 import verl
 
-from sophiavl_verl.verl_adapter import when_imported
+from sophiavl_verl.integration.adapter import when_imported
 
 __all__ = ["TESTED_VERL_VERSIONS", "apply_process_patches"]
 
@@ -104,7 +104,7 @@ def _import_qwen_vl_utils_without_torchvision() -> None:
 
 def _load_vl_processors_without_torchvision() -> None:
     """transformers 5 refuses to build Qwen2/2.5-VL processors without torchvision (for the video processor,
-    even for images): the shim of :func:`sophiavl_verl.tiny_vl.install_processor_shim`."""
-    from sophiavl_verl.tiny_vl import install_processor_shim
+    even for images): the shim of :func:`sophiavl_verl.tools.tiny_vl.install_processor_shim`."""
+    from sophiavl_verl.tools.tiny_vl import install_processor_shim
 
     install_processor_shim()

@@ -21,8 +21,8 @@ Inputs (see :func:`load_input`):
   them. A dump has no images and no problem types: pass ``--problem-type``, and ``--dataset`` (the RL
   parquet/JSONL the run trained on) to recover both from the matching dataset row.
 
-The report (``report.json``, ``report.md``, PNG plots) is written by :mod:`sophiavl_verl.report` and
-:mod:`sophiavl_verl.plots`.
+The report (``report.json``, ``report.md``, PNG plots) is written by :mod:`sophiavl_verl.tools.report` and
+:mod:`sophiavl_verl.tools.plots`.
 """
 
 from __future__ import annotations
@@ -260,11 +260,11 @@ def _short(text: str, n: int = 80) -> str:
 def _resolve_image(ref: Any, base: Path, where: str, allow_outside_root: bool) -> tuple[Any, str]:
     """An input image reference -> (what the TRM client gets, how the report names it).
 
-    Files and embedded images pass data preparation's guard (:class:`sophiavl_verl.data.ImageGuard`: confined
+    Files and embedded images pass data preparation's guard (:class:`sophiavl_verl.tools.data.ImageGuard`: confined
     to ``base`` unless ``allow_outside_root``, size checked before reading, fully decoded under Pillow's
     decompression-bomb limit).
     """
-    from sophiavl_verl.data import ImageError, ImageGuard
+    from sophiavl_verl.tools.data import ImageError, ImageGuard
 
     guard = ImageGuard(base, allow_outside_root=allow_outside_root)
 
@@ -396,10 +396,10 @@ def question_from_prompt(text: str) -> str:
     """The question inside a verl rollout dump's ``input`` (the decoded chat prompt).
 
     Takes the last user turn of a ChatML-style prompt decoded without special tokens, then drops the
-    reasoning instructions of this package's RL prompt (:data:`sophiavl_verl.data.QUESTION_TEMPLATE`) if
+    reasoning instructions of this package's RL prompt (:data:`sophiavl_verl.tools.data.QUESTION_TEMPLATE`) if
     they are there. Text in another shape is returned stripped, unchanged.
     """
-    from sophiavl_verl.data import QUESTION_TEMPLATE
+    from sophiavl_verl.tools.data import QUESTION_TEMPLATE
 
     user = _user_content(text)
     instructions = QUESTION_TEMPLATE.split("{Question}", 1)[1].strip().split(".")[0]
@@ -717,8 +717,8 @@ def thinking_reward_endpoint(
 ) -> Iterator[dict]:
     """The TRM to score with: the given OpenAI-compatible endpoint, or the embedded tiny TRM served here.
 
-    The embedded one is built (once, cached) by :func:`sophiavl_verl.tiny_vl.make_embedded_trm` and served
-    by :class:`sophiavl_verl.local_server.LocalOpenAIServer` on 127.0.0.1; the server is stopped when the
+    The embedded one is built (once, cached) by :func:`sophiavl_verl.tools.tiny_vl.make_embedded_trm` and served
+    by :class:`sophiavl_verl.tools.local_server.LocalOpenAIServer` on 127.0.0.1; the server is stopped when the
     block exits, also on error or Ctrl-C.
 
     Yields:
@@ -736,8 +736,8 @@ def thinking_reward_endpoint(
         return
     if trm_model:
         raise AuditError("--trm-model needs --trm-url (without both, the embedded tiny TRM is used)")
-    from sophiavl_verl.local_server import LocalOpenAIServer
-    from sophiavl_verl.tiny_vl import make_embedded_trm
+    from sophiavl_verl.tools.local_server import LocalOpenAIServer
+    from sophiavl_verl.tools.tiny_vl import make_embedded_trm
 
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     log(f"[audit] embedded thinking reward model: building/reusing it in {cache / 'embedded_trm'}", file=sys.stderr)
@@ -935,8 +935,8 @@ def run_audit(
         AuditError: On bad input or settings, an unreachable TRM, or when every TRM request failed (the
             report is still written in that case).
     """
-    from sophiavl_verl.plots import plot_audit
-    from sophiavl_verl.report import build_report, write_report
+    from sophiavl_verl.tools.plots import plot_audit
+    from sophiavl_verl.tools.report import build_report, write_report
 
     settings = settings or AuditSettings()
     settings.validate()
@@ -1072,7 +1072,7 @@ def _report_folder(out: Path) -> Iterator[Path]:
 
 def _save_scores(out: Path, groups: Sequence[Group], outcomes: Sequence[tuple], thinking: Sequence[tuple]) -> str:
     """Every response's R^o, R^t and TRM status as ``scores.json`` (ASCII JSON: any text can be written)."""
-    from sophiavl_verl.report import write_atomically
+    from sophiavl_verl.tools.report import write_atomically
 
     rows = [
         {"id": g.id, "source": g.source, "responses": [

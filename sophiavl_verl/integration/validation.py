@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sophiavl_verl import cpu_backend, outcome_reward_fn, verl_adapter
+from sophiavl_verl import outcome_reward_fn
+from sophiavl_verl.integration import cpu_backend
+from sophiavl_verl.integration import adapter as verl_adapter
 from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_trust_grpo
 
 __all__ = ["REWARD_MANAGER_NAME", "validate_plugin_config"]

@@ -14,7 +14,7 @@ training step.
 
 Query policies (``reward.reward_kwargs.query_policy``) decide which responses cost a TRM request.
 ``all`` asks for every response at once. ``skip_uniform`` and ``official`` need the outcomes of the
-whole group first, so a response waits on a :class:`GroupOutcomeBoard` until all ``rollout.n``
+whole group first, so a response waits on a :class:`~sophiavl_verl.integration.group_board.GroupOutcomeBoard` until all ``rollout.n``
 responses of its prompt have their outcome, or until the board has been quiet for ``group_idle_s`` or
 ``group_wait_s`` has passed; it is then scored as one of an incomplete group (a timeout costs a request,
 never a thinking reward). Validation samples (``meta_info["validate"]``, or ``extra_info.split`` in
@@ -28,8 +28,7 @@ import functools
 import math
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
@@ -37,8 +36,10 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from sophiavl_verl.config import SPLIT_KEY, VALIDATION_SPLITS, SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl import outcome_reward_fn
+from sophiavl_verl.query_policy import thinking_reward_decision
 from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem, TRMResult
-from sophiavl_verl.trust_grpo import (
+from sophiavl_verl.integration.group_board import group_board
+from sophiavl_verl.keys import (
     OUTCOME_KEY,
     THINKING_KEY,
     TRM_COST_COLUMNS,
@@ -46,139 +47,9 @@ from sophiavl_verl.trust_grpo import (
     TRM_LATENCY_KEY,
     TRM_STATUS_KEY,
 )
-from sophiavl_verl.validation import REWARD_MANAGER_NAME
+from sophiavl_verl.integration.validation import REWARD_MANAGER_NAME
 
-__all__ = ["SophiaVLRewardManager", "GroupOutcomeBoard", "thinking_reward_decision"]
-
-#: The reference code skips a group whose outcomes are all >= 0.9 or all <= 0.1 ...
-OFFICIAL_UNIFORM_HIGH, OFFICIAL_UNIFORM_LOW = 0.9, 0.1
-#: ... and gives R^t = 0, without a request, to responses with R^o below this.
-OFFICIAL_MIN_OUTCOME = 0.2
-
-BOARD_ACTOR_NAME = "sophiavl_group_outcome_board"
-
-
-def thinking_reward_decision(
-    policy: str, outcome: float, group_outcomes: Sequence[float] | None, correct_threshold: float
-) -> str:
-    """Whether a response is sent to the thinking reward model.
-
-    Args:
-        policy: ``all``, ``skip_uniform`` or ``official`` (see ``SophiaVLRewardConfig.query_policy``).
-        outcome: This response's R^o.
-        group_outcomes: R^o of every response of its group, or ``None`` if the group did not complete.
-        correct_threshold: R^o at or above this is correct (``algorithm.trust_grpo.correct_threshold``).
-
-    Returns:
-        ``"query"`` (ask the TRM), ``"skip"`` (no request; R^t missing) or ``"zero"`` (no request;
-        R^t = 0, the reference code's rule for R^o < 0.2 under ``official``).
-    """
-    if policy == "all":
-        return "query"
-    if policy == "skip_uniform":
-        if group_outcomes is None:
-            return "query"
-        correct = [o >= correct_threshold for o in group_outcomes]
-        return "skip" if all(correct) or not any(correct) else "query"
-    if policy == "official":
-        if group_outcomes is not None and (
-            all(o >= OFFICIAL_UNIFORM_HIGH for o in group_outcomes)
-            or all(o <= OFFICIAL_UNIFORM_LOW for o in group_outcomes)
-        ):
-            return "skip"
-        return "zero" if outcome < OFFICIAL_MIN_OUTCOME else "query"
-    raise ValueError(f"unknown query policy {policy!r}")
-
-
-@dataclass
-class _Group:
-    outcomes: list[float] = field(default_factory=list)
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
-    waiting: int = 0
-
-
-class GroupOutcomeBoard:
-    """Collects the outcome rewards of a group's responses until the group is complete.
-
-    Used in-process, or as a Ray actor (one per cluster, named ``sophiavl_group_outcome_board``)
-    when reward workers run under Ray, because verl sends each response to a random reward worker.
-    """
-
-    def __init__(self) -> None:
-        self._groups: dict[str, _Group] = {}
-        self._last_arrival = -math.inf  # event-loop time of the latest arrival of any group
-
-    async def arrive(
-        self, uid: str, outcome: float, group_size: int, timeout_s: float, idle_s: float
-    ) -> list[float] | None:
-        """Post one response's R^o and wait for its group.
-
-        The wait ends when the group has ``group_size`` outcomes, when ``timeout_s`` has passed, or
-        when no response of any group has arrived for ``idle_s`` (every response still to come is
-        being generated, if any: a group short of members then is one that may never complete).
-
-        Returns:
-            The outcomes of all ``group_size`` responses (in arrival order), or ``None`` if the wait
-            ended before the group was complete.
-        """
-        loop = asyncio.get_running_loop()
-        self._last_arrival = loop.time()
-        deadline = self._last_arrival + timeout_s
-        group = self._groups.setdefault(uid, _Group())
-        group.outcomes.append(float(outcome))
-        if len(group.outcomes) >= group_size:
-            group.complete.set()
-        group.waiting += 1
-        try:
-            while not group.complete.is_set():
-                # Re-armed after every wake-up: an arrival elsewhere moves the quiet deadline.
-                remaining = min(deadline, self._last_arrival + idle_s) - loop.time()
-                if remaining <= 0:
-                    return None
-                try:
-                    await asyncio.wait_for(group.complete.wait(), timeout=remaining)
-                except asyncio.TimeoutError:
-                    pass
-            return list(group.outcomes)
-        finally:
-            group.waiting -= 1
-            if group.waiting == 0:
-                # Complete, or timed out (a late arrival then waits anew and is scored as under `all`).
-                self._groups.pop(uid, None)
-
-    def pending_groups(self) -> int:
-        """Number of groups currently held (for tests and leak checks)."""
-        return len(self._groups)
-
-
-_board: Any = None  # this process's board (or handle to the cluster's); holding it keeps the actor alive
-
-
-def _group_board() -> Any:
-    """The cluster's board (a named Ray actor) inside Ray, else a process-local one."""
-    global _board
-    import ray
-
-    if _board is None:
-        if ray.is_initialized():
-            actor = ray.remote(GroupOutcomeBoard).options(
-                name=BOARD_ACTOR_NAME, get_if_exists=True, num_cpus=0, max_concurrency=100_000
-            )
-            _board = _RayBoard(actor.remote())
-        else:
-            _board = GroupOutcomeBoard()
-    return _board
-
-
-class _RayBoard:
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    async def arrive(
-        self, uid: str, outcome: float, group_size: int, timeout_s: float, idle_s: float
-    ) -> list[float] | None:
-        return await self._handle.arrive.remote(uid, outcome, group_size, timeout_s, idle_s)
-
+__all__ = ["SophiaVLRewardManager"]
 
 def _items(value: Any) -> list[Any]:
     """The elements of a list, tuple or 1-D object array (``None`` -> none).
@@ -280,7 +151,7 @@ class SophiaVLRewardManager(RewardManagerBase):
         self.client = ThinkingRewardClient.from_config(
             base_url, model, self.options, api_key=os.environ.get(self.options.trm_api_key_env)
         )
-        self._board = _group_board() if self.options.query_policy != "all" else None
+        self._board = group_board() if self.options.query_policy != "all" else None
 
     async def _outcome(self, data_source: str, response: str, ground_truth: str, extra_info: dict) -> float:
         kwargs = dict(data_source=data_source, solution_str=response, ground_truth=ground_truth, extra_info=extra_info)

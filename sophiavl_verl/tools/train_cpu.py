@@ -1,6 +1,6 @@
 """The SophiaVL-R1 recipe run for real on a CPU-only machine: the quick start's main job.
 
-``scripts/train_cpu.sh [--out DIR]`` (``python -m sophiavl_verl.train_cpu``) runs, stage by stage:
+``scripts/train_cpu.sh [--out DIR]`` (``python -m sophiavl_verl.tools.train_cpu``) runs, stage by stage:
 
 1. **data**: ``sophiavl-verl-data rl`` turns the embedded sample into verl parquet (train + validation), with a
    system prompt in each chat;
@@ -41,10 +41,10 @@ from typing import Any
 
 __all__ = ["RUN_SYSTEM_PROMPT", "TinyRun", "main", "make_tiny_policy", "read_step_metrics"]
 
-ROOT = Path(__file__).resolve().parent
-RECIPE_DIR = ROOT.parent / "recipes" / "sophiavl_r1"  # the repository's recipes (the quick start uses a checkout)
+TOOLS = Path(__file__).resolve().parent
+RECIPE_DIR = TOOLS.parents[1] / "recipes" / "sophiavl_r1"  # the repository's recipes (the quick start uses a checkout)
 RECIPE_NAME = "sophiavl_r1_tiny_cpu"
-EMBEDDED = ROOT / "embedded"
+EMBEDDED = TOOLS / "embedded"
 #: The system message of every chat of the run (what many verl datasets carry).
 RUN_SYSTEM_PROMPT = "You are a helpful assistant."
 VAL_ROWS = 8
@@ -92,7 +92,7 @@ def prepare_data(out: Path) -> tuple[Path, Path]:
     source = write_rl_source(out)
     train = out / "data" / "train.parquet"
     command = [
-        sys.executable, "-m", "sophiavl_verl.data", "rl", str(source), "-o", str(train),
+        sys.executable, "-m", "sophiavl_verl.tools.data", "rl", str(source), "-o", str(train),
         "--image-root", str(EMBEDDED), "--val-size", str(VAL_ROWS), "--system-prompt", RUN_SYSTEM_PROMPT, "--strict",
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -103,7 +103,7 @@ def _policy_examples(tokenizer: Any) -> list[tuple[list[dict], list[Any], str]]:
     """The sample's short responses, each with its chat as verl's dataset renders it (system + images + text)."""
     from PIL import Image
 
-    from sophiavl_verl.data import IMAGE_PLACEHOLDER, build_rl_prompt
+    from sophiavl_verl.tools.data import IMAGE_PLACEHOLDER, build_rl_prompt
 
     examples = []
     with open(EMBEDDED / "groups.jsonl", encoding="utf-8") as f:
@@ -133,7 +133,7 @@ def make_tiny_policy(cache_dir: Path) -> Path:
 
     from transformers import AutoTokenizer
 
-    from sophiavl_verl.tiny_vl import build_tiny_qwen2_5_vl, finetune_policy, recipe_fingerprint
+    from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl, finetune_policy, recipe_fingerprint
 
     out = cache_dir / "tiny_policy"
     recipe = [recipe_fingerprint(POLICY_SFT_STEPS), (EMBEDDED / "groups.jsonl").read_text(encoding="utf-8"),
@@ -241,7 +241,7 @@ def _json_default(value: Any) -> Any:
 def _cli(*args: str, log: Path) -> None:
     """Run a ``sophiavl-verl`` subcommand as a user would, its output in ``log``."""
     with open(log, "w", encoding="utf-8") as f:
-        result = subprocess.run([sys.executable, "-m", "sophiavl_verl.cli", *args], stdout=f, stderr=subprocess.STDOUT)
+        result = subprocess.run([sys.executable, "-m", "sophiavl_verl.tools.cli", *args], stdout=f, stderr=subprocess.STDOUT)
     if result.returncode:
         raise RuntimeError(f"sophiavl-verl {args[0]} exited with {result.returncode}; its output: {log}")
 
@@ -253,9 +253,9 @@ def _stage(run: TinyRun, name: str, started: float) -> None:
 
 def run_tiny(run: TinyRun) -> Path:
     """All stages of the module docstring; returns ``report.md``."""
-    from sophiavl_verl.audit import default_cache_dir
-    from sophiavl_verl.local_server import LocalOpenAIServer
-    from sophiavl_verl.tiny_vl import make_embedded_trm
+    from sophiavl_verl.tools.audit import default_cache_dir
+    from sophiavl_verl.tools.local_server import LocalOpenAIServer
+    from sophiavl_verl.tools.tiny_vl import make_embedded_trm
 
     (run.out / "runs").mkdir(parents=True, exist_ok=True)
     wall = time.monotonic()

@@ -1,4 +1,4 @@
-"""Data preparation for SophiaVL-R1 on verl: ``python -m sophiavl_verl.data {rl,trm} ...``.
+"""Data preparation for SophiaVL-R1 on verl: ``python -m sophiavl_verl.tools.data {rl,trm} ...``.
 
 ``rl``
     SophiaVL-R1-130k rows (``problem``, ``solution``, ``path``, ``problem_type``, ``data_type``, optional
@@ -867,7 +867,7 @@ def prepare_trm(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    from sophiavl_verl.cli import OneLineErrorParser
+    from sophiavl_verl.tools.cli import OneLineErrorParser
 
     parser = OneLineErrorParser(prog="sophiavl-verl-data", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -899,7 +899,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sophiavl-verl-data`` and ``python -m sophiavl_verl.data``; returns the exit status."""
+    """Entry point of ``sophiavl-verl-data`` and ``python -m sophiavl_verl.tools.data``; returns the exit status."""
     args = _parser().parse_args(argv)
     options = dict(
         image_root=args.image_root, val_size=args.val_size, val_output=args.val_output, strict=args.strict,

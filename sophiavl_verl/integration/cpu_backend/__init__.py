@@ -44,7 +44,7 @@ def install() -> None:
     from verl.workers.rollout import base as rollout_base
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    from sophiavl_verl.cpu_backend import patches, platform, rollout
+    from sophiavl_verl.integration.cpu_backend import patches, platform, rollout
 
     PlatformRegistry.register(CPU_PLATFORM)(platform.PlatformCPU)
     RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: rollout.TransformersReplica)

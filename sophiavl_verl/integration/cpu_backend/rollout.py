@@ -28,7 +28,7 @@ from verl.utils.fs import copy_to_local
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from sophiavl_verl.cpu_backend import ROLLOUT_NAME
+from sophiavl_verl.integration.cpu_backend import ROLLOUT_NAME
 
 __all__ = ["TransformersReplica", "TransformersServer", "TransformersServerAdapter"]
 
@@ -45,7 +45,7 @@ class TransformersServer:
     def __init__(self, model_path: str, prompt_length: int, response_length: int, trust_remote_code: bool = False):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
-        from sophiavl_verl.tiny_vl import install_processor_shim
+        from sophiavl_verl.tools.tiny_vl import install_processor_shim
 
         torch.set_num_threads(1)
         self.prompt_length = prompt_length

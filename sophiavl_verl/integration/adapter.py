@@ -173,7 +173,7 @@ def adapter_missing_reason() -> str:
         return "the sophiavl_verl plugin's verl adapter is not installed in this process (was verl imported?)"
     return (
         "it was called outside a verl trainer step; verl's trainers provide the step, other callers "
-        "wrap the call in sophiavl_verl.verl_adapter.trainer_step(...)"
+        "wrap the call in sophiavl_verl.integration.adapter.trainer_step(...)"
     )
 
 
@@ -379,7 +379,7 @@ def _wrap_validate_config(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def validate_config(config: Any, use_reference_policy: bool, use_critic: bool) -> None:
         original(config=config, use_reference_policy=use_reference_policy, use_critic=use_critic)
-        from sophiavl_verl.validation import validate_plugin_config
+        from sophiavl_verl.integration.validation import validate_plugin_config
 
         validate_plugin_config(config)
 

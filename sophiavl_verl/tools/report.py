@@ -148,7 +148,7 @@ def _aggregate(groups: list[dict]) -> dict:
 
 
 def build_report(results, *, settings, input_info: dict, trm_info: dict, text_limit: int | None = 2000) -> dict:
-    """Assemble the report from the audit's per-group results (:class:`sophiavl_verl.audit.GroupResult`)."""
+    """Assemble the report from the audit's per-group results (:class:`sophiavl_verl.tools.audit.GroupResult`)."""
     groups = [_group_entry(res, settings, text_limit) for res in results]
     types = sorted({g["problem_type"] for g in groups},
                    key=lambda t: PROBLEM_TYPE_ORDER.index(t) if t in PROBLEM_TYPE_ORDER else 99)
