@@ -14,6 +14,8 @@ setup(
     description="SophiaVL-R1's Trust-GRPO, thinking reward model and annealing as a plugin for verl",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["sophiavl_verl", "sophiavl_verl.*"]),
     include_package_data=True,

@@ -383,7 +383,7 @@ def trust_grpo_advantages(
         response_mask: `(torch.Tensor | np.ndarray)` shape (bs, response_length).
         index: `(np.ndarray | list)` shape (bs,). Group id of each response (verl's ``uid``).
         config: The estimator's options (α, threshold, uniform groups, trust weight, ε).
-        anneal: The step's annealing factor (Eq. 6 of :mod:`sophiavl_verl.annealing`).
+        anneal: The step's annealing factor, e^(-step/T) of Eq. 5 (:mod:`sophiavl_verl.annealing`).
         norm_by_std: Divide by the group std (GRPO) or not (Dr.GRPO).
         names: How errors name R^o and R^t (the estimator names its reward extra-info keys).
 
