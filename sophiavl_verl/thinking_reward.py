@@ -335,6 +335,11 @@ def _prepare_bytes(data: bytes, max_pixels: int | None, what: str) -> _Prepared:
     return _Prepared(_url_json(mime, data), False, False)
 
 
+#: Serialises the loading of PIL images: a lazily opened one (``Image.open``) reads its file on first access,
+#: and two threads decoding the same image at once (the items of a group share it) corrupt each other's read.
+_PIL_LOAD_LOCK = threading.Lock()
+
+
 def _image_job(image: Any, max_pixels: int | None) -> tuple[Hashable, Callable[[], _Prepared]]:
     """The content key of an image and the function that prepares it.
 
@@ -350,6 +355,8 @@ def _image_job(image: Any, max_pixels: int | None) -> tuple[Hashable, Callable[[
         key = ("file", os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
         return key, lambda: _prepare_bytes(Path(path).read_bytes(), max_pixels, f"the bytes of {path}")
     if hasattr(image, "tobytes") and hasattr(image, "save"):  # a PIL image, without importing PIL here
+        with _PIL_LOAD_LOCK:
+            image.load()
         digest = hashlib.sha256(image.tobytes())
         digest.update(bytes(image.getpalette() or ()))  # mode "P": the same indices with another palette differ
         return ("pixels", image.mode, image.size, digest.digest()), lambda: _encode_pil(image, max_pixels)

@@ -907,3 +907,20 @@ def test_palette_images_with_equal_indices_but_other_palettes_are_not_confused()
         sent = _sent_images(server)
     colors = sorted(Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0)) for data in sent)
     assert colors == [(0, 0, 255), (255, 0, 0)] and client.stats.image_encodes == 2
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_lazily_opened_image_shared_by_a_group_is_read_once_and_scored(tmp_path, suffix):
+    """``Image.open`` reads the file on first access; the items of a group share the object, and their
+    concurrent preparation must not decode it at once in several threads (it used to make them bad_input)."""
+    import numpy as np
+
+    path = tmp_path / f"photo{suffix}"
+    Image.fromarray((np.random.default_rng(0).random((1200, 1600, 3)) * 255).astype("uint8")).save(path)
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        for _ in range(3):
+            image = Image.open(path)  # lazy: not decoded yet
+            client = ThinkingRewardClient(server.base_url, "trm", max_concurrency=16, max_retries=0, **FAST)
+            items = [ThinkingRewardItem("q", ITEM.response, (image,)) for _ in range(16)]
+            assert asyncio.run(client.score(items)) == [0.5] * 16, client.stats.summary()
+            assert client.stats.image_encodes == 1
