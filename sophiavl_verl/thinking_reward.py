@@ -708,9 +708,10 @@ def _orphan_pools(states: dict) -> None:
 
 
 async def _close_orphaned_pools(loop: asyncio.AbstractEventLoop) -> None:
+    # Taken off the list before the first await: concurrent calls on this loop must not close a pool twice.
     mine = [state for state in _ORPHANED_POOLS if state.loop is loop]
+    _ORPHANED_POOLS[:] = [state for state in _ORPHANED_POOLS if state.loop is not loop]
     for state in mine:
-        _ORPHANED_POOLS.remove(state)
         await state.close()
 
 

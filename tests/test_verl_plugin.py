@@ -41,7 +41,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_bare_import_verl_registers_everything_in_a_fresh_process():
     result = _python(REGISTRATION_PROBE)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["sophiavl_verl.trust_grpo", "sophiavl_verl.integration.reward_manager", "True"]
+    assert result.stdout.split() == ["sophiavl_verl.integration.estimator", "sophiavl_verl.integration.reward_manager", "True"]
 
 
 def test_verl_plugin_filter_can_exclude_us():
