@@ -28,10 +28,18 @@ from sophiavl_verl.tools.tiny_vl import make_embedded_trm
 if sys.argv[1] == "nohup":
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 server = LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm")).start()
-print(json.dumps({"pid": server._proc.pid, "port": server.port, "cache": server._cache_dir.name,
+print(json.dumps({"pid": server._proc.pid, "port": server.port, "cache": server._cache_dir,
                   "log": str(server.log_path)}), flush=True)
 if sys.argv[1] == "exit":
     sys.exit(0)  # interpreter exit without stop(): atexit must stop it
+if sys.argv[1] == "fork":  # a forked child (verl's router, a DataLoader worker) inherits the handlers and ends
+    import multiprocessing
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(600,), daemon=True)
+    child.start()
+    time.sleep(2)
+    child.terminate()
+    child.join()
+    print(json.dumps({"child_exitcode": child.exitcode}), flush=True)
 time.sleep(600)
 """
 
@@ -102,3 +110,16 @@ def test_an_ignored_sighup_stays_ignored():
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == -signal.SIGTERM
     _assert_cleaned_up(info)
+
+
+def test_a_forked_child_that_ends_leaves_the_parents_server_alone():
+    """A child forked after the server started inherits its atexit hook and signal handlers: ending it (SIGTERM)
+    must not stop the parent's server or delete its log; the parent still cleans up when it ends."""
+    with _parent("fork") as (proc, info):
+        child = json.loads(proc.stdout.readline())
+        assert child["child_exitcode"] == -signal.SIGTERM
+        assert _alive(info["pid"]) and _port_open(info["port"]), "the child stopped the parent's server"
+        assert Path(info["log"]).exists() and Path(info["cache"]).is_dir()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == -signal.SIGTERM
+        _assert_cleaned_up(info)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -136,7 +137,8 @@ class LocalOpenAIServer:
         self._log_path = Path(log_path) if log_path is not None else None
         self._owns_log = log_path is None
         self._proc: subprocess.Popen | None = None
-        self._cache_dir: tempfile.TemporaryDirectory | None = None
+        self._owner_pid: int | None = None  # the process that started the server (and alone may stop it)
+        self._cache_dir: str | None = None  # mkdtemp, removed by stop() (no finalizer a forked copy could run)
 
     @property
     def model(self) -> str:
@@ -178,6 +180,7 @@ class LocalOpenAIServer:
         """
         if self.running:
             return self
+        self._owner_pid = os.getpid()
         if self.port is None:
             self.port = free_port(self.host)
         if self._log_path is None:
@@ -185,10 +188,10 @@ class LocalOpenAIServer:
             os.close(fd)
             self._log_path = Path(name)
         # transformers serve scans HF_HUB_CACHE; it must exist. A private one keeps the user's cache untouched.
-        self._cache_dir = tempfile.TemporaryDirectory(prefix="sophiavl_hf_cache_")
+        self._cache_dir = tempfile.mkdtemp(prefix="sophiavl_hf_cache_")
         env = dict(os.environ)
         env.update(
-            HF_HUB_CACHE=self._cache_dir.name,
+            HF_HUB_CACHE=self._cache_dir,
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
             PYTHONUNBUFFERED="1",
@@ -256,6 +259,10 @@ class LocalOpenAIServer:
         if self in _running:
             _running.remove(self)
         proc, self._proc = self._proc, None
+        if self._owner_pid is not None and os.getpid() != self._owner_pid:
+            # A forked copy of this process (multiprocessing's fork start method) inherits the object, the atexit
+            # hook and the signal handler; the server, its folder and its log belong to the process that started it.
+            return
         if proc is not None and proc.poll() is None:
             for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
                 try:
@@ -268,7 +275,7 @@ class LocalOpenAIServer:
                 except subprocess.TimeoutExpired:
                     continue
         if self._cache_dir is not None:
-            self._cache_dir.cleanup()
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
             self._cache_dir = None
         if self._owns_log and self._log_path is not None and proc is not None:
             # Keep the log of a server that crashed; drop the log of a clean run.
