@@ -661,13 +661,13 @@ def test_a_second_audit_on_the_same_out_is_refused_while_the_first_runs(tmp_path
 
 
 def test_the_scores_survive_a_failure_to_draw_or_build_the_report(tmp_path, capsys, monkeypatch):
-    import sophiavl_verl.tools.plots
-    import sophiavl_verl.tools.report
+    import sophiavl_verl.tools.audit.plots
+    import sophiavl_verl.tools.audit.report
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(sophiavl_verl.tools.plots, "plot_audit", broken)
+    monkeypatch.setattr(sophiavl_verl.tools.audit.plots, "plot_audit", broken)
     with keyword_trm() as server:
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "a"),
                    "--no-progress", "--limit", "2"])
@@ -676,7 +676,7 @@ def test_the_scores_survive_a_failure_to_draw_or_build_the_report(tmp_path, caps
         report = json.loads((tmp_path / "a" / "report.json").read_text(encoding="utf-8"))
         assert report["trm"]["scored"] == 16 and (tmp_path / "a" / "report.md").is_file()
 
-        monkeypatch.setattr(sophiavl_verl.tools.report, "build_report", broken)
+        monkeypatch.setattr(sophiavl_verl.tools.audit.report, "build_report", broken)
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "b"),
                    "--no-progress", "--limit", "2"])
         err = capsys.readouterr().err
