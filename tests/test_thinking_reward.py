@@ -907,3 +907,16 @@ def test_palette_images_with_equal_indices_but_other_palettes_are_not_confused()
         sent = _sent_images(server)
     colors = sorted(Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0)) for data in sent)
     assert colors == [(0, 0, 255), (255, 0, 0)] and client.stats.image_encodes == 2
+
+
+def test_the_one_quantile_is_numpys_linear_interpolation():
+    """``quantile`` (the client's, the estimator's and the audit's latency percentiles) equals numpy's default."""
+    import numpy as np
+
+    from sophiavl_verl.thinking_reward import quantile
+
+    values = list(np.random.default_rng(0).exponential(size=37))
+    for q in (0.0, 0.5, 0.95, 1.0):
+        assert quantile(values, q) == pytest.approx(float(np.percentile(values, 100 * q)), abs=1e-12)
+    assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0  # unsorted input
+    assert math.isnan(quantile([], 0.5))
