@@ -75,8 +75,8 @@ def run_audit(
         fmt, problem_type, image_root, allow_outside_image_root, dataset, raw_prompt: How to read the input
             (:func:`~sophiavl_verl.tools.audit.inputs.load_input`).
         cache_dir: Where the embedded TRM is built (default :func:`default_cache_dir`).
-        max_concurrency: TRM requests in flight (default: :data:`~sophiavl_verl.tools.audit.scoring.EMBEDDED_CONCURRENCY`
-            for the embedded TRM, else :data:`~sophiavl_verl.tools.audit.scoring.REMOTE_CONCURRENCY`).
+        max_concurrency: TRM requests in flight (default: ``scoring.EMBEDDED_CONCURRENCY`` for the embedded
+            TRM, else ``scoring.REMOTE_CONCURRENCY``).
         limit: Audit only the first ``limit`` groups.
         text_limit: Characters of each question / response kept in ``report.json`` (None: whole texts).
         progress: Show a progress bar.

@@ -122,14 +122,10 @@ def _canonical_type(value: Any, where: str, flag_hint: str = "") -> str:
 def _decode_base64_image(text: str) -> bytes | None:
     """Bytes of a ``data:`` URL or of a bare base64 string that decodes to an image; else None."""
     if text.startswith("data:"):
-        head, _, payload = text.partition(",")
+        head, _, text = text.partition(",")
         if ";base64" not in head:
             return None
-        try:
-            return base64.b64decode(payload, validate=False)
-        except (binascii.Error, ValueError):
-            return None
-    if len(text) < 64 or not re.fullmatch(r"[A-Za-z0-9+/=\s]+", text[:4096]):
+    elif len(text) < 64 or not re.fullmatch(r"[A-Za-z0-9+/=\s]+", text[:4096]):
         return None
     try:
         return base64.b64decode(text, validate=False)

@@ -156,8 +156,8 @@ def outcome_rewards(groups: Sequence[Group], settings: AuditSettings) -> list[tu
     out = []
     for g in groups:
         try:
-            ro = [float(outcome_reward(g.problem_type, r, g.ground_truth, require_format=settings.reward.require_format))
-                  for r in g.responses]
+            ro = [float(outcome_reward(g.problem_type, r, g.ground_truth,
+                                       require_format=settings.reward.require_format)) for r in g.responses]
         except ValueError as exc:
             raise AuditError(f"{g.source}: cannot compute the outcome reward: {exc}") from None
         out.append((ro, [format_reward(r) == 1.0 for r in g.responses]))

@@ -44,7 +44,7 @@ _FLAGS = {  # where a flag is not "--" + the field name with dashes
 
 
 def flag(name: str) -> str:
-    """The command-line flag of an option (``anneal_steps`` -> ``--anneal-steps``; a bool on by default: ``--no-…``)."""
+    """The command-line flag of an option: ``anneal_steps`` -> ``--anneal-steps``, a bool on by default ``--no-…``."""
     return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
@@ -91,7 +91,8 @@ class AuditSettings:
         if not _whole(self.total_training_steps, 1):
             raise AuditError(f"--total-training-steps must be an integer >= 1, got {self.total_training_steps!r}")
         if self.reward.timeout_s > MAX_TIMEOUT_S:
-            raise AuditError(f"--timeout must be a number of seconds <= {MAX_TIMEOUT_S:.0f}, got {self.reward.timeout_s}")
+            raise AuditError(f"--timeout must be a number of seconds <= {MAX_TIMEOUT_S:.0f}, "
+                             f"got {self.reward.timeout_s}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> AuditSettings:
@@ -140,7 +141,8 @@ def check_run_options(*, max_concurrency: int | None, limit: int | None, text_li
         AuditError: Naming the flag.
     """
     checks = (
-        (max_concurrency is None or _whole(max_concurrency, 1), "--max-concurrency", "an integer >= 1", max_concurrency),
+        (max_concurrency is None or _whole(max_concurrency, 1), "--max-concurrency", "an integer >= 1",
+         max_concurrency),
         (limit is None or _whole(limit, 1), "--limit", "an integer >= 1", limit),
         (text_limit is None or _whole(text_limit, 0), "--text-limit", "an integer >= 0 (0 = whole texts)", text_limit),
     )
