@@ -6,14 +6,15 @@
     {"version": 1, "input": {...}, "settings": {...}, "trm": {...}, "overall": {...},
      "by_problem_type": {"numerical": {...}, ...}, "groups": [...], "plots": {...}, "wall_s": ...}
 
-``settings`` holds every option applied, by its field name (:meth:`AuditSettings.as_dict`; ``anneal_steps``
-is the T applied). Each group: ``id``, ``source`` (file:line), ``problem_type``, ``question``, ``ground_truth``,
+``settings`` holds every option applied, by its field name (:meth:`AuditSettings.as_dict`; ``anneal_steps`` is
+the T applied). Each group: ``id``, ``source`` (file:line), ``problem_type``, ``question``, ``ground_truth``,
 ``images``, ``step``, ``anneal``, ``n_correct``, ``n_wrong``, ``mixed`` (has a scored correct and a scored
 wrong response), ``mu_correct``, ``mu_wrong``, ``gamma`` (the multiplier Trust-GRPO applied: γ for a mixed
 group, 0 or 1 for the others under ``uniform_groups`` skip / trust), ``untrusted`` (mixed and γ < 1), ``meta``
-and ``responses``: each with ``outcome_reward``, ``format_ok``, ``correct``, ``thinking_reward``, ``trm_status`` (``skipped``: not sent
-under the query policy; its R^t is ``null``, or 0 where ``official`` gives 0), ``thinking_term``
-(γ·α·anneal·R^t), ``reward`` (Eq. 5), ``advantage`` (Eq. 6) and ``advantage_grpo`` (plain GRPO).
+and ``responses``: each with ``outcome_reward``, ``format_ok``, ``correct``, ``thinking_reward``,
+``trm_status`` (``skipped``: not sent under the query policy; its R^t is ``null``, or 0 where ``official``
+gives 0), ``thinking_term`` (γ·α·anneal·R^t), ``reward`` (Eq. 5), ``advantage`` (Eq. 6) and ``advantage_grpo``
+(plain GRPO).
 """
 
 from __future__ import annotations
