@@ -58,6 +58,7 @@ __all__ = [
     "build_reference_trm_prompt",
     "build_trm_prompt",
     "parse_score",
+    "quantile",
 ]
 
 API_KEY_ENV = "SOPHIAVL_TRM_API_KEY"
@@ -507,16 +508,21 @@ class TRMStats:
             "trm/images_downscaled": float(self.images_downscaled),
             "trm/image_cache_hits": float(self.image_cache_hits),
             "trm/latency_mean_s": sum(lat) / len(lat) if lat else math.nan,
-            "trm/latency_p50_s": _quantile(lat, 0.50),
-            "trm/latency_p95_s": _quantile(lat, 0.95),
+            "trm/latency_p50_s": quantile(lat, 0.50),
+            "trm/latency_p95_s": quantile(lat, 0.95),
             "trm/latency_max_s": lat[-1] if lat else math.nan,
         }
         out.update({f"trm/failed_{kind}": float(n) for kind, n in sorted(self.failures.items())})
         return out
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolation quantile of already sorted values (NaN when empty)."""
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` with linear interpolation (numpy's default), NaN when empty.
+
+    The one quantile of the package: the client's latency summary, the estimator's ``trm/latency_p*_s`` and
+    the audit's report use it.
+    """
+    sorted_values = sorted(values)
     if not sorted_values:
         return math.nan
     pos = q * (len(sorted_values) - 1)

@@ -108,8 +108,11 @@ def check_report_numbers(report: dict) -> None:
         ro = [r["outcome_reward"] for r in rs]
         rt = [r["thinking_reward"] for r in rs]
         assert all(r["correct"] == (o >= thr) for r, o in zip(rs, ro))
-        # A missing thinking reward is null with status failed/skipped, never 0 in disguise.
-        assert all((t is None) == (r["trm_status"] != "scored") for r, t in zip(rs, rt))
+        # A missing thinking reward is null with status failed/skipped, never 0 in disguise; only the
+        # official policy's rule gives R^t = 0, without a request, to a response with R^o < 0.2.
+        assert all((t is None) == (r["trm_status"] != "scored")
+                   or (s["query_policy"] == "official" and r["trm_status"] == "skipped" and t == 0 and o < 0.2)
+                   for r, t, o in zip(rs, rt, ro))
         mu_c = _mean([t for o, t in zip(ro, rt) if t is not None and o >= thr])
         mu_w = _mean([t for o, t in zip(ro, rt) if t is not None and o < thr])
         mixed = mu_c is not None and mu_w is not None
@@ -145,7 +148,7 @@ def check_report_numbers(report: dict) -> None:
         responses = [r for g in groups for r in g["responses"]]
         mixed = [g for g in groups if g["mixed"]]
         untrusted = [g for g in mixed if g["gamma"] < 1]
-        scored = [r for r in responses if r["thinking_reward"] is not None]
+        scored = [r for r in responses if r["trm_status"] == "scored"]  # the TRM's judgements
         return {
             "groups": len(groups),
             "responses": len(responses),
@@ -341,6 +344,79 @@ def test_no_trust_weight_and_skip_uniform_query_policy(tmp_path, capsys):
     assert report["trm"]["skipped"] == sum(len(g["responses"]) for g in uniform) == 256 - sent
     assert all(r["trm_status"] == "skipped" and r["thinking_reward"] is None for g in uniform for r in g["responses"])
     assert report["overall"]["untrusted_groups"] == 0 and report["overall"]["gamma_mean"] == 1.0
+
+
+def test_the_official_query_policy_is_the_reward_managers_rule(tmp_path, capsys):
+    """``official`` (the reference code): no request for a group with every R^o >= 0.9 or every R^o <= 0.1,
+    and R^t = 0 without a request for a response with R^o < 0.2 — as training's reward manager does."""
+    with keyword_trm() as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--no-progress", "--query-policy", "official"])
+        sent = [r["text"] for r in _sent(server)]
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert report["settings"]["query_policy"] == "official"
+    check_report_numbers(report)
+    expected_sent = 0
+    for g in report["groups"]:
+        ro = [r["outcome_reward"] for r in g["responses"]]
+        uniform = all(o >= 0.9 for o in ro) or all(o <= 0.1 for o in ro)
+        for r in g["responses"]:
+            if uniform:
+                assert r["trm_status"] == "skipped" and r["thinking_reward"] is None, g["id"]
+            elif r["outcome_reward"] < 0.2:
+                assert r["trm_status"] == "skipped" and r["thinking_reward"] == 0.0, g["id"]
+            else:
+                assert r["trm_status"] == "scored", g["id"]
+                expected_sent += 1
+    assert 0 < expected_sent == len(sent) == report["trm"]["requested"] < 256
+    assert report["trm"]["skipped"] == 256 - expected_sent
+
+
+def test_the_audit_flags_are_the_declared_options(tmp_path, capsys):
+    """Every Trust-GRPO option and the reward options the audit uses are flags with the declared defaults; only
+    the query policy has the audit's own default; a value goes to the declared option and its validation."""
+    from dataclasses import fields
+
+    from sophiavl_verl.config import SophiaVLRewardConfig, TrustGRPOConfig
+    from sophiavl_verl.tools.audit import AuditSettings
+    from sophiavl_verl.tools.audit.settings import REWARD_OPTIONS
+    from sophiavl_verl.tools.cli import build_parser
+
+    args = vars(build_parser().parse_args(["audit"]))
+    trust = {f.name: f.default for f in fields(TrustGRPOConfig) if not f.name.startswith("_")}
+    reward = {f.name: f.default for f in fields(SophiaVLRewardConfig) if f.name in REWARD_OPTIONS}
+    assert set(trust) == {"alpha", "schedule", "anneal_steps", "correct_threshold", "uniform_groups",
+                          "use_trust_weight", "epsilon"}
+    assert {k: args[k] for k in trust} == trust
+    assert {k: args[k] for k in reward} == reward | {"query_policy": "all"}
+    assert args["max_retries"] == SophiaVLRewardConfig().max_retries == 5  # was 3 in the audit
+    settings = AuditSettings.from_options(args)
+    assert settings.trust_grpo == TrustGRPOConfig() and settings == AuditSettings()
+    argv = ["audit", "--alpha", "0.7", "--no-trust-weight", "--uniform-groups", "trust", "--anneal-steps", "40",
+            "--max-retries", "2", "--timeout", "9", "--no-require-format", "--query-policy", "skip_uniform"]
+    settings = AuditSettings.from_options(vars(build_parser().parse_args(argv)))
+    assert settings.trust_grpo == TrustGRPOConfig(alpha=0.7, use_trust_weight=False, uniform_groups="trust",
+                                                  anneal_steps=40)
+    r = settings.reward
+    assert (r.max_retries, r.timeout_s, r.require_format, r.query_policy) == (2, 9.0, False, "skip_uniform")
+    # The declared validation, named by flag: the allowed values come from config.py.
+    assert "--uniform-groups must be one of ('skip', 'trust')" in _error(["audit", "--uniform-groups", "x"], capsys)
+    assert "--query-policy must be one of ('all', 'skip_uniform', 'official')" in _error(
+        ["audit", "--query-policy", "x"], capsys)
+    assert "--trm-url must be an http(s) URL" in _error(["audit", "--trm-url", "ftp://x", "--trm-model", "m"], capsys)
+
+
+def test_without_anneal_steps_t_is_the_runs_total_steps(tmp_path, capsys):
+    """As in training, a null ``anneal_steps`` makes T the run's total steps (the paper's 1500 by default)."""
+    with keyword_trm() as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--no-progress", "--limit", "2", "--step", "150", "--total-training-steps", "300"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert (report["settings"]["anneal_steps"], report["settings"]["total_training_steps"]) == (300, 300)
+    assert all(g["anneal"] == pytest.approx(math.exp(-0.5)) for g in report["groups"])
+    check_report_numbers(report)
 
 
 def test_every_trm_request_failing_is_an_error_but_the_report_is_written(tmp_path, capsys):
@@ -661,13 +737,13 @@ def test_a_second_audit_on_the_same_out_is_refused_while_the_first_runs(tmp_path
 
 
 def test_the_scores_survive_a_failure_to_draw_or_build_the_report(tmp_path, capsys, monkeypatch):
-    import sophiavl_verl.tools.plots
-    import sophiavl_verl.tools.report
+    import sophiavl_verl.tools.audit.plots
+    import sophiavl_verl.tools.audit.report
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(sophiavl_verl.tools.plots, "plot_audit", broken)
+    monkeypatch.setattr(sophiavl_verl.tools.audit.plots, "plot_audit", broken)
     with keyword_trm() as server:
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "a"),
                    "--no-progress", "--limit", "2"])
@@ -676,7 +752,7 @@ def test_the_scores_survive_a_failure_to_draw_or_build_the_report(tmp_path, caps
         report = json.loads((tmp_path / "a" / "report.json").read_text(encoding="utf-8"))
         assert report["trm"]["scored"] == 16 and (tmp_path / "a" / "report.md").is_file()
 
-        monkeypatch.setattr(sophiavl_verl.tools.report, "build_report", broken)
+        monkeypatch.setattr(sophiavl_verl.tools.audit.report, "build_report", broken)
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path / "b"),
                    "--no-progress", "--limit", "2"])
         err = capsys.readouterr().err

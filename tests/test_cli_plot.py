@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sophiavl_verl.tools.cli import main
-from sophiavl_verl.tools.plots import PlotError, parse_metrics_log
+from sophiavl_verl.tools.training_log import PlotError, parse_metrics_log
 
 STEPS = [1, 2, 3, 4]
 

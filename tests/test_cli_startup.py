@@ -98,7 +98,8 @@ sys.meta_path.insert(0, NoVerl())
 import sophiavl_verl
 from sophiavl_verl import (annealing, config, errors, keys, outcome_reward_fn, query_policy, rewards,
                            thinking_reward, trust_grpo)
-from sophiavl_verl.tools import audit, cli, data, plots, report
+from sophiavl_verl.tools import audit, cli, data, training_log
+from sophiavl_verl.tools.audit import inputs, plots, report, scoring, settings
 rewards_, gamma = trust_grpo.trust_weighted_rewards([1.0, 0.0], [0.2, 0.8], ["a", "a"], alpha=0.3)
 assert abs(gamma[0].item() - 2.718281828459045 ** (0.2 - 0.8)) < 1e-12, gamma
 assert outcome_reward_fn.compute_score("sophiavl_r1", "<think>x</think><answer>4</answer>", "4", {"problem_type": "numerical"}) == 1.0

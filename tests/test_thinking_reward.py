@@ -924,3 +924,14 @@ def test_a_lazily_opened_image_shared_by_a_group_is_read_once_and_scored(tmp_pat
             items = [ThinkingRewardItem("q", ITEM.response, (image,)) for _ in range(16)]
             assert asyncio.run(client.score(items)) == [0.5] * 16, client.stats.summary()
             assert client.stats.image_encodes == 1
+def test_the_one_quantile_is_numpys_linear_interpolation():
+    """``quantile`` (the client's, the estimator's and the audit's latency percentiles) equals numpy's default."""
+    import numpy as np
+
+    from sophiavl_verl.thinking_reward import quantile
+
+    values = list(np.random.default_rng(0).exponential(size=37))
+    for q in (0.0, 0.5, 0.95, 1.0):
+        assert quantile(values, q) == pytest.approx(float(np.percentile(values, 100 * q)), abs=1e-12)
+    assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0  # unsorted input
+    assert math.isnan(quantile([], 0.5))

@@ -30,6 +30,7 @@ from sophiavl_verl.keys import (
     TRM_LATENCY_KEY,
     TRM_STATUS_KEY,
 )
+from sophiavl_verl.thinking_reward import quantile
 from sophiavl_verl.trust_grpo import GroupTrust, as_float64_column, trust_grpo_advantages
 
 __all__ = ["compute_trust_grpo_advantage", "trust_grpo_advantage_estimator"]
@@ -138,8 +139,8 @@ def _metrics(
         latency = _column(non_tensor_batch, TRM_LATENCY_KEY, len(thinking)).numpy()[keep]
         latency = latency[~np.isnan(latency)]
         if latency.size:
-            metrics["trm/latency_p50_s"] = float(np.percentile(latency, 50))
-            metrics["trm/latency_p95_s"] = float(np.percentile(latency, 95))
+            metrics["trm/latency_p50_s"] = quantile(latency.tolist(), 0.50)
+            metrics["trm/latency_p95_s"] = quantile(latency.tolist(), 0.95)
     return metrics
 
 

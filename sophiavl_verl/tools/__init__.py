@@ -2,9 +2,10 @@
 
     cli.py          ``sophiavl-verl audit|plot|data`` (one front, one error format)
     data.py         data preparation: SophiaVL-R1 rows -> verl RL parquet, TRM SFT parquet
-    audit.py        what Trust-GRPO makes of rollouts, with a real thinking reward model, on CPU
-    report.py       the audit's report (report.json, report.md)
-    plots.py        the audit's plots and the training-log reader behind ``plot``
+    audit/          what Trust-GRPO makes of rollouts, with a real thinking reward model, on CPU: one module
+                    per stage (settings, inputs, scoring, report, plots), run_audit in __init__
+    training_log.py verl's metric logs read and plotted, behind ``plot``
+    output.py       atomic file writes and PNG figures, shared by the audit and ``plot``
     local_server.py ``transformers serve`` for one local model (the embedded tiny TRM)
     tiny_vl.py      tiny Qwen2.5-VL models built on the spot (the embedded TRM, the CPU run's policy)
     train_cpu.py    the quick start's main job: the recipe on verl's real trainer, on CPU

@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
+import typing
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "OneLineErrorParser"]
@@ -36,10 +38,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sophiavl_verl.tools.audit import AuditSettings
+def _add_declared(group, cls: type, names, *, defaults: dict | None = None, helps: dict | None = None) -> None:
+    """A flag per option ``names`` of the config dataclass ``cls``, from its declaration.
 
-    d = AuditSettings()
+    Name (:func:`~sophiavl_verl.tools.audit.settings.flag`), type and default are the field's, the help is its
+    ``metadata["help"]``, each followed by the config key. ``defaults`` and ``helps`` are the audit's own where
+    they differ (an audit default says training's). A bool on by default becomes ``--no-…``.
+    """
+    from sophiavl_verl.tools.audit.settings import declared_fields, flag
+
+    types = typing.get_type_hints(cls)
+    prefix = next(f.default for f in dataclasses.fields(cls) if f.name == "_prefix")
+    for f in declared_fields(cls):
+        if f.name not in names:
+            continue
+        key, default = f"{prefix}.{f.name}", (defaults or {}).get(f.name, f.default)
+        text = (helps or {}).get(f.name) or f.metadata.get("help", "")
+        kind = types[f.name]
+        if kind is bool:
+            text = f"{key}={str(not default).lower()}" + (f": {text}" if text else "")
+            group.add_argument(flag(f.name), dest=f.name, action="store_false" if default else "store_true",
+                               help=text.replace("%", "%%"))
+            continue
+        text = f"{text} [{key}" if text else f"[{key}"
+        text += f"; training's default: {f.default}]" if default != f.default else "]"
+        kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
+        group.add_argument(flag(f.name), dest=f.name, type=kind, default=default, help=text.replace("%", "%%"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sophiavl_verl.config import SophiaVLRewardConfig, TrustGRPOConfig
+    from sophiavl_verl.tools.audit.settings import AUDIT_QUERY_POLICY, PAPER_TOTAL_STEPS, REWARD_OPTIONS
+
     parser = OneLineErrorParser(
         prog="sophiavl-verl",
         description="SophiaVL-R1's Trust-GRPO for verl: audit your rollouts with a thinking reward model (CPU), "
@@ -75,34 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--raw-prompt", action="store_true",
                    help="verl dumps: send the whole decoded prompt to the TRM instead of the extracted question")
     g.add_argument("--limit", type=_positive_int, default=None, help="audit only the first N groups")
-    t = a.add_argument_group("thinking reward model (default: the embedded tiny TRM)")
-    t.add_argument("--trm-url", default=None, help="OpenAI-compatible base URL, e.g. http://host:8000/v1 (vllm serve)")
-    t.add_argument("--trm-model", default=None, help="model name the server serves")
-    t.add_argument("--trm-api-key-env", default="SOPHIAVL_TRM_API_KEY",
-                   help="environment variable holding the API key (never printed)")
+    t = a.add_argument_group("thinking reward model and rewards (reward.reward_kwargs.* of the plugin; default: "
+                             "the embedded tiny TRM)")
+    _add_declared(t, SophiaVLRewardConfig, REWARD_OPTIONS, defaults={"query_policy": AUDIT_QUERY_POLICY}, helps={
+        "trm_base_url": "OpenAI-compatible base URL of the TRM, e.g. http://host:8000/v1 (vllm serve); "
+                        "default: the embedded tiny TRM, served on 127.0.0.1 by the command",
+        "trm_model": "model name the server at --trm-url serves",
+    })
     t.add_argument("--max-concurrency", type=_positive_int, default=None,
                    help="TRM requests in flight (default: 1 for the embedded CPU server, 16 for --trm-url)")
-    t.add_argument("--timeout", type=float, default=60.0, help="seconds per TRM request")
-    t.add_argument("--max-retries", type=int, default=3, help="retries of a TRM request")
-    t.add_argument("--query-policy", default=d.query_policy, choices=("all", "skip_uniform"),
-                   help="skip_uniform: do not ask the TRM about groups whose answers are all correct or all wrong")
     t.add_argument("--cache-dir", default=None,
                    help="where the embedded TRM is built (default $SOPHIAVL_VERL_CACHE or ~/.cache/sophiavl_verl)")
     s = a.add_argument_group("Trust-GRPO settings (algorithm.trust_grpo.* of the plugin)")
-    s.add_argument("--alpha", type=float, default=d.alpha, help="α of Eq. 5")
-    s.add_argument("--schedule", default=d.schedule, help="annealing schedule: exp, linear, cosine, constant, ...")
+    _add_declared(s, TrustGRPOConfig, [f.name for f in dataclasses.fields(TrustGRPOConfig)])
     s.add_argument("--step", type=int, default=None,
                    help="training step for the annealing factor (default: each dump row's step, else 1)")
-    s.add_argument("--anneal-steps", type=int, default=d.anneal_steps,
-                   help="T of the schedule (the paper: the run's total steps)")
-    s.add_argument("--correct-threshold", type=float, default=d.correct_threshold, help="R^o >= this is correct")
-    s.add_argument("--uniform-groups", default=d.uniform_groups, choices=("skip", "trust"),
-                   help="thinking term of groups that are not mixed: none (skip) or γ = 1 (trust)")
-    s.add_argument("--no-trust-weight", action="store_true", help="γ = 1 everywhere (the w/o-trust-weight ablation)")
-    s.add_argument("--epsilon", type=float, default=d.epsilon, help="std epsilon of the advantage")
-    s.add_argument("--no-norm-by-std", action="store_true", help="advantage R - mean (Dr.GRPO), not / std")
-    s.add_argument("--no-require-format", action="store_true",
-                   help="grade answers of responses without the <think>/<answer> format")
+    s.add_argument("--total-training-steps", type=int, default=PAPER_TOTAL_STEPS,
+                   help="the run's total steps: T of the schedule when --anneal-steps is not given, as in training "
+                   "(default: the paper's run)")
+    s.add_argument("--no-norm-by-std", dest="norm_by_std", action="store_false",
+                   help="advantage R - mean (Dr.GRPO), not / std (verl's algorithm.norm_adv_by_std_in_grpo=false)")
     o = a.add_argument_group("output")
     o.add_argument("--text-limit", type=int, default=2000,
                    help="characters of each question/response kept in report.json (0 = all)")
@@ -124,19 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _audit(args) -> int:
     from sophiavl_verl.tools.audit import AuditSettings, run_audit
 
-    settings = AuditSettings(
-        alpha=args.alpha,
-        schedule=args.schedule,
-        step=args.step,
-        anneal_steps=args.anneal_steps,
-        correct_threshold=args.correct_threshold,
-        uniform_groups=args.uniform_groups,
-        use_trust_weight=not args.no_trust_weight,
-        epsilon=args.epsilon,
-        norm_by_std=not args.no_norm_by_std,
-        require_format=not args.no_require_format,
-        query_policy=args.query_policy,
-    )
+    settings = AuditSettings.from_options(vars(args))  # each flag to the option declaring it; errors name the flag
     started = time.monotonic()
     report = run_audit(
         args.input,
@@ -148,13 +158,8 @@ def _audit(args) -> int:
         allow_outside_image_root=args.allow_outside_image_root,
         dataset=args.dataset,
         raw_prompt=args.raw_prompt,
-        trm_url=args.trm_url,
-        trm_model=args.trm_model,
-        trm_api_key_env=args.trm_api_key_env,
         cache_dir=args.cache_dir,
         max_concurrency=args.max_concurrency,
-        timeout_s=args.timeout,
-        max_retries=args.max_retries,
         limit=args.limit,
         text_limit=args.text_limit or None,
         progress=not args.no_progress,
@@ -183,7 +188,7 @@ def _audit(args) -> int:
 
 
 def _plot(args) -> int:
-    from sophiavl_verl.tools.plots import PlotError, parse_metrics_log, plot_training, write_series_csv
+    from sophiavl_verl.tools.training_log import PlotError, parse_metrics_log, plot_training, write_series_csv
 
     series = parse_metrics_log(args.log)
     out = Path(args.out)
@@ -209,7 +214,7 @@ def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTER
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sophiavl-verl`` console script."""
     from sophiavl_verl.tools.audit import AuditError
-    from sophiavl_verl.tools.plots import PlotError
+    from sophiavl_verl.tools.training_log import PlotError
 
     args = build_parser().parse_args(argv)
     # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C: the embedded TRM server is stopped by its context

@@ -1,15 +1,11 @@
-"""PNG plots of an audit report, and training curves from verl's metric logs.
+"""The training-log reader and training curves behind ``sophiavl-verl plot``.
 
-Audit plots (:func:`plot_audit`): ``gamma_hist.png`` (γ of the mixed groups), ``thinking_by_correctness.png``
-(thinking reward distributions of correct vs wrong responses, failures counted aside) and
-``by_problem_type.png`` (mean thinking reward of correct vs wrong responses and the share of untrusted
-groups, per problem type).
-
-Training curves (:func:`parse_metrics_log`, :func:`plot_training`): verl's tracker writes the metrics of
-each step through its console logger (``verl.utils.logger.aggregate_logger.LocalLogger``:
-``step:N - key:value - key:value ...``, values printed by ``pprint.pformat``, so numpy scalars appear as
-``np.float64(0.5)``; Ray prefixes lines with ``(TaskRunner pid=...)``) and its file logger
-(``verl.utils.tracking.FileLogger``: JSON lines ``{"step": N, "data": {...}}``, NaN written as ``null``).
+verl's tracker writes the metrics of each step through its console logger
+(``verl.utils.logger.aggregate_logger.LocalLogger``: ``step:N - key:value - key:value ...``, values printed by
+``pprint.pformat``, so numpy scalars appear as ``np.float64(0.5)``; Ray prefixes lines with
+``(TaskRunner pid=...)``) and its file logger (``verl.utils.tracking.FileLogger``: JSON lines
+``{"step": N, "data": {...}}``, NaN written as ``null``). :func:`parse_metrics_log` reads either;
+:func:`plot_training` draws the panels of :data:`TRAINING_PANELS`; :func:`write_series_csv` keeps every metric.
 """
 
 from __future__ import annotations
@@ -22,128 +18,10 @@ import re
 from pathlib import Path
 
 from sophiavl_verl.errors import PlotError
+from sophiavl_verl.tools.output import pyplot, save_png, write_atomically
 
-__all__ = ["PlotError", "TRAINING_PANELS", "parse_metrics_log", "plot_audit", "plot_training", "write_series_csv"]
+__all__ = ["PlotError", "TRAINING_PANELS", "parse_metrics_log", "plot_training", "write_series_csv"]
 
-CORRECT_COLOUR = "#2e8b57"
-WRONG_COLOUR = "#c0392b"
-DPI = 110
-
-
-# ------------------------------------------------------------------------------------------- audit plots
-
-
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend, imported with the first figure (so the CLI starts fast)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    from sophiavl_verl.tools.report import write_atomically
-
-    buffer = io.BytesIO()
-    try:
-        fig.tight_layout()
-        fig.savefig(buffer, format="png", dpi=DPI)
-    finally:
-        _pyplot().close(fig)
-    return write_atomically(path, buffer.getvalue())
-
-
-def plot_audit(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write the audit's PNG plots into ``out_dir``; returns ``{name: path}``."""
-    plt = _pyplot()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    groups = report["groups"]
-    o = report["overall"]
-    paths = {}
-
-    # γ histogram over mixed groups.
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    gammas = [g["gamma"] for g in groups if g["mixed"] and g["gamma"] is not None]
-    bins = [i / 20 for i in range(21)]
-    if gammas:
-        ax.hist([min(1.0, g) for g in gammas], bins=bins, color="#4a78b5", edgecolor="white")
-    ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
-    ax.set_xlim(0, 1.05)
-    ax.set_xlabel("γ (trust weight of the group's thinking rewards)")
-    ax.set_ylabel("mixed groups")
-    not_mixed = len(groups) - len(gammas)
-    uniform = "no thinking term" if report["settings"]["uniform_groups"] == "skip" else "γ = 1"
-    ax.set_title(
-        f"γ over {len(gammas)} mixed groups: {o['untrusted_groups']} untrusted (γ < 1)\n"
-        f"(not shown: {not_mixed} groups not mixed, {uniform})",
-        fontsize=10,
-    )
-    if not gammas:
-        ax.text(0.5, 0.5, "no mixed group", transform=ax.transAxes, ha="center", va="center")
-    paths["gamma_hist"] = _save(fig, out / "gamma_hist.png")
-
-    # Thinking reward distributions: correct vs wrong.
-    responses = [r for g in groups for r in g["responses"]]
-    correct = [r["thinking_reward"] for r in responses if r["correct"] and r["thinking_reward"] is not None]
-    wrong = [r["thinking_reward"] for r in responses if not r["correct"] and r["thinking_reward"] is not None]
-    failed = sum(r["trm_status"] == "failed" for r in responses)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    edges = [-0.05 + i / 10 for i in range(12)]
-    ax.hist([correct, wrong], bins=edges, color=[CORRECT_COLOUR, WRONG_COLOUR],
-            label=[f"correct (n={len(correct)}, mean {_fmt(_avg(correct))})",
-                   f"wrong (n={len(wrong)}, mean {_fmt(_avg(wrong))})"])
-    ax.set_xlabel("thinking reward R^t")
-    ax.set_ylabel("responses")
-    ax.set_xticks([i / 10 for i in range(11)])
-    ax.legend(fontsize=9)
-    ax.set_title(f"Thinking reward by outcome ({failed} TRM failures not shown, never counted as 0)", fontsize=10)
-    paths["thinking_by_correctness"] = _save(fig, out / "thinking_by_correctness.png")
-
-    # Per problem type.
-    by_type = report["by_problem_type"]
-    types = list(by_type)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.6, 4.0))
-    x = range(len(types))
-    width = 0.38
-    c_means = [by_type[t]["thinking_reward_correct_mean"] for t in types]
-    w_means = [by_type[t]["thinking_reward_wrong_mean"] for t in types]
-    ax1.bar([i - width / 2 for i in x], [v if v is not None else 0 for v in c_means], width,
-            color=CORRECT_COLOUR, label="correct")
-    ax1.bar([i + width / 2 for i in x], [v if v is not None else 0 for v in w_means], width,
-            color=WRONG_COLOUR, label="wrong")
-    for i, (c, w) in enumerate(zip(c_means, w_means)):
-        for dx, v in ((-width / 2, c), (width / 2, w)):
-            ax1.text(i + dx, (v or 0) + 0.01, "n/a" if v is None else f"{v:.2f}", ha="center", fontsize=8)
-    ax1.set_xticks(list(x), types, rotation=15)
-    ax1.set_ylim(0, 1.25)
-    ax1.set_ylabel("mean thinking reward")
-    ax1.legend(fontsize=9, loc="upper center", ncol=2)
-    ax1.set_title("Thinking reward by problem type", fontsize=10)
-    fracs = [by_type[t]["untrusted_group_frac"] for t in types]
-    ax2.bar(list(x), [f if f is not None else 0 for f in fracs], color="#8e6bbf")
-    for i, t in enumerate(types):
-        a = by_type[t]
-        ax2.text(i, (fracs[i] or 0) + 0.02, f"{a['untrusted_groups']}/{a['mixed_groups']}", ha="center", fontsize=8)
-    ax2.set_xticks(list(x), types, rotation=15)
-    ax2.set_ylim(0, 1.25)
-    ax2.set_ylabel("untrusted / mixed groups")
-    ax2.set_title("Share of mixed groups with γ < 1", fontsize=10)
-    paths["by_problem_type"] = _save(fig, out / "by_problem_type.png")
-    return paths
-
-
-def _avg(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-# ----------------------------------------------------------------------------------------- metric logs
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _CONSOLE = re.compile(r"(?:^|[\s)\]])step:(\S+?)((?: - [^\n]*)?)$")
@@ -306,7 +184,7 @@ def plot_training(series: dict[str, list[tuple[int, float]]], out_dir: str | os.
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    plt = _pyplot()
+    plt = pyplot()
 
     def draw(ax, title, keys):
         for key in keys:
@@ -320,7 +198,7 @@ def plot_training(series: dict[str, list[tuple[int, float]]], out_dir: str | os.
     for stem, title, keys in panels:
         fig, ax = plt.subplots(figsize=(6.4, 3.8))
         draw(ax, title, keys)
-        paths[stem] = _save(fig, out / f"{stem}.png")
+        paths[stem] = save_png(fig, out / f"{stem}.png")
     cols = 2 if len(panels) > 1 else 1
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows), squeeze=False)
@@ -328,15 +206,13 @@ def plot_training(series: dict[str, list[tuple[int, float]]], out_dir: str | os.
         draw(ax, title, keys)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    paths["training_curves"] = _save(fig, out / "training_curves.png")
+    paths["training_curves"] = save_png(fig, out / "training_curves.png")
     return paths
 
 
 def write_series_csv(series: dict[str, list[tuple[int, float]]], path: str | os.PathLike) -> Path:
     """All parsed metrics as a wide CSV (one row per step, one column per metric, empty when not logged)."""
     import csv
-
-    from sophiavl_verl.tools.report import write_atomically
 
     steps = sorted({s for points in series.values() for s, _ in points})
     lookup = {key: dict(points) for key, points in series.items()}

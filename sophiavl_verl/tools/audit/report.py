@@ -6,27 +6,35 @@
     {"version": 1, "input": {...}, "settings": {...}, "trm": {...}, "overall": {...},
      "by_problem_type": {"numerical": {...}, ...}, "groups": [...], "plots": {...}, "wall_s": ...}
 
-Each group: ``id``, ``source`` (file:line), ``problem_type``, ``question``, ``ground_truth``, ``images``,
-``step``, ``anneal``, ``n_correct``, ``n_wrong``, ``mixed`` (has a scored correct and a scored wrong response), ``mu_correct``,
-``mu_wrong``, ``gamma`` (the multiplier Trust-GRPO applied: γ for a mixed group, 0 or 1 for the others
-under ``uniform_groups`` skip / trust), ``untrusted`` (mixed and γ < 1), ``meta`` and ``responses``: each
-with ``outcome_reward``, ``format_ok``, ``correct``, ``thinking_reward``, ``trm_status``, ``thinking_term``
-(= reward − outcome reward), ``reward`` (Eq. 5), ``advantage`` (Eq. 6) and ``advantage_grpo`` (plain GRPO).
+``settings`` holds every option applied, by its field name (:meth:`AuditSettings.as_dict`; ``anneal_steps`` is
+the T applied). Each group: ``id``, ``source`` (file:line), ``problem_type``, ``question``, ``ground_truth``,
+``images``, ``step``, ``anneal``, ``n_correct``, ``n_wrong``, ``mixed`` (has a scored correct and a scored
+wrong response), ``mu_correct``, ``mu_wrong``, ``gamma`` (the multiplier Trust-GRPO applied: γ for a mixed
+group, 0 or 1 for the others under ``uniform_groups`` skip / trust), ``untrusted`` (mixed and γ < 1), ``meta``
+and ``responses``: each with ``outcome_reward``, ``format_ok``, ``correct``, ``thinking_reward``,
+``trm_status`` (``skipped``: not sent under the query policy; its R^t is ``null``, or 0 where ``official``
+gives 0), ``thinking_term`` (γ·α·anneal·R^t), ``reward`` (Eq. 5), ``advantage`` (Eq. 6) and ``advantage_grpo``
+(plain GRPO).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from collections import Counter
-from dataclasses import asdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["REPORT_VERSION", "build_report", "render_markdown", "write_atomically", "write_report"]
+from sophiavl_verl.errors import AuditError
+from sophiavl_verl.tools.output import write_atomically
+
+__all__ = ["REPORT_VERSION", "build_report", "render_markdown", "report_folder", "save_scores", "write_report"]
 
 REPORT_VERSION = 1
 PROBLEM_TYPE_ORDER = ("numerical", "multiple choice", "OCR", "free-form", "text")
@@ -45,20 +53,15 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _quantile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q * 100)) if values else None
-
-
 def _clip(text: str, limit: int | None) -> str:
     if not limit or len(text) <= limit:
         return text
     return text[:limit] + f"... [{len(text) - limit} more characters]"
 
 
-def _group_entry(res, settings, text_limit: int | None) -> dict:
+def _group_entry(res, text_limit: int | None) -> dict:
     g = res.group
-    thr = settings.correct_threshold
-    correct = [ro >= thr for ro in res.outcome]
+    correct = res.correct
     responses = []
     for i, text in enumerate(g.responses):
         entry = {
@@ -69,7 +72,7 @@ def _group_entry(res, settings, text_limit: int | None) -> dict:
             "correct": bool(correct[i]),
             "thinking_reward": _f(res.thinking[i]),
             "trm_status": res.status[i],
-            "thinking_term": _f(res.reward[i] - res.outcome[i]),
+            "thinking_term": _f(res.thinking_term[i]),
             "reward": _f(res.reward[i]),
             "advantage": _f(res.advantage[i]),
             "advantage_grpo": _f(res.advantage_grpo[i]),
@@ -148,12 +151,21 @@ def _aggregate(groups: list[dict]) -> dict:
 
 
 def build_report(results, *, settings, input_info: dict, trm_info: dict, text_limit: int | None = 2000) -> dict:
-    """Assemble the report from the audit's per-group results (:class:`sophiavl_verl.tools.audit.GroupResult`)."""
-    groups = [_group_entry(res, settings, text_limit) for res in results]
+    """Assemble the report from the audit's per-group results.
+
+    Args:
+        results: :class:`~sophiavl_verl.tools.audit.scoring.GroupResult` of every group.
+        settings: The :class:`~sophiavl_verl.tools.audit.settings.AuditSettings` applied.
+        input_info: What :func:`~sophiavl_verl.tools.audit.inputs.load_input` says about the input.
+        trm_info: ``base_url``, ``model``, ``embedded``, the client's ``stats`` (``TRMStats``),
+            ``max_concurrency``, ``scoring_wall_s``.
+        text_limit: Characters of each text kept (None: whole texts).
+    """
+    groups = [_group_entry(res, text_limit) for res in results]
     types = sorted({g["problem_type"] for g in groups},
                    key=lambda t: PROBLEM_TYPE_ORDER.index(t) if t in PROBLEM_TYPE_ORDER else 99)
     stats = trm_info["stats"]
-    latencies = sorted(stats.latencies_s)
+    latency = stats.summary()  # the client's own p50 / p95 / max
     overall = _aggregate(groups)
     requested = overall["trm_scored"] + overall["trm_failed"]
     trm = {
@@ -172,9 +184,9 @@ def build_report(results, *, settings, input_info: dict, trm_info: dict, text_li
         "connections": stats.connections,
         "image_encodes": stats.image_encodes,
         "bytes_sent": stats.bytes_sent,
-        "latency_p50_s": _quantile(latencies, 0.50),
-        "latency_p95_s": _quantile(latencies, 0.95),
-        "latency_max_s": latencies[-1] if latencies else None,
+        "latency_p50_s": _f(latency["trm/latency_p50_s"]),
+        "latency_p95_s": _f(latency["trm/latency_p95_s"]),
+        "latency_max_s": _f(latency["trm/latency_max_s"]),
         "max_concurrency": trm_info.get("max_concurrency"),
         "scoring_wall_s": trm_info.get("scoring_wall_s"),
     }
@@ -182,7 +194,7 @@ def build_report(results, *, settings, input_info: dict, trm_info: dict, text_li
     return {
         "version": REPORT_VERSION,
         "input": input_info,
-        "settings": {**asdict(settings), "steps_used": steps,
+        "settings": {**settings.as_dict(), "steps_used": steps,
                      "anneal_factors": {str(g["step"]): g["anneal"] for g in groups}},
         "trm": trm,
         "overall": overall,
@@ -208,20 +220,8 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_atomically(path: Path, data: str | bytes) -> Path:
-    """Write ``path`` through a temporary file in its folder and a rename: a reader sees the old file or the
-    whole new one, and a failed write leaves nothing behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json``, then ``report.md``, into ``out_dir``, each atomically (:func:`write_atomically`).
+    """Write ``report.json``, then ``report.md``, into ``out_dir``, each atomically (``output.write_atomically``).
 
     ``report.json`` holds every score, so it is written before the markdown is rendered.
     """
@@ -232,6 +232,65 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     paths = {"json": write_atomically(out / "report.json", text)}
     paths["markdown"] = write_atomically(out / "report.md", render_markdown(report))
     return paths
+
+
+@contextmanager
+def report_folder(out: Path) -> Iterator[Path]:
+    """``--out``, created if needed, checked writable and locked against a second audit, before any work.
+
+    A folder this call created is removed again if the audit writes nothing into it.
+
+    Raises:
+        AuditError: If ``out`` is a file, cannot be created or written, or another audit is writing it.
+    """
+    import fcntl
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise AuditError(f"--out {out} is a file; give a folder for the report")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write_check_"):
+            pass
+        folder = os.open(out, os.O_RDONLY)
+    except OSError as exc:
+        raise AuditError(f"--out {out}: cannot write the report there ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AuditError(f"--out {out} is being written by another sophiavl-verl audit; wait for it to finish "
+                             "or choose another folder") from None
+        try:
+            yield out
+        finally:
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only when empty: nothing was written
+    finally:
+        os.close(folder)
+
+
+def save_scores(out: Path, groups: Sequence, outcomes: Sequence[tuple], thinking: Sequence[tuple]) -> str:
+    """Every response's R^o, R^t and TRM status as ``scores.json`` (ASCII JSON: any text can be written).
+
+    The last resort when the report cannot be built: the TRM's work is never lost.
+
+    Returns:
+        A sentence saying where the scores are, or why they could not be saved.
+    """
+    rows = [
+        {"id": g.id, "source": g.source, "responses": [
+            {"outcome_reward": ro, "thinking_reward": rt if math.isfinite(rt) else None, "trm_status": status}
+            for ro, rt, status in zip(outcome[0], scores[0], scores[1], strict=True)
+        ]}
+        for g, outcome, scores in zip(groups, outcomes, thinking, strict=True)
+    ]
+    try:
+        return f"the scores are saved in {write_atomically(out / 'scores.json', json.dumps(rows, indent=1))}"
+    except OSError as exc:
+        return f"saving the scores in {out} failed too ({exc.strerror or exc})"
 
 
 # --------------------------------------------------------------------------------------------- markdown
