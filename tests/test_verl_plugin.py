@@ -95,7 +95,7 @@ import sys
 from omegaconf import OmegaConf
 from sophiavl_verl.integration import adapter as verl_adapter
 from sophiavl_verl.integration.validation import validate_plugin_config
-print("INSTALLED:", verl_adapter.install())
+print("INSTALLED:", verl_adapter.install(config_check=validate_plugin_config))
 try:
     validate_plugin_config(OmegaConf.create({{"algorithm": {{"adv_estimator": "trust_grpo"}}}}))
     print("VALID")

@@ -373,15 +373,13 @@ def _wrap_compute_data_metrics(original: Callable[..., Any]) -> Callable[..., An
     return compute_data_metrics
 
 
-def _wrap_validate_config(original: Callable[..., Any]) -> Callable[..., Any]:
-    """verl's ``validate_config`` followed by the plugin's own checks."""
+def _wrap_validate_config(original: Callable[..., Any], check: Callable[[Any], None]) -> Callable[..., Any]:
+    """verl's ``validate_config`` followed by the plugin's own ``check``."""
 
     @functools.wraps(original)
     def validate_config(config: Any, use_reference_policy: bool, use_critic: bool) -> None:
         original(config=config, use_reference_policy=use_reference_policy, use_critic=use_critic)
-        from sophiavl_verl.integration.validation import validate_plugin_config
-
-        validate_plugin_config(config)
+        check(config)
 
     validate_config.__sophiavl_wrapped__ = original  # type: ignore[attr-defined]
     return validate_config
@@ -494,18 +492,24 @@ class _PatchingLoader(importlib.abc.Loader):
         self._patch(module)
 
 
-def install() -> bool:
+def install(config_check: Callable[[Any], None]) -> bool:
     """Install the adapter in this process (idempotent). Returns whether it is installed.
 
     Only ``validate_config`` is patched now; each trainer module is checked against
     :data:`REQUIREMENTS` and patched when it is first imported.
+
+    Args:
+        config_check: The plugin's checks of a launch config
+            (:func:`sophiavl_verl.integration.validation.validate_plugin_config`), run after verl's own
+            ``validate_config`` in the driver, before Ray starts.
     """
     global _installed
     if _installed:
         return True
     import verl.utils.config as verl_config
 
-    _guarded(lambda module: _patch_attr(module, "validate_config", _wrap_validate_config))(verl_config)
+    wrap = functools.partial(_wrap_validate_config, check=config_check)
+    _guarded(lambda module: _patch_attr(module, "validate_config", wrap))(verl_config)
     if _mismatches:
         return False
     if verl.__version__ not in TESTED_VERL_VERSIONS:

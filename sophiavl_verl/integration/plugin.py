@@ -38,8 +38,9 @@ def _register_failure_stand_ins(error: str) -> None:
 try:
     # Importing registers: the estimator with register_adv_est, the manager with the reward loop's register.
     from sophiavl_verl.integration import adapter, cpu_backend, estimator, reward_manager  # noqa: F401
+    from sophiavl_verl.integration.validation import validate_plugin_config
 
-    adapter.install()
+    adapter.install(config_check=validate_plugin_config)
     cpu_backend.install()  # a no-op unless VERL_PLATFORM=cpu
 except Exception:  # noqa: BLE001 - reported loudly, then re-raised for verl's own (DEBUG) log
     _error = traceback.format_exc()

@@ -28,7 +28,6 @@ from verl.utils.fs import copy_to_local
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from sophiavl_verl.integration.cpu_backend import ROLLOUT_NAME
 
 __all__ = ["TransformersReplica", "TransformersServer", "TransformersServerAdapter"]
 
@@ -36,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def _server_name(replica_rank: int) -> str:
-    return f"{ROLLOUT_NAME}_server_{replica_rank}"
+    return f"transformers_server_{replica_rank}"
 
 
 class TransformersServer:
