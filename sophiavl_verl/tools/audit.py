@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from sophiavl_verl.config import SophiaVLRewardConfig
 from sophiavl_verl.errors import AuditError
 
 __all__ = [
@@ -916,7 +917,7 @@ def run_audit(
     raw_prompt: bool = False,
     trm_url: str | None = None,
     trm_model: str | None = None,
-    trm_api_key_env: str = "SOPHIAVL_TRM_API_KEY",
+    trm_api_key_env: str = SophiaVLRewardConfig.trm_api_key_env,
     cache_dir: str | os.PathLike | None = None,
     max_concurrency: int | None = None,
     timeout_s: float = 60.0,
