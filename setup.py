@@ -47,7 +47,7 @@ setup(
         "verl.plugins": ["sophiavl_verl = sophiavl_verl.integration.plugin"],
         "console_scripts": [
             "sophiavl-verl = sophiavl_verl.tools.cli:main",
-            "sophiavl-verl-data = sophiavl_verl.tools.data:main",
+            "sophiavl-verl-data = sophiavl_verl.tools.cli:data_main",  # the old name of `sophiavl-verl data`
         ],
     },
 )

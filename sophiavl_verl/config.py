@@ -142,6 +142,8 @@ TRM_PROMPTS = ("paper", "reference")
 #: ``sophiavl`` reward manager never makes a validation sample wait for its group.
 SPLIT_KEY = "split"
 VALIDATION_SPLITS = ("val", "validation", "test")
+#: Largest image file (or embedded image) that data preparation reads, checked before reading it.
+DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sophiavl_verl.errors import InputError
+
 __all__ = ["RUN_SYSTEM_PROMPT", "TinyRun", "main", "make_tiny_policy", "read_step_metrics"]
 
 TOOLS = Path(__file__).resolve().parent
@@ -355,7 +357,9 @@ def write_report(run: TinyRun, metrics_path: Path) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from sophiavl_verl.tools.cli import OneLineErrorParser, set_command
+
+    parser = OneLineErrorParser(
         prog="train_cpu", description="The SophiaVL-R1 recipe on verl's own trainer, on CPU (the quick start).",
         epilog="Arguments after -- are passed to main_ppo as Hydra overrides.",
     )
@@ -367,6 +371,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-audit", action="store_true", help="skip the audit of the rollouts")
     parser.add_argument("--trm-outage-after-step", type=_at_least(1), default=None,
                         help="stop the TRM server once this step is logged (an outage test)")
+    set_command(parser, _run)
     return parser
 
 
@@ -384,18 +389,25 @@ def _at_least(minimum: int):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``scripts/train_cpu.sh``; returns the exit status."""
+    """Entry point of ``scripts/train_cpu.sh``; returns the exit status (2, one line, on a bad argument)."""
+    from sophiavl_verl.tools.cli import run_command
+
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
-    args, overrides = _parser().parse_args(argv[:split]), argv[split + 1:]
+    parser = _parser()
+    parser.set_defaults(overrides=argv[split + 1:])
+    return run_command(parser, argv[:split])
+
+
+def _run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if out.exists() and not out.is_dir():
-        _parser().error(f"--out {out} exists and is not a folder")
+        raise InputError(f"--out {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
-        _parser().error(f"--out {out} is not empty (a fresh folder keeps runs apart: verl would resume from it)")
+        raise InputError(f"--out {out} is not empty (a fresh folder keeps runs apart: verl would resume from it)")
     run = TinyRun(out=out, trainer=args.trainer, steps=args.steps, resume_steps=args.resume_steps,
                   validation=not args.no_validation, trm_outage_after_step=args.trm_outage_after_step,
-                  audit=not args.no_audit, overrides=overrides)
+                  audit=not args.no_audit, overrides=args.overrides)
     report = run_tiny(run)
     _say(f"done in {run.timings['total']:.0f} s")
     _say(f"  metrics: {out / 'metrics.jsonl'}")
