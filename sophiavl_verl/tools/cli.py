@@ -300,8 +300,9 @@ def _audit(args) -> int:
 
 
 def _plot(args) -> int:
-    from sophiavl_verl.tools.plots import PlotError, parse_metrics_log, plot_training, write_series_csv
+    from sophiavl_verl.tools.plots import PlotError, check_plotting, parse_metrics_log, plot_training, write_series_csv
 
+    check_plotting()
     series = parse_metrics_log(args.log)
     out = Path(args.out)
     if out.exists() and not out.is_dir():

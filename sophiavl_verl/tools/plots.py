@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sophiavl_verl.errors import PlotError
 
-__all__ = ["PlotError", "TRAINING_PANELS", "parse_metrics_log", "plot_audit", "plot_training", "write_series_csv"]
+__all__ = ["PlotError", "TRAINING_PANELS", "check_plotting", "parse_metrics_log", "plot_audit", "plot_training", "write_series_csv"]
 
 CORRECT_COLOUR = "#2e8b57"
 WRONG_COLOUR = "#c0392b"
@@ -34,13 +34,25 @@ DPI = 110
 
 
 def _pyplot():
-    """matplotlib's pyplot on the Agg backend, imported with the first figure (so the CLI starts fast)."""
-    import matplotlib
+    """matplotlib's pyplot on the Agg backend, imported with the first figure (so the CLI starts fast).
+
+    Raises:
+        PlotError: If matplotlib is not installed (it comes with the ``plot`` extra).
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotError("plots need matplotlib, which is not installed: pip install 'sophiavl-verl[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def check_plotting() -> None:
+    """Raise :class:`PlotError`, naming the ``plot`` extra, if matplotlib is missing: a command checks it first."""
+    _pyplot()
 
 
 def _save(fig, path: Path) -> Path:

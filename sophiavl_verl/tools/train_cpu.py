@@ -2,7 +2,7 @@
 
 ``scripts/train_cpu.sh [--out DIR]`` (``python -m sophiavl_verl.tools.train_cpu``) runs, stage by stage:
 
-1. **data**: ``sophiavl-verl-data rl`` turns the embedded sample into verl parquet (train + validation), with a
+1. **data**: ``sophiavl-verl data rl`` turns the embedded sample into verl parquet (train + validation), with a
    system prompt in each chat;
 2. **policy**: a tiny Qwen2.5-VL, first taught the ``<think>...</think><answer>...</answer>`` format on the
    sample's responses so that sampling gives mixed groups from the first step (cached);
@@ -90,7 +90,7 @@ def write_rl_source(out: Path) -> Path:
 
 
 def prepare_data(out: Path) -> tuple[Path, Path]:
-    """Stage 1: ``sophiavl-verl-data rl`` on the embedded sample, with a system prompt and a validation split."""
+    """Stage 1: ``sophiavl-verl data rl`` on the embedded sample, with a system prompt and a validation split."""
     source = write_rl_source(out)
     train = out / "data" / "train.parquet"
     command = [
@@ -265,7 +265,7 @@ def run_tiny(run: TinyRun) -> Path:
     stages = 6 if run.audit else 5
 
     t = time.monotonic()
-    _say(f"[1/{stages}] data: the embedded sample -> verl parquet (sophiavl-verl-data rl, system prompt, validation)")
+    _say(f"[1/{stages}] data: the embedded sample -> verl parquet (sophiavl-verl data rl, system prompt, validation)")
     train, val = prepare_data(run.out)
     _stage(run, "data", t)
 
