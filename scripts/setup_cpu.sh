@@ -2,7 +2,7 @@
 # Installs the CPU stack of SPEC §4 into ./.venv (idempotent; a second run only checks).
 #   torch 2.13.0 (CPU wheel) first, pinned by a constraints file so nothing pulls a CUDA build;
 #   verl[verl-core]==0.9.1 (never the cpu/fsdp/vllm/sglang/megatron extras, never torchvision);
-#   this package with its test and serving extras, editable.
+#   this package with its test, serving and plotting extras, editable.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${SOPHIAVL_VENV:-$root/.venv}"
@@ -26,8 +26,8 @@ if ! "$venv/bin/python" -c "import verl, sys; sys.exit(verl.__version__ != '0.9.
   echo "[setup] installing verl[verl-core]==0.9.1"
   pip install "verl[verl-core]==0.9.1"
 fi
-echo "[setup] installing sophiavl-verl (editable, test + serve extras)"
-pip install -e "$root[test,serve]"
+echo "[setup] installing sophiavl-verl (editable, test + serve + plot extras)"
+pip install -e "$root[test,serve,plot]"
 if "$venv/bin/python" -c "import torchvision" 2>/dev/null; then
   echo "[setup] torchvision is installed; it breaks transformers on CPU (SPEC §4). Remove it." >&2
   exit 1

@@ -1,5 +1,9 @@
 """Options of the plugin, documented and validated in one place.
 
+Each option is declared once, with :func:`option`: its type, its default, its doc (``metadata["help"]``) and,
+for a closed set, its allowed values (``metadata["choices"]``). The README's options tables
+(``scripts/options_tables.py``) and the audit's flags are made from these declarations.
+
 ``TrustGRPOConfig`` is read from ``algorithm.trust_grpo`` of a verl config. Validation runs inside
 verl's own ``validate_config`` (the adapter wraps it), i.e. in the driver before Ray or any GPU
 worker starts; every error names the offending key.
@@ -14,7 +18,7 @@ from typing import Any, Mapping
 from sophiavl_verl.annealing import get_schedule
 from sophiavl_verl.errors import ConfigError
 
-__all__ = ["TRUST_GRPO", "TrustGRPOConfig", "ConfigError", "is_trust_grpo"]
+__all__ = ["TRUST_GRPO", "TrustGRPOConfig", "SophiaVLRewardConfig", "ConfigError", "is_trust_grpo", "option"]
 
 #: The name users give to ``algorithm.adv_estimator``.
 TRUST_GRPO = "trust_grpo"
@@ -22,37 +26,40 @@ TRUST_GRPO = "trust_grpo"
 UNIFORM_GROUP_POLICIES = ("skip", "trust")
 
 
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """One option's declaration: its default, its doc (``metadata["help"]``) and, if closed, its allowed values.
+
+    The README's options tables, the audit's flags and the validation read these (``dataclasses.fields``).
+    """
+    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class TrustGRPOConfig:
-    """Options of the ``trust_grpo`` advantage estimator (``algorithm.trust_grpo.*``).
+    """Options of the ``trust_grpo`` advantage estimator (``algorithm.trust_grpo.*``); each documented where declared."""
 
-    Args:
-        alpha: Weight α of the thinking reward in Eq. 5. The paper uses 0.3; 0 gives exactly verl's
-            GRPO advantages.
-        schedule: Annealing schedule name (``exp`` = the paper's e^(-step/T), ``linear``, ``cosine``,
-            ``constant``, or one added with ``sophiavl_verl.annealing.register_schedule``).
-        anneal_steps: T of the schedule. ``None`` uses the run's total training steps, as in the
-            paper; the authors' released config used 12000 (a much milder decay).
-        correct_threshold: A response is "correct" when its outcome reward is at least this.
-        uniform_groups: What a group gets when it lacks a scored correct or a scored wrong response:
-            ``skip`` = no thinking term, ``trust`` = γ = 1 (the reference code, whose only groups without
-            a thinking term are those ``query_policy=official`` does not score).
-        use_trust_weight: ``False`` forces γ = 1 for every response with a thinking reward
-            (the paper's "w/o trust weight" ablations).
-        epsilon: Added to the group std in Eq. 6, as verl's GRPO does.
-    """
-
-    alpha: float = 0.3
-    schedule: str = "exp"
-    anneal_steps: int | None = None
-    correct_threshold: float = 0.5
-    uniform_groups: str = "skip"
-    use_trust_weight: bool = True
-    epsilon: float = 1e-6
+    alpha: float = option(0.3, "Weight α of the thinking reward in Eq. 5 (the paper: 0.3), a finite number >= 0; "
+                          "0 gives exactly verl's GRPO advantages.")
+    schedule: str = option("exp", "Annealing schedule of Eq. 5: exp (the paper's e^(-step/T)), linear, cosine, "
+                           "constant (no annealing), or a name added with sophiavl_verl.annealing.register_schedule.")
+    anneal_steps: int | None = option(None, "T of the schedule, an integer > 0; null = the run's total training "
+                                      "steps, as in the paper (the authors' released config used 12000, a much "
+                                      "milder decay).")
+    correct_threshold: float = option(0.5, "A response is correct when its outcome reward R^o is at least this; "
+                                      "in (0, 1].")
+    uniform_groups: str = option("skip", "What a group lacking a scored correct or a scored wrong response gets: "
+                                 "skip = no thinking term, trust = γ = 1 (the reference code, whose only groups "
+                                 "without a thinking term are those query_policy=official does not score).",
+                                 choices=UNIFORM_GROUP_POLICIES)
+    use_trust_weight: bool = option(True, "false forces γ = 1 for every response with a thinking reward "
+                                    "(Table 3's \"w/o trust weight\" ablations).")
+    epsilon: float = option(1e-6, "Added to the group std in Eq. 6, as verl's GRPO does; a finite number >= 0.")
     _prefix: str = field(default="algorithm.trust_grpo", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key = self._prefix
+        _check_choices(self)
         _require(isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool), f"{key}.alpha",
                  f"must be a number, got {self.alpha!r}")
         _require(math.isfinite(self.alpha) and self.alpha >= 0, f"{key}.alpha",
@@ -60,15 +67,13 @@ class TrustGRPOConfig:
         try:
             get_schedule(self.schedule)
         except ValueError as e:
-            raise ConfigError(f"{key}.schedule: {e}") from None
+            raise ConfigError(f"{key}.schedule: {e}", key=f"{key}.schedule") from None
         if self.anneal_steps is not None:
             _require(_is_int(self.anneal_steps),
                      f"{key}.anneal_steps", f"must be an integer or null, got {self.anneal_steps!r}")
             _require(self.anneal_steps > 0, f"{key}.anneal_steps", f"(T) must be > 0, got {self.anneal_steps}")
         _require(isinstance(self.correct_threshold, (int, float)) and 0 < self.correct_threshold <= 1,
                  f"{key}.correct_threshold", f"must be in (0, 1], got {self.correct_threshold!r}")
-        _require(self.uniform_groups in UNIFORM_GROUP_POLICIES, f"{key}.uniform_groups",
-                 f"must be one of {UNIFORM_GROUP_POLICIES}, got {self.uniform_groups!r}")
         _require(isinstance(self.use_trust_weight, bool), f"{key}.use_trust_weight",
                  f"must be true or false, got {self.use_trust_weight!r}")
         _require(isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon >= 0,
@@ -116,7 +121,16 @@ def _is_int(value: Any) -> bool:
 
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
-        raise ConfigError(f"{key} {message}")
+        raise ConfigError(f"{key} {message}", key=key)
+
+
+def _check_choices(options: Any) -> None:
+    """Each option declared with ``choices`` holds one of them."""
+    for f in fields(options):
+        choices = f.metadata.get("choices")
+        if choices is not None:
+            value = getattr(options, f.name)
+            _require(value in choices, f"{options._prefix}.{f.name}", f"must be one of {choices}, got {value!r}")
 
 
 #: Thinking-reward-model query policies of the ``sophiavl`` reward manager.
@@ -128,83 +142,69 @@ TRM_PROMPTS = ("paper", "reference")
 #: ``sophiavl`` reward manager never makes a validation sample wait for its group.
 SPLIT_KEY = "split"
 VALIDATION_SPLITS = ("val", "validation", "test")
+#: Largest image file (or embedded image) that data preparation reads, checked before reading it.
+DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
 class SophiaVLRewardConfig:
-    """Options of the ``sophiavl`` reward manager (``reward.reward_kwargs.*``).
+    """Options of the ``sophiavl`` reward manager (``reward.reward_kwargs.*``); each documented where declared."""
 
-    Args:
-        trm_base_url: Hosting mode B: an external OpenAI-compatible endpoint (``http://host:port/v1``,
-            e.g. ``vllm serve``). ``None`` = mode A: the reward model verl serves inside the Ray
-            cluster (``reward.reward_model.enable=True``), reached through verl's reward router.
-        trm_model: Model name sent in requests; ``None`` = ``reward.reward_model.model_path``.
-        trm_api_key_env: Environment variable holding the endpoint's API key (never logged).
-        trm_prompt: The layout of the TRM request (:data:`TRM_PROMPTS`). ``paper``: Table 4's wording, the
-            images before the text, the question from ``extra_info.question``. ``reference``: what the
-            authors' RL run sent (their markdown variant of Table 4, the text before the first image only,
-            ``<image> `` before the policy's decoded prompt, ``$`` removed from the response, no
-            ``max_tokens``). Which one the released TRM was trained on is not published.
-        query_policy: Which responses are sent to the thinking reward model. ``all`` (the paper);
-            ``skip_uniform``: no request for a group whose outcomes are all correct or all wrong (under
-            ``uniform_groups=skip`` they get no thinking term anyway); ``official``: the reference
-            code's rule (no request for a group with every R^o >= 0.9 or every R^o <= 0.1, and
-            R^t = 0 without a request for responses with R^o < 0.2).
-        max_concurrency: Concurrent requests (and pooled connections) per reward worker process.
-        timeout_s: Timeout of one request, seconds.
-        max_retries: Retries of a request that timed out, failed to connect, or got 5xx / 429.
-        deadline_s: Longest time one response's thinking reward may take, seconds, from the manager's
-            request to a score or NaN: waiting for a concurrency slot, retries, backoff and
-            ``Retry-After`` included.
-        breaker_failures: After this many consecutive failed requests (timeouts, connection errors,
-            5xx) the client sends nothing for ``breaker_cooldown_s``: responses get NaN at once
-            (``circuit_open``); then one small request probes the TRM. 0 disables the breaker.
-        breaker_cooldown_s: How long the open breaker fails fast before it probes, seconds.
-        clip_scores: Clip a TRM reply outside [0, 1] into [0, 1] (the reference code's behaviour).
-            False: such a reply is not a judgement of the reasoning; it is missing (NaN, counted as
-            ``out_of_range``).
-        max_image_pixels: Downscale an image with more pixels than this before sending it to the TRM,
-            keeping its aspect ratio, with the reference's rule (its EasyR1 dataset capped images at
-            4194304 pixels) and re-encoded as PNG; counted as ``images_downscaled``. ``None``: images
-            are sent as they are (the dataset's original bytes when the sample carries them).
-        group_wait_s: The longest a response waits for the rest of its group before a skip policy is
-            decided; after it, the response is scored as one of an incomplete group (as under ``all``;
-            ``official`` keeps its R^o < 0.2 rule), never dropped.
-        group_idle_s: A waiting response is also released when no response at all has reached the group
-            board for this long: generation is over, so its group can never complete (validation data
-            without a validation mark, a failed session, a per-prompt ``__rollout_n__`` below
-            ``rollout.n``), or only stragglers remain (whose groups then cost requests). Validation
-            samples never wait: those of a row whose ``extra_info.split`` is ``val``, ``validation`` or
-            ``test`` (``sophiavl-verl-data rl --val-size`` and verl's example preprocessors write it), or
-            of a reward input whose ``meta_info["validate"]`` is true (verl PR #7217).
-        require_format: Gate the outcome reward on the ``<think>…</think><answer>…</answer>`` format,
-            as the reference code does.
-    """
-
-    trm_base_url: str | None = None
-    trm_model: str | None = None
-    trm_api_key_env: str = "SOPHIAVL_TRM_API_KEY"
-    trm_prompt: str = "paper"
-    query_policy: str = "skip_uniform"
-    max_concurrency: int = 64
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    deadline_s: float = 300.0
-    breaker_failures: int = 16
-    breaker_cooldown_s: float = 30.0
-    clip_scores: bool = False
-    max_image_pixels: int | None = None
-    group_wait_s: float = 120.0
-    group_idle_s: float = 30.0
-    require_format: bool = True
+    trm_base_url: str | None = option(
+        None, "Hosting mode B: an external OpenAI-compatible endpoint, http://host:port/v1 (e.g. vllm serve). "
+        "null = mode A: the reward model verl serves in the Ray cluster (reward.reward_model.enable=True), reached "
+        "through verl's reward router.")
+    trm_model: str | None = option(None, "Model name sent in requests; null = reward.reward_model.model_path.")
+    trm_api_key_env: str = option("SOPHIAVL_TRM_API_KEY",
+                                  "Environment variable holding the endpoint's API key (never logged).")
+    trm_prompt: str = option(
+        "paper", "Layout of the TRM request. paper: Table 4's wording, the images before the text, the question "
+        "from extra_info.question. reference: what the authors' RL run sent (their markdown variant of Table 4, "
+        "the text before the first image only, '<image> ' before the policy's decoded prompt, $ removed from the "
+        "response, no max_tokens). Which one the released TRM was trained on is not published.",
+        choices=TRM_PROMPTS)
+    query_policy: str = option(
+        "skip_uniform", "Which responses are sent to the TRM. all: every one (the paper). skip_uniform: none of a "
+        "group whose outcomes are all correct or all wrong (under uniform_groups=skip they get no thinking term "
+        "anyway). official: the reference code's rule (no request for a group with every R^o >= 0.9 or every "
+        "R^o <= 0.1; R^t = 0 without a request when R^o < 0.2).",
+        choices=QUERY_POLICIES)
+    max_concurrency: int = option(64, "Concurrent TRM requests (and pooled keep-alive connections) per reward "
+                                  "worker process, an integer >= 1.")
+    timeout_s: float = option(60.0, "Timeout of one request, seconds.")
+    max_retries: int = option(5, "Retries of a request that timed out, failed to connect, or got 5xx / 429 "
+                              "(exponential backoff with jitter).")
+    deadline_s: float = option(300.0, "Longest one response's thinking reward may take, seconds, from the "
+                               "manager's request to a score or NaN: waiting for a concurrency slot, retries, backoff "
+                               "and Retry-After included.")
+    breaker_failures: int = option(16, "After this many consecutive failed requests (timeouts, connection errors, "
+                                   "5xx) the circuit breaker opens: for breaker_cooldown_s nothing is sent and "
+                                   "responses get NaN at once (circuit_open); then one small request probes the "
+                                   "TRM. 0 = no breaker.")
+    breaker_cooldown_s: float = option(30.0, "How long the open breaker fails fast before it probes, seconds.")
+    clip_scores: bool = option(False, "true: clip a TRM reply outside [0, 1] into [0, 1] (the reference code). "
+                               "false: such a reply is no judgement of the reasoning; it is missing (NaN, counted "
+                               "as out_of_range).")
+    max_image_pixels: int | None = option(
+        None, "Downscale an image with more pixels than this before sending it to the TRM, keeping its aspect "
+        "ratio (the reference's rule; its EasyR1 data capped images at 4194304 pixels), re-encoded as PNG and "
+        "counted as images_downscaled. null: images are sent as they are.")
+    group_wait_s: float = option(
+        120.0, "Longest a response waits for the rest of its group before a skip policy is decided, seconds; "
+        "after it the response is scored as one of an incomplete group (as under all; official keeps its "
+        "R^o < 0.2 rule), never dropped.")
+    group_idle_s: float = option(
+        30.0, "A waiting response is also released when no response at all has reached the group board for this "
+        "long, seconds (generation is over, or only stragglers remain). Validation samples never wait: rows whose "
+        f"extra_info.{SPLIT_KEY} is {', '.join(VALIDATION_SPLITS)} (sophiavl-verl data rl --val-size writes it), "
+        "and reward inputs whose meta_info[\"validate\"] is true.")
+    require_format: bool = option(True, "Gate the outcome reward on the <think>...</think><answer>...</answer> "
+                                  "format (the reference code): a response without it scores 0.")
     _prefix: str = field(default="reward.reward_kwargs", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key = self._prefix
-        _require(self.query_policy in QUERY_POLICIES, f"{key}.query_policy",
-                 f"must be one of {QUERY_POLICIES}, got {self.query_policy!r}")
-        _require(self.trm_prompt in TRM_PROMPTS, f"{key}.trm_prompt",
-                 f"must be one of {TRM_PROMPTS}, got {self.trm_prompt!r}")
+        _check_choices(self)
         _require(_is_int(self.max_concurrency) and self.max_concurrency >= 1, f"{key}.max_concurrency",
                  f"must be an integer >= 1, got {self.max_concurrency!r}")
         _require(_is_int(self.max_retries) and self.max_retries >= 0, f"{key}.max_retries",

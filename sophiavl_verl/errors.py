@@ -11,7 +11,8 @@ field, and a program can read them:
     │   ├── DataError     data preparation (``sophiavl-verl data``)
     │   ├── ImageError    an image the guard refuses (``kind``)
     │   ├── AuditError    ``sophiavl-verl audit``'s inputs, output folder or TRM
-    │   └── PlotError     a training log without readable metrics
+    │   ├── PlotError     a training log without readable metrics, or no matplotlib
+    │   └── UsageError    a command line's arguments (``prog``: the command that refused them)
     └── ServerStartError  a local server that exited or did not answer   also a RuntimeError
 
 Failures of the thinking reward model during training are *not* exceptions: they are missing
@@ -28,6 +29,7 @@ __all__ = [
     "ImageError",
     "AuditError",
     "PlotError",
+    "UsageError",
     "ServerStartError",
 ]
 
@@ -87,6 +89,19 @@ class AuditError(InputError):
 
 class PlotError(InputError):
     """A log without metrics, or an unreadable file; the message names the file."""
+
+
+class UsageError(InputError):
+    """A command line's arguments are wrong (an unknown flag, a bad value, a missing argument).
+
+    Args:
+        message: What is wrong, naming the flag.
+        prog: The command or subcommand that refused them (``sophiavl-verl audit``), as its usage line names it.
+    """
+
+    def __init__(self, message: str, *, prog: str | None = None, **where) -> None:
+        super().__init__(message, **where)
+        self.prog = prog
 
 
 class ServerStartError(SophiaVLError, RuntimeError):

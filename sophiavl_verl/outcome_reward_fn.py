@@ -8,7 +8,7 @@ Use it from a recipe with::
         name: compute_score
         reward_kwargs: {require_format: true}   # optional
 
-The problem type is read from ``extra_info["problem_type"]`` (written by ``sophiavl-verl-data rl``).
+The problem type is read from ``extra_info["problem_type"]`` (written by ``sophiavl-verl data rl``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _problem_type(data_source: Any, extra_info: Any) -> str:
         raise ValueError(
             f'no problem type for this sample: extra_info["problem_type"] is missing and data_source '
             f"{data_source!r} is not a known problem type ({', '.join(PROBLEM_TYPES)}); "
-            "prepare the data with `sophiavl-verl-data rl`, which writes extra_info.problem_type"
+            "prepare the data with `sophiavl-verl data rl`, which writes extra_info.problem_type"
         ) from None
 
 

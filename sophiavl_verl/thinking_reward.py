@@ -61,7 +61,8 @@ __all__ = [
     "quantile",
 ]
 
-API_KEY_ENV = "SOPHIAVL_TRM_API_KEY"
+#: The environment variable the API key is read from by default (``trm_api_key_env``'s default).
+API_KEY_ENV = SophiaVLRewardConfig.trm_api_key_env
 
 # Table 4 (Appendix B) of arXiv 2505.17018, wording kept verbatim: the released TRM was trained on it.
 # The table lists the inputs ({Image}, {Question}, {Model Response}) but not their layout; the
@@ -815,7 +816,7 @@ class ThinkingRewardClient:
     Args:
         base_url: OpenAI-style base URL, e.g. ``http://host:8000/v1``.
         model: The model name to put in requests (vLLM's ``--served-model-name``).
-        api_key: Sent as ``Authorization: Bearer``; defaults to the ``SOPHIAVL_TRM_API_KEY`` env var.
+        api_key: Sent as ``Authorization: Bearer``; defaults to the :data:`API_KEY_ENV` env var.
             Never logged or shown in reprs and errors.
         max_concurrency: Items in flight at once per event loop.
         timeout_s: Limit for one HTTP request.

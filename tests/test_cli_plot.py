@@ -6,6 +6,8 @@ import contextlib
 import csv
 import io
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -161,3 +163,39 @@ def test_an_unusable_plot_out_is_one_line(verl_logs, tmp_path, capsys, case):
     assert main(["plot", str(verl_logs["jsonl"]), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sophiavl-verl plot: error: ") and str(out) in err, err
+
+
+_WITHOUT_MATPLOTLIB = """
+import importlib.abc, sys
+
+class NoMatplotlib(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+sys.meta_path.insert(0, NoMatplotlib())
+from sophiavl_verl.tools.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+NO_MATPLOTLIB = "error: plots need matplotlib, which is not installed: pip install 'sophiavl-verl[plot]'\n"
+
+
+def test_plot_without_matplotlib_is_one_line_naming_the_extra(verl_logs, tmp_path):
+    out = tmp_path / "plots"
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_MATPLOTLIB, "plot", str(verl_logs["jsonl"]), "--out",
+                             str(out)], capture_output=True, text=True, timeout=600)
+    assert (result.returncode, result.stderr) == (2, f"sophiavl-verl plot: {NO_MATPLOTLIB}")
+    assert not out.exists()
+
+
+def test_the_audit_without_matplotlib_stops_before_any_trm_work(tmp_path):
+    from fault_injection import FaultInjectionServer
+
+    out = tmp_path / "report"
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as trm:
+        result = subprocess.run([sys.executable, "-c", _WITHOUT_MATPLOTLIB, "audit", "--trm-url", trm.base_url,
+                                 "--trm-model", trm.model, "--out", str(out), "--no-progress", "--limit", "2"],
+                                capture_output=True, text=True, timeout=600)
+        assert trm.requests == 0
+    assert (result.returncode, result.stderr) == (2, f"sophiavl-verl audit: {NO_MATPLOTLIB}")
+    assert not out.exists()

@@ -14,11 +14,11 @@ from sophiavl_verl.tools.data import (
     TYPE_TEMPLATE,
     DataError,
     build_rl_prompt,
-    main,
     prepare_rl,
     prepare_trm,
 )
 from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
+from sophiavl_verl.tools.cli import data_main as main  # `sophiavl-verl-data`, the old name of `sophiavl-verl data`
 
 PIXEL_LIMIT = 5000  # --max-image-pixels of the tests: 100x100 only warns in Pillow (<= 2x), 200x200 raises
 PILLOW_LIMIT = Image.MAX_IMAGE_PIXELS
@@ -183,7 +183,7 @@ def test_rl_strict_names_row_and_field(rl_dir, tmp_path, capsys):
     status = main(["rl", str(rl_dir), "-o", str(out), "--strict", "--max-image-pixels", str(PIXEL_LIMIT)])
     assert status == 2
     error = capsys.readouterr().err
-    assert f"error: row 3 of {rl_dir / 'data.json'}: field 'path': unreadable image:" in error
+    assert f"sophiavl-verl-data rl: error: row 3 of {rl_dir / 'data.json'}: field 'path': unreadable image:" in error
     assert list(tmp_path.iterdir()) == []  # nothing half-written
     source = tmp_path / "two.json"
     source.write_text(json.dumps([RL_ROWS[2][0], RL_ROWS[5][0]]))
@@ -196,7 +196,7 @@ def test_rl_cli_prints_summary(rl_dir, tmp_path, capsys):
     assert main(["rl", str(rl_dir), "-o", str(out), "--max-image-pixels", str(PIXEL_LIMIT),
                  "--data-source", "mine"]) == 0
     printed = capsys.readouterr()
-    assert "sophiavl-verl-data rl: 10 rows read from 1 file(s)" in printed.out
+    assert "sophiavl-verl data rl: 10 rows read from 1 file(s)" in printed.out
     assert "rows rejected: 6" in printed.out
     assert f"skipping {rl_dir / 'dataset_info.json'}" in printed.err
     assert set(pd.read_parquet(out)["data_source"]) == {"mine"}
@@ -397,7 +397,8 @@ def test_several_files_number_rows_per_file(rl_dir, tmp_path, capsys):
     only_bad = tmp_path / "bad.json"
     only_bad.write_text(json.dumps([RL_ROWS[5][0]]))
     assert main(["rl", str(only_bad), "-o", str(tmp_path / "none.parquet")]) == 2
-    assert "no row was written" in capsys.readouterr().err
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last == "sophiavl-verl-data rl: error: no row was written; see the rejected-rows report"
 
 
 # ------------------------------------------------------------------------------------- adversarial input
@@ -494,7 +495,7 @@ def test_a_malformed_json_line_is_one_error_naming_file_and_line(rl_dir, tmp_pat
     out = tmp_path / "out"
     status, printed, err = _run_cli(["rl", *map(str, inputs), "-o", str(out / "train.parquet"),
                                      "--image-root", str(rl_dir)], capsys)
-    assert status == 2 and err.startswith(f"error: {where}") and err.count("\n") == 1, err
+    assert status == 2 and err.startswith(f"sophiavl-verl-data rl: error: {where}") and err.count("\n") == 1, err
     assert printed == "" and _files_under(out) == []
 
 
@@ -516,7 +517,7 @@ def test_a_folder_never_skips_a_data_file_silently(rl_dir, tmp_path, capsys):
     status, printed, err = _run_cli(["rl", str(data), "-o", str(tmp_path / "o.parquet"), "--image-root", str(rl_dir)],
                                     capsys)
     assert status == 2 and err.splitlines()[-1].startswith(
-        f"error: {data / 'other.jsonl'}: its rows lack the column(s) problem")
+        f"sophiavl-verl-data rl: error: {data / 'other.jsonl'}: its rows lack the column(s) problem")
 
 
 @pytest.mark.parametrize(
@@ -540,7 +541,7 @@ def test_option_and_output_errors_are_one_line_and_leave_nothing(rl_dir, tmp_pat
     argv = ["rl", str(rl_dir / "data.json"), "-o", str(out / "train.parquet"), "--image-root", str(rl_dir), *argv]
     status, printed, err = _run_cli(argv, capsys)
     lines = err.splitlines()  # a run that got to the rows also printed its progress bar
-    assert status == 2 and lines[-1].startswith(f"error: {message}") and "Traceback" not in err, err
+    assert status == 2 and lines[-1].startswith(f"sophiavl-verl-data rl: error: {message}") and "Traceback" not in err, err
     assert sum("error" in line for line in lines) == 1
     assert _files_under(out) == [] and not list(tmp_path.glob("**/.*partial"))
 

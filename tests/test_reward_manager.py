@@ -402,7 +402,7 @@ def _validation_run(server, tmp_path, *, split: bool, meta_info: dict, idle_s: f
 
 
 @pytest.mark.parametrize(("split", "meta_info"), [
-    (True, {}),  # sophiavl-verl-data rl --val-size marks its validation rows (extra_info.split = "val")
+    (True, {}),  # sophiavl-verl data rl --val-size marks its validation rows (extra_info.split = "val")
     (False, {"validate": True}),  # verl PR #7217 passes the validate flag in meta_info
 ])
 def test_validation_samples_never_wait_for_their_group(embedded_trm_server, tmp_path, split, meta_info):

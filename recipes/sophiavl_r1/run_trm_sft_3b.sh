@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SFT of the thinking reward model (TRM): Qwen2.5-VL-3B-Instruct, 2 epochs on 4 GPUs (paper
 # Sec. 4.1), with verl's SFT trainer on trm_sft_3b.yaml. Make the data first:
-#   python -m sophiavl_verl.tools.data trm <SophiaVL-R1-Thinking-156k files> -o "$TRM_TRAIN_FILES"
+#   sophiavl-verl data trm <SophiaVL-R1-Thinking-156k files> -o "$TRM_TRAIN_FILES"
 # The result, "$SAVE_DIR"/global_step_<last>/huggingface, is what reward.reward_model.model_path
 # (TRM_MODEL of the run scripts, mode A) or `vllm serve` (mode B) loads.
 #

@@ -1,31 +1,36 @@
-"""``sophiavl-verl``: the command line of the plugin.
+"""``sophiavl-verl``: the one command line of the plugin.
 
 ``sophiavl-verl audit [INPUT]``
     Score rollouts with a thinking reward model and show what Trust-GRPO would do with them (γ, rewards,
     advantages), without a GPU. No INPUT: the embedded sample and the embedded tiny TRM.
 ``sophiavl-verl plot LOG``
     Training curves of a verl run (outcome reward, γ metrics, thinking term, anneal factor, TRM service)
-    from its console log or file-logger JSONL.
+    from its console log or file-logger JSONL. Needs the ``plot`` extra (matplotlib).
+``sophiavl-verl data rl|trm INPUT... -o OUT``
+    Data preparation (:mod:`sophiavl_verl.tools.data`): SophiaVL-R1 rows -> verl RL parquet, or thinking reward
+    model SFT parquet. ``sophiavl-verl-data`` is the same command
+    under its old name.
+
+Every command line of the package (these, ``python -m sophiavl_verl.tools.local_server`` and
+``python -m sophiavl_verl.tools.train_cpu``) runs through :func:`sophiavl_verl.tools.command.run_command`, the one
+place where a user error becomes one line ``<prog>: error: <message>`` on stderr and exit status 2. ``--help`` and
+argument errors import no heavy module: each command imports its work when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
 import time
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "OneLineErrorParser"]
+from sophiavl_verl.errors import DataError
+from sophiavl_verl.tools.command import OneLineErrorParser, run_command, set_command
 
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line (``prog: error: ...``, exit status 2), not the usage."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+__all__ = ["main", "data_main", "build_parser"]
 
 
 def _positive_int(text: str) -> int:
@@ -73,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="sophiavl-verl",
         description="SophiaVL-R1's Trust-GRPO for verl: audit your rollouts with a thinking reward model (CPU), "
-        "plot a run's training curves. See docs/readme_audit.md.",
+        "plot a run's training curves, prepare data. See docs/readme_audit.md and docs/readme_rewards_data.md.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -140,7 +145,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("log", help="verl console output saved to a file, or the file logger's JSONL")
     p.add_argument("--out", default="training_plots", help="folder for the PNGs and metrics.csv")
+
+    _add_data_commands(sub.add_parser("data", help="prepare verl parquet: RL data, or the thinking reward model's SFT "
+                                      "data", description=DATA_DESCRIPTION))
+    set_command(a, _audit)
+    set_command(p, _plot)
     return parser
+
+
+DATA_DESCRIPTION = ("Data preparation: SophiaVL-R1 rows -> verl RL parquet (rl), (question, image, response, score) "
+                    "rows -> verl SFT parquet for the thinking reward model (trm). See docs/readme_rewards_data.md.")
+
+
+def _add_data_commands(parser: argparse.ArgumentParser) -> None:
+    """The ``rl`` and ``trm`` subcommands of data preparation, under ``parser``."""
+    from sophiavl_verl.config import DEFAULT_MAX_IMAGE_BYTES
+
+    commands = parser.add_subparsers(dest="data_command", metavar="{rl,trm}", required=True)
+    helps = {
+        "rl": "SophiaVL-R1-130k rows -> verl RL parquet",
+        "trm": "(question, image, response, score) rows -> verl SFT parquet for the thinking reward model",
+    }
+    for name, help_text in helps.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("inputs", nargs="+", help="data files (.json, .jsonl, .parquet) or dataset folders")
+        sub.add_argument("-o", "--output", required=True, help="output .parquet (the train split with --val-size)")
+        sub.add_argument("--image-root", help="folder image paths are relative to (default: the first input's folder)")
+        sub.add_argument("--val-size", type=float, default=0, help="validation rows: a count, or a fraction < 1")
+        sub.add_argument(
+            "--val-output",
+            help="validation parquet (default: val.parquet next to train.parquet, else <output stem>_val.parquet)",
+        )
+        sub.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
+        sub.add_argument("--strict", action="store_true", help="fail on the first bad row")
+        sub.add_argument("--max-image-pixels", type=int, help="Pillow's decompression-bomb limit (default: Pillow's)")
+        sub.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
+                         help=f"largest image file or embedded image, checked before reading it (default: "
+                         f"{DEFAULT_MAX_IMAGE_BYTES // 2**20} MiB)")
+        sub.add_argument("--allow-outside-image-root", action="store_true",
+                         help="read image paths that resolve outside --image-root (absolute, .., symlinks)")
+        if name == "rl":
+            sub.add_argument("--data-source", default="sophiavl_r1", help="value of the data_source column")
+            sub.add_argument("--system-prompt", help="a system message before each row's question (default: none)")
+        set_command(sub, _data)
+
+
+def _data(args) -> int:
+    from sophiavl_verl.tools.data import prepare_rl, prepare_trm
+
+    options = dict(
+        image_root=args.image_root, val_size=args.val_size, val_output=args.val_output, strict=args.strict,
+        seed=args.seed, max_image_pixels=args.max_image_pixels, max_image_bytes=args.max_image_bytes,
+        allow_outside_image_root=args.allow_outside_image_root,
+    )
+    if args.data_command == "rl":
+        summary = prepare_rl(args.inputs, args.output, data_source=args.data_source, system_prompt=args.system_prompt,
+                             **options)
+    else:
+        summary = prepare_trm(args.inputs, args.output, **options)
+    print(summary.format())
+    if not summary.rows_written:
+        raise DataError("no row was written; see the rejected-rows report")
+    return 0
 
 
 def _audit(args) -> int:
@@ -188,8 +254,10 @@ def _audit(args) -> int:
 
 
 def _plot(args) -> int:
+    from sophiavl_verl.tools.output import check_plotting
     from sophiavl_verl.tools.training_log import PlotError, parse_metrics_log, plot_training, write_series_csv
 
+    check_plotting()
     series = parse_metrics_log(args.log)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -207,36 +275,16 @@ def _plot(args) -> int:
     return 0
 
 
-def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM / SIGHUP
-    raise KeyboardInterrupt(f"signal {signum}")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sophiavl-verl`` console script; returns the exit status."""
+    return run_command(build_parser(), argv, unwind_signals=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``sophiavl-verl`` console script."""
-    from sophiavl_verl.tools.audit import AuditError
-    from sophiavl_verl.tools.training_log import PlotError
-
-    args = build_parser().parse_args(argv)
-    # SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C: the embedded TRM server is stopped by its context
-    # manager and the --out lock released. An ignored signal (nohup) stays ignored.
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    for signum, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(signum, _terminate)
-    try:
-        return _audit(args) if args.command == "audit" else _plot(args)
-    except (AuditError, PlotError) as exc:
-        print(f"sophiavl-verl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the file system refused something the checks could not foresee (a full disk, ...)
-        print(f"sophiavl-verl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"sophiavl-verl {args.command}: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+def data_main(argv: Sequence[str] | None = None) -> int:
+    """``sophiavl-verl-data``: ``sophiavl-verl data`` under its old name."""
+    parser = OneLineErrorParser(prog="sophiavl-verl-data", description=DATA_DESCRIPTION)
+    _add_data_commands(parser)
+    return run_command(parser, argv, unwind_signals=True)
 
 
 if __name__ == "__main__":

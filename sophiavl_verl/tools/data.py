@@ -1,4 +1,4 @@
-"""Data preparation for SophiaVL-R1 on verl: ``python -m sophiavl_verl.tools.data {rl,trm} ...``.
+"""Data preparation for SophiaVL-R1 on verl; its command line is ``sophiavl-verl data {rl,trm} ...``.
 
 ``rl``
     SophiaVL-R1-130k rows (``problem``, ``solution``, ``path``, ``problem_type``, ``data_type``, optional
@@ -20,7 +20,6 @@ skipped and listed in ``<output stem>_rejected.jsonl`` (one JSON object a line: 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import json
@@ -41,7 +40,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from sophiavl_verl.config import SPLIT_KEY
+from sophiavl_verl.config import DEFAULT_MAX_IMAGE_BYTES, SPLIT_KEY
 from sophiavl_verl.errors import DataError, ImageError
 from sophiavl_verl.rewards import PROBLEM_TYPES, canonical_problem_type, unwrap_answer
 
@@ -56,7 +55,6 @@ __all__ = [
     "Summary",
     "build_rl_prompt",
     "find_data_files",
-    "main",
     "prepare_rl",
     "prepare_trm",
 ]
@@ -95,8 +93,6 @@ TRM_FIELDS = {
 IMAGE_FIELDS = ("path", "image", "images", "image_path")
 #: Row id columns of ``rl`` input (SophiaVL-R1-130k has ``problem_id``); a repeated id is rejected.
 ID_FIELDS = ("id", "problem_id")
-#: Largest image file (or embedded image) read, checked before reading it.
-DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
 
 _MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 _IMAGES = pa.list_(pa.struct([("bytes", pa.binary())]))
@@ -169,7 +165,7 @@ class Summary:
         setattr(self, attribute, getattr(self, attribute) + 1)
 
     def format(self) -> str:
-        lines = [f"sophiavl-verl-data {self.command}: {self.rows_read} rows read from {len(self.files)} file(s)"]
+        lines = [f"sophiavl-verl data {self.command}: {self.rows_read} rows read from {len(self.files)} file(s)"]
         split = f" (train {self.rows_written - self.rows_val}, val {self.rows_val})" if self.rows_val else ""
         lines.append(f"  rows written: {self.rows_written}{split} -> {', '.join(self.outputs)}")
         if self.per_type:
@@ -862,66 +858,3 @@ def prepare_trm(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
     """
     return _prepare("trm", inputs, output, _trm_record, TRM_FIELDS, TRM_SCHEMA, **options)
 
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    from sophiavl_verl.tools.cli import OneLineErrorParser
-
-    parser = OneLineErrorParser(prog="sophiavl-verl-data", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    helps = {
-        "rl": "SophiaVL-R1-130k rows -> verl RL parquet",
-        "trm": "(question, image, response, score) rows -> verl SFT parquet for the thinking reward model",
-    }
-    for name, help_text in helps.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("inputs", nargs="+", help="data files (.json, .jsonl, .parquet) or dataset folders")
-        sub.add_argument("-o", "--output", required=True, help="output .parquet (the train split with --val-size)")
-        sub.add_argument("--image-root", help="folder image paths are relative to (default: the first input's folder)")
-        sub.add_argument("--val-size", type=float, default=0, help="validation rows: a count, or a fraction < 1")
-        sub.add_argument(
-            "--val-output",
-            help="validation parquet (default: val.parquet next to train.parquet, else <output stem>_val.parquet)",
-        )
-        sub.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
-        sub.add_argument("--strict", action="store_true", help="fail on the first bad row")
-        sub.add_argument("--max-image-pixels", type=int, help="Pillow's decompression-bomb limit (default: Pillow's)")
-        sub.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
-                         help="largest image file or embedded image, checked before reading it (default: 64 MiB)")
-        sub.add_argument("--allow-outside-image-root", action="store_true",
-                         help="read image paths that resolve outside --image-root (absolute, .., symlinks)")
-        if name == "rl":
-            sub.add_argument("--data-source", default="sophiavl_r1", help="value of the data_source column")
-            sub.add_argument("--system-prompt", help="a system message before each row's question (default: none)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sophiavl-verl-data`` and ``python -m sophiavl_verl.tools.data``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    options = dict(
-        image_root=args.image_root, val_size=args.val_size, val_output=args.val_output, strict=args.strict,
-        seed=args.seed, max_image_pixels=args.max_image_pixels, max_image_bytes=args.max_image_bytes,
-        allow_outside_image_root=args.allow_outside_image_root,
-    )
-    try:
-        if args.command == "rl":
-            summary = prepare_rl(
-                args.inputs, args.output, data_source=args.data_source, system_prompt=args.system_prompt, **options
-            )
-        else:
-            summary = prepare_trm(args.inputs, args.output, **options)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.format())
-    if not summary.rows_written:
-        print("error: no row was written; see the rejected-rows report", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

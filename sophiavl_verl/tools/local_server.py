@@ -15,6 +15,7 @@ ends by the signal as it would have. Ignored signals stay ignored. SIGKILL canno
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import logging
 import os
@@ -285,19 +286,30 @@ class LocalOpenAIServer:
         _unwatch_signals()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sophiavl_verl.tools.local_server serve MODEL [options]``: ``transformers serve`` with the shim."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] != "serve":
-        sys.exit("usage: python -m sophiavl_verl.tools.local_server serve MODEL [transformers serve options]")
+    from sophiavl_verl.tools.command import OneLineErrorParser, run_command, set_command
+
+    parser = OneLineErrorParser(prog="python -m sophiavl_verl.tools.local_server",
+                                description="transformers serve for one local model, with the processor shim")
+    commands = parser.add_subparsers(dest="command", metavar="serve", required=True)
+    serve = commands.add_parser("serve", help="serve MODEL (a local folder) on an OpenAI-compatible API")
+    serve.add_argument("model", help="the model folder")
+    serve.add_argument("options", nargs=argparse.REMAINDER, help="transformers serve options (--host, --port, ...)")
+    set_command(serve, _serve)
+    return run_command(parser, argv)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from sophiavl_verl.tools.tiny_vl import install_processor_shim
 
     install_processor_shim()
     # transformers' CLI app, called directly: its `main()` would first check PyPI for a newer release.
     from transformers.cli.transformers import app
 
-    app(args=args, prog_name="transformers")
+    app(args=["serve", args.model, *args.options], prog_name="transformers")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,7 +6,9 @@ import io
 import os
 from pathlib import Path
 
-__all__ = ["pyplot", "save_png", "write_atomically"]
+from sophiavl_verl.errors import PlotError
+
+__all__ = ["check_plotting", "pyplot", "save_png", "write_atomically"]
 
 #: Resolution of every PNG the tools write.
 DPI = 110
@@ -25,13 +27,25 @@ def write_atomically(path: Path, data: str | bytes) -> Path:
 
 
 def pyplot():
-    """matplotlib's pyplot on the Agg backend, imported with the first figure (so the command lines start fast)."""
-    import matplotlib
+    """matplotlib's pyplot on the Agg backend, imported with the first figure (so the command lines start fast).
+
+    Raises:
+        PlotError: If matplotlib is not installed (it comes with the ``plot`` extra).
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotError("plots need matplotlib, which is not installed: pip install 'sophiavl-verl[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def check_plotting() -> None:
+    """Raise :class:`PlotError`, naming the ``plot`` extra, if matplotlib is missing: a command checks it first."""
+    pyplot()
 
 
 def save_png(fig, path: Path) -> Path:

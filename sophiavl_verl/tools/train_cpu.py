@@ -2,7 +2,7 @@
 
 ``scripts/train_cpu.sh [--out DIR]`` (``python -m sophiavl_verl.tools.train_cpu``) runs, stage by stage:
 
-1. **data**: ``sophiavl-verl-data rl`` turns the embedded sample into verl parquet (train + validation), with a
+1. **data**: ``sophiavl-verl data rl`` turns the embedded sample into verl parquet (train + validation), with a
    system prompt in each chat;
 2. **policy**: a tiny Qwen2.5-VL, first taught the ``<think>...</think><answer>...</answer>`` format on the
    sample's responses so that sampling gives mixed groups from the first step (cached);
@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sophiavl_verl.errors import InputError
 
 __all__ = ["RUN_SYSTEM_PROMPT", "TinyRun", "main", "make_tiny_policy", "read_step_metrics"]
 
@@ -88,11 +90,11 @@ def write_rl_source(out: Path) -> Path:
 
 
 def prepare_data(out: Path) -> tuple[Path, Path]:
-    """Stage 1: ``sophiavl-verl-data rl`` on the embedded sample, with a system prompt and a validation split."""
+    """Stage 1: ``sophiavl-verl data rl`` on the embedded sample, with a system prompt and a validation split."""
     source = write_rl_source(out)
     train = out / "data" / "train.parquet"
     command = [
-        sys.executable, "-m", "sophiavl_verl.tools.data", "rl", str(source), "-o", str(train),
+        sys.executable, "-m", "sophiavl_verl.tools.cli", "data", "rl", str(source), "-o", str(train),
         "--image-root", str(EMBEDDED), "--val-size", str(VAL_ROWS), "--system-prompt", RUN_SYSTEM_PROMPT, "--strict",
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -263,7 +265,7 @@ def run_tiny(run: TinyRun) -> Path:
     stages = 6 if run.audit else 5
 
     t = time.monotonic()
-    _say(f"[1/{stages}] data: the embedded sample -> verl parquet (sophiavl-verl-data rl, system prompt, validation)")
+    _say(f"[1/{stages}] data: the embedded sample -> verl parquet (sophiavl-verl data rl, system prompt, validation)")
     train, val = prepare_data(run.out)
     _stage(run, "data", t)
 
@@ -355,7 +357,9 @@ def write_report(run: TinyRun, metrics_path: Path) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from sophiavl_verl.tools.command import OneLineErrorParser, set_command
+
+    parser = OneLineErrorParser(
         prog="train_cpu", description="The SophiaVL-R1 recipe on verl's own trainer, on CPU (the quick start).",
         epilog="Arguments after -- are passed to main_ppo as Hydra overrides.",
     )
@@ -367,6 +371,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-audit", action="store_true", help="skip the audit of the rollouts")
     parser.add_argument("--trm-outage-after-step", type=_at_least(1), default=None,
                         help="stop the TRM server once this step is logged (an outage test)")
+    set_command(parser, _run)
     return parser
 
 
@@ -384,18 +389,25 @@ def _at_least(minimum: int):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``scripts/train_cpu.sh``; returns the exit status."""
+    """Entry point of ``scripts/train_cpu.sh``; returns the exit status (2, one line, on a bad argument)."""
+    from sophiavl_verl.tools.command import run_command
+
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
-    args, overrides = _parser().parse_args(argv[:split]), argv[split + 1:]
+    parser = _parser()
+    parser.set_defaults(overrides=argv[split + 1:])
+    return run_command(parser, argv[:split])
+
+
+def _run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     if out.exists() and not out.is_dir():
-        _parser().error(f"--out {out} exists and is not a folder")
+        raise InputError(f"--out {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
-        _parser().error(f"--out {out} is not empty (a fresh folder keeps runs apart: verl would resume from it)")
+        raise InputError(f"--out {out} is not empty (a fresh folder keeps runs apart: verl would resume from it)")
     run = TinyRun(out=out, trainer=args.trainer, steps=args.steps, resume_steps=args.resume_steps,
                   validation=not args.no_validation, trm_outage_after_step=args.trm_outage_after_step,
-                  audit=not args.no_audit, overrides=overrides)
+                  audit=not args.no_audit, overrides=args.overrides)
     report = run_tiny(run)
     _say(f"done in {run.timings['total']:.0f} s")
     _say(f"  metrics: {out / 'metrics.jsonl'}")

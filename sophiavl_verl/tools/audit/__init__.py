@@ -32,6 +32,7 @@ from sophiavl_verl.tools.audit.scoring import (
     trm_client,
 )
 from sophiavl_verl.tools.audit.settings import AuditSettings, check_run_options
+from sophiavl_verl.tools.output import check_plotting
 
 __all__ = [
     "AuditError",
@@ -88,11 +89,13 @@ def run_audit(
     Raises:
         AuditError: On bad input or settings, an unreachable TRM, or when every TRM request failed (the
             report is still written in that case).
+        PlotError: If matplotlib (the ``plot`` extra) is missing, before any work.
     """
     from sophiavl_verl.tools.audit import plots, report as reporting
 
     settings = settings or AuditSettings()
     check_run_options(max_concurrency=max_concurrency, limit=limit, text_limit=text_limit)
+    check_plotting()  # before any input is read or scored
     started = time.monotonic()
     with reporting.report_folder(Path(out_dir)) as out:  # checked and locked before any input is read or scored
         # 1. Inputs.
