@@ -17,6 +17,7 @@ from sophiavl_verl.tools.data import (
     prepare_rl,
     prepare_trm,
 )
+from sophiavl_verl.errors import SophiaVLError
 from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
 from sophiavl_verl.tools.cli import data_main as main  # `sophiavl-verl-data`, the old name of `sophiavl-verl data`
 
@@ -187,8 +188,10 @@ def test_rl_strict_names_row_and_field(rl_dir, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
     source = tmp_path / "two.json"
     source.write_text(json.dumps([RL_ROWS[2][0], RL_ROWS[5][0]]))
-    with pytest.raises(DataError, match=r"^row 1 of .*two.json: field 'problem_type': unknown problem_type 'essay'"):
+    with pytest.raises(DataError, match=r"^row 1 of .*two.json: field 'problem_type': unknown problem_type 'essay'") as info:
         prepare_rl([source], out, strict=True)
+    assert (info.value.path, info.value.row, info.value.field) == (str(source), 1, "problem_type")  # for programs
+    assert isinstance(info.value, SophiaVLError)
 
 
 def test_rl_cli_prints_summary(rl_dir, tmp_path, capsys):

@@ -206,7 +206,8 @@ def _rows_of(path: Path) -> tuple[int, Iterator[Any]]:
             else:
                 rows = json.load(f)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})", path=str(path),
+                        row=exc.lineno) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
@@ -220,7 +221,8 @@ def _json_line(path: Path, number: int, line: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})", path=str(path),
+                        row=number) from None
 
 
 def _parquet_rows(path: Path, source: pq.ParquetFile) -> Iterator[dict]:
@@ -701,7 +703,8 @@ def _convert_files(
                     first_seen[row_id[1]] = f"row {file_row} of {file}"
             except _RowError as exc:
                 if strict:
-                    raise DataError(f"row {file_row} of {file}: field '{exc.field}': {exc.reason}") from None
+                    raise DataError(f"row {file_row} of {file}: field '{exc.field}': {exc.reason}", path=str(file),
+                                    row=file_row, field=exc.field) from None
                 if exc.image_problem:
                     summary.count_image_problem(exc.image_problem)
                 summary.rejected.append(Rejection(file_row, str(file), exc.field, exc.reason))

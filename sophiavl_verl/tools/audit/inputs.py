@@ -90,9 +90,11 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise AuditError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                raise AuditError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})", path=str(path),
+                                 row=number) from None
             if not isinstance(obj, dict):
-                raise AuditError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+                raise AuditError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}", path=str(path),
+                                 row=number)
             yield number, _without_lone_surrogates(obj)
 
 
