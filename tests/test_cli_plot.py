@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from blocked_imports import blocking
+
 from sophiavl_verl.tools.cli import main
 from sophiavl_verl.tools.training_log import PlotError, parse_metrics_log
 
@@ -165,15 +167,7 @@ def test_an_unusable_plot_out_is_one_line(verl_logs, tmp_path, capsys, case):
     assert err.count("\n") == 1 and err.startswith("sophiavl-verl plot: error: ") and str(out) in err, err
 
 
-_WITHOUT_MATPLOTLIB = """
-import importlib.abc, sys
-
-class NoMatplotlib(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-
-sys.meta_path.insert(0, NoMatplotlib())
+_WITHOUT_MATPLOTLIB = blocking("matplotlib") + """
 from sophiavl_verl.tools.cli import main
 sys.exit(main(sys.argv[1:]))
 """

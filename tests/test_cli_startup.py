@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from blocked_imports import blocking
+
 HEAVY = ("torch", "verl", "transformers", "matplotlib", "ray", "aiohttp")
 
 _RUN_CLI = """
@@ -98,15 +100,7 @@ def test_any_first_import_registers_the_whole_plugin(first):
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
-_WITHOUT_VERL = """
-import importlib.abc, sys
-
-class NoVerl(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "verl" or name.startswith("verl."):
-            raise ImportError(f"verl is not installed (blocked by the test): {name}")
-
-sys.meta_path.insert(0, NoVerl())
+_WITHOUT_VERL = blocking("verl") + """
 import sophiavl_verl
 from sophiavl_verl import (annealing, config, errors, keys, outcome_reward_fn, query_policy, rewards,
                            thinking_reward, trust_grpo)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from blocked_imports import blocking
+
 PACKAGE = Path(__file__).resolve().parents[1] / "sophiavl_verl"
 
 
@@ -102,14 +104,7 @@ def test_the_readmes_public_api_imports_without_verl():
     readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Public Python API", 1)[1]
     block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    blocker = (
-        "import importlib.abc, sys\n"
-        "class NoVerl(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name == 'verl' or name.startswith('verl.'):\n"
-        "            raise ImportError('verl is blocked by the test')\n"
-        "sys.meta_path.insert(0, NoVerl())\n"
-    )
+    blocker = blocking("verl")
     result = subprocess.run([sys.executable, "-c", blocker + block + "print('ok')"], capture_output=True, text=True,
                             timeout=300, cwd=PACKAGE.parent)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
