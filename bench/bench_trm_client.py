@@ -176,7 +176,10 @@ def install_legacy(sources: dict[str, str]) -> None:
 
     client.image_to_data_url = counted
     manager_source = sources["reward_manager"]
+    # The old manager's own imports, pointed at the old client and at where the other names live today.
     for old, new in (("from sophiavl_verl.thinking_reward import", f"from {client.__name__} import"),
+                     ("from sophiavl_verl.trust_grpo import", "from sophiavl_verl.keys import"),
+                     ("from sophiavl_verl.validation import", "from sophiavl_verl.integration.validation import"),
                      ("@register(REWARD_MANAGER_NAME)", '@register("sophiavl_legacy")')):
         assert manager_source.count(old) == 1, f"the old reward manager has no single {old!r}"
         manager_source = manager_source.replace(old, new)

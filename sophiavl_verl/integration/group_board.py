@@ -35,13 +35,14 @@ class GroupOutcomeBoard:
         self._last_arrival = -math.inf  # event-loop time of the latest arrival of any group
 
     async def arrive(
-        self, uid: str, outcome: float, group_size: int, timeout_s: float, idle_s: float
+        self, uid: str, outcome: float, group_size: int, timeout_s: float, idle_s: float | None = None
     ) -> list[float] | None:
         """Post one response's R^o and wait for its group.
 
         The wait ends when the group has ``group_size`` outcomes, when ``timeout_s`` has passed, or
         when no response of any group has arrived for ``idle_s`` (every response still to come is
-        being generated, if any: a group short of members then is one that may never complete).
+        being generated, if any: a group short of members then is one that may never complete;
+        ``None``: no such release).
 
         Returns:
             The outcomes of all ``group_size`` responses (in arrival order), or ``None`` if the wait
@@ -58,7 +59,8 @@ class GroupOutcomeBoard:
         try:
             while not group.complete.is_set():
                 # Re-armed after every wake-up: an arrival elsewhere moves the quiet deadline.
-                remaining = min(deadline, self._last_arrival + idle_s) - loop.time()
+                quiet = math.inf if idle_s is None else self._last_arrival + idle_s
+                remaining = min(deadline, quiet) - loop.time()
                 if remaining <= 0:
                     return None
                 try:
@@ -101,6 +103,6 @@ class _RayBoard:
         self._handle = handle
 
     async def arrive(
-        self, uid: str, outcome: float, group_size: int, timeout_s: float, idle_s: float
+        self, uid: str, outcome: float, group_size: int, timeout_s: float, idle_s: float | None = None
     ) -> list[float] | None:
         return await self._handle.arrive.remote(uid, outcome, group_size, timeout_s, idle_s)
