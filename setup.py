@@ -22,7 +22,7 @@ setup(
     package_data={"sophiavl_verl": ["tools/embedded/*.jsonl", "tools/embedded/images/*.png"]},
     install_requires=[
         # Tested with verl 0.9.1. Any 0.9.x runs if the interfaces the adapter touches match; one that
-        # does not is refused at config validation, naming what changed (verl_adapter.REQUIREMENTS).
+        # does not is refused at config validation, naming what changed (integration/adapter.py, REQUIREMENTS).
         "verl>=0.9.1,<0.10",
         "torch",
         "omegaconf",

@@ -10,7 +10,7 @@ from typing import Any
 
 from sophiavl_verl import outcome_reward_fn
 from sophiavl_verl.integration import cpu_backend
-from sophiavl_verl.integration import adapter as verl_adapter
+from sophiavl_verl.integration import adapter
 from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_trust_grpo
 
 __all__ = ["REWARD_MANAGER_NAME", "validate_plugin_config"]
@@ -37,9 +37,9 @@ def validate_plugin_config(config: Any) -> None:
     if not trust_grpo and manager != REWARD_MANAGER_NAME:
         return
     if trust_grpo:
-        verl_adapter.require_trainer_adapter()
-    elif not verl_adapter.is_installed():
-        raise ConfigError(verl_adapter.adapter_missing_reason())
+        adapter.require_trainer_adapter()
+    elif not adapter.is_installed():
+        raise ConfigError(adapter.adapter_missing_reason())
 
     trust_cfg = TrustGRPOConfig.from_algorithm_config(algorithm) if trust_grpo else None
     if trust_grpo and manager in _VERL_REWARD_MANAGERS:
