@@ -163,12 +163,17 @@ def as_float64_column(values: Any, name: str) -> torch.Tensor:
     return column
 
 
-def check_rewards(outcome: torch.Tensor, thinking: torch.Tensor, outcome_name: str, thinking_name: str) -> None:
-    """R^o must be finite and R^t in [0, 1] or NaN (missing); errors name the row."""
-    bad = torch.nonzero(~torch.isfinite(outcome)).flatten()
+def _require_finite(values: torch.Tensor, name: str, kind: str) -> None:
+    """Raise ``ValueError`` naming the first row of ``values`` that is NaN or infinite."""
+    bad = torch.nonzero(~torch.isfinite(values.detach())).flatten()
     if bad.numel():
         row = int(bad[0])
-        raise ValueError(f"{outcome_name} of row {row} is {outcome[row].item()}; outcome rewards must be finite")
+        raise ValueError(f"{name} of row {row} is {values[row].item()}; {kind} must be finite")
+
+
+def check_rewards(outcome: torch.Tensor, thinking: torch.Tensor, outcome_name: str, thinking_name: str) -> None:
+    """R^o must be finite and R^t in [0, 1] or NaN (missing); errors name the row."""
+    _require_finite(outcome, outcome_name, "outcome rewards")
     bad = torch.nonzero((thinking < 0) | (thinking > 1)).flatten()  # NaN compares False: allowed (missing)
     if bad.numel():
         row = int(bad[0])
@@ -306,17 +311,15 @@ def group_normalized_advantage(
     TrustGRPOConfig(epsilon=epsilon, _prefix="group_normalized_advantage")
     if not isinstance(scores, torch.Tensor):
         scores = as_float64_column(scores, "scores")
-    bad = torch.nonzero(~torch.isfinite(scores.detach())).flatten()
-    if bad.numel():
-        raise ValueError(f"scores of row {int(bad[0])} is {scores[int(bad[0])].item()}; scores must be finite")
+    _require_finite(scores, "scores", "scores")
     response_mask = torch.as_tensor(response_mask, device=scores.device)
-    group, _ = _group_ids(index)
+    group, num_groups = _group_ids(index)
     if scores.ndim != 1 or response_mask.ndim != 2 or not len(scores) == len(response_mask) == len(group):
         raise ValueError(
             f"scores (bs,), response_mask (bs, response_length) and index (bs,) must agree, got "
             f"{tuple(scores.shape)}, {tuple(response_mask.shape)}, {tuple(group.shape)}"
         )
-    return _normalize(scores, response_mask, group, norm_by_std=norm_by_std, epsilon=epsilon)
+    return _normalize(scores, response_mask, group, num_groups, norm_by_std=norm_by_std, epsilon=epsilon)
 
 
 def _group_mean_std(scores: torch.Tensor, group: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,13 +338,19 @@ def _group_mean_std(scores: torch.Tensor, group: torch.Tensor, num_groups: int) 
 
 
 def _normalize(
-    scores: torch.Tensor, response_mask: torch.Tensor, group: torch.Tensor, *, norm_by_std: bool, epsilon: float
+    scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    *,
+    norm_by_std: bool,
+    epsilon: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6 given group ids; see :func:`group_normalized_advantage`."""
     with torch.no_grad():
         scores = scores.float()  # verl's GRPO works in float32
         group = group.to(scores.device)
-        mean, std = _group_mean_std(scores, group, int(group.max()) + 1 if group.numel() else 0)
+        mean, std = _group_mean_std(scores, group, num_groups)
         centred = scores - mean[group]
         scalars = centred / (std[group] + epsilon) if norm_by_std else centred
         advantages = scalars.unsqueeze(-1) * response_mask
@@ -409,9 +418,8 @@ def trust_grpo_advantages(
         use_trust_weight=config.use_trust_weight,
     )
     rewards = _add_term(scores, term)
-    bad = torch.nonzero(~torch.isfinite(rewards.detach())).flatten()
-    if bad.numel():
-        raise ValueError(f"the score of row {int(bad[0])} is {rewards[int(bad[0])].item()}; scores must be finite")
+    _require_finite(rewards, "the score", "scores")
     response_mask = torch.as_tensor(response_mask, device=scores.device)
-    advantages, returns = _normalize(rewards, response_mask, group, norm_by_std=norm_by_std, epsilon=config.epsilon)
+    advantages, returns = _normalize(rewards, response_mask, group, num_groups, norm_by_std=norm_by_std,
+                                     epsilon=config.epsilon)
     return TrustGRPOResult(advantages, returns, rewards, term, group, trust)

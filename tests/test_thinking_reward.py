@@ -682,14 +682,19 @@ def test_image_cache_stays_bounded_over_a_long_run():
     budget = 64 * 1024
     with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
         client = ThinkingRewardClient(server.base_url, "trm", image_cache_bytes=budget, **FAST)
-        sizes = []
+        sizes, expected, kept = [], [], []
         for step in range(60):
             image = _jpeg_bytes(color=(step, 255 - step, 7 * step % 256), size=(160, 120))
             assert client.score_sync([ThinkingRewardItem("q", "r", (image,))] * 2) == [0.5, 0.5]
             sizes.append((len(client._images), client._images.nbytes))
+            # Least recently used out first: the newest images whose JSON data URLs fit in the budget.
+            kept.append(len(b'"data:image/jpeg;base64,"') + len(base64.b64encode(image)))
+            while sum(kept) > budget:
+                kept.pop(0)
+            expected.append((len(kept), sum(kept)))
         client.close()
     assert client.stats.images_prepared == 60 and client.stats.image_cache_hits == 60
-    assert max(nbytes for _, nbytes in sizes) <= budget
+    assert sizes == expected
     assert 1 < sizes[-1][0] < 60  # it keeps recent images, not all of them
 
 
