@@ -69,7 +69,7 @@ class TrustGRPOConfig:
         except ValueError as e:
             raise ConfigError(f"{key}.schedule: {e}", key=f"{key}.schedule") from None
         if self.anneal_steps is not None:
-            _require(_is_int(self.anneal_steps),
+            _require(is_int(self.anneal_steps),
                      f"{key}.anneal_steps", f"must be an integer or null, got {self.anneal_steps!r}")
             _require(self.anneal_steps > 0, f"{key}.anneal_steps", f"(T) must be > 0, got {self.anneal_steps}")
         _require(isinstance(self.correct_threshold, (int, float)) and 0 < self.correct_threshold <= 1,
@@ -115,7 +115,8 @@ def _known_options(cls: type, parent: Mapping[str, Any] | None, name: str, prefi
     return options
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (YAML and JSON give bools where a user meant a flag)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -205,11 +206,11 @@ class SophiaVLRewardConfig:
     def __post_init__(self) -> None:
         key = self._prefix
         _check_choices(self)
-        _require(_is_int(self.max_concurrency) and self.max_concurrency >= 1, f"{key}.max_concurrency",
+        _require(is_int(self.max_concurrency) and self.max_concurrency >= 1, f"{key}.max_concurrency",
                  f"must be an integer >= 1, got {self.max_concurrency!r}")
-        _require(_is_int(self.max_retries) and self.max_retries >= 0, f"{key}.max_retries",
+        _require(is_int(self.max_retries) and self.max_retries >= 0, f"{key}.max_retries",
                  f"must be an integer >= 0, got {self.max_retries!r}")
-        _require(_is_int(self.breaker_failures) and self.breaker_failures >= 0, f"{key}.breaker_failures",
+        _require(is_int(self.breaker_failures) and self.breaker_failures >= 0, f"{key}.breaker_failures",
                  f"must be an integer >= 0, got {self.breaker_failures!r}")
         for name in ("timeout_s", "group_wait_s", "group_idle_s", "deadline_s", "breaker_cooldown_s"):
             value = getattr(self, name)
@@ -217,7 +218,7 @@ class SophiaVLRewardConfig:
                      and value > 0, f"{key}.{name}", f"must be a finite number > 0, got {value!r}")
         _require(isinstance(self.clip_scores, bool), f"{key}.clip_scores", f"must be true or false, got {self.clip_scores!r}")
         if self.max_image_pixels is not None:
-            _require(_is_int(self.max_image_pixels) and self.max_image_pixels >= 1, f"{key}.max_image_pixels",
+            _require(is_int(self.max_image_pixels) and self.max_image_pixels >= 1, f"{key}.max_image_pixels",
                      f"must be an integer >= 1 or null, got {self.max_image_pixels!r}")
         if self.trm_base_url is not None:
             _require(str(self.trm_base_url).startswith(("http://", "https://")), f"{key}.trm_base_url",

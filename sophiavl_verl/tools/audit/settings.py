@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig
+from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_int
 from sophiavl_verl.errors import AuditError
 
 __all__ = ["AUDIT_QUERY_POLICY", "AuditSettings", "MAX_TIMEOUT_S", "PAPER_TOTAL_STEPS", "REWARD_OPTIONS",
@@ -46,10 +46,6 @@ _FLAGS = {  # where a flag is not "--" + the field name with dashes
 def flag(name: str) -> str:
     """The command-line flag of an option: ``anneal_steps`` -> ``--anneal-steps``, a bool on by default ``--no-…``."""
     return _FLAGS.get(name, "--" + name.replace("_", "-"))
-
-
-def _whole(value: Any, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def declared_fields(cls: type) -> list[dataclasses.Field]:
@@ -86,9 +82,9 @@ class AuditSettings:
     norm_by_std: bool = True
 
     def __post_init__(self) -> None:
-        if self.step is not None and not _whole(self.step, 0):
+        if self.step is not None and not (is_int(self.step) and self.step >= 0):
             raise AuditError(f"--step must be an integer >= 0, got {self.step!r}")
-        if not _whole(self.total_training_steps, 1):
+        if not (is_int(self.total_training_steps) and self.total_training_steps >= 1):
             raise AuditError(f"--total-training-steps must be an integer >= 1, got {self.total_training_steps!r}")
         if self.reward.timeout_s > MAX_TIMEOUT_S:
             raise AuditError(f"--timeout must be a number of seconds <= {MAX_TIMEOUT_S:.0f}, "
@@ -140,12 +136,11 @@ def check_run_options(*, max_concurrency: int | None, limit: int | None, text_li
     Raises:
         AuditError: Naming the flag.
     """
-    checks = (
-        (max_concurrency is None or _whole(max_concurrency, 1), "--max-concurrency", "an integer >= 1",
-         max_concurrency),
-        (limit is None or _whole(limit, 1), "--limit", "an integer >= 1", limit),
-        (text_limit is None or _whole(text_limit, 0), "--text-limit", "an integer >= 0 (0 = whole texts)", text_limit),
+    checks = (  # (flag, value, least allowed, what it means)
+        ("--max-concurrency", max_concurrency, 1, "an integer >= 1"),
+        ("--limit", limit, 1, "an integer >= 1"),
+        ("--text-limit", text_limit, 0, "an integer >= 0 (0 = whole texts)"),
     )
-    for ok, name, what, value in checks:
-        if not ok:
+    for name, value, least, what in checks:
+        if value is not None and not (is_int(value) and value >= least):
             raise AuditError(f"{name} must be {what}, got {value!r}")
