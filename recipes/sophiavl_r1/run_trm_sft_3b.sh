@@ -15,6 +15,7 @@ TRM_TRAIN_FILES="${TRM_TRAIN_FILES:-$HOME/data/sophiavl_r1/trm_train.parquet}" #
 N_GPUS="${N_GPUS:-4}"                                            # the paper: 4
 SAVE_DIR="${SAVE_DIR:-$PWD/checkpoints/sophiavl_r1/trm_sft_3b}"
 TORCHRUN="${TORCHRUN:-torchrun}"
+TRM_SFT_CONFIG="${TRM_SFT_CONFIG:-trm_sft_3b}"                   # recipe of this folder (trm_sft_tiny_cpu: CPU)
 # ------------------------------------------------------------------------------------------------
 
 # shellcheck source=common.sh
@@ -25,7 +26,7 @@ train="$(require_files TRM_TRAIN_FILES "$TRM_TRAIN_FILES")"
 save_dir="$(hydra_str "$SAVE_DIR")"
 run_logged "$TORCHRUN" --standalone --nnodes=1 --nproc_per_node="$N_GPUS" \
     -m verl.trainer.sft_trainer \
-    --config-path "$RECIPE_DIR" --config-name trm_sft_3b \
+    --config-path "$RECIPE_DIR" --config-name "$TRM_SFT_CONFIG" \
     model.path="$model" \
     data.train_files="$train" \
     trainer.n_gpus_per_node="$N_GPUS" \
