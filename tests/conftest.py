@@ -66,12 +66,13 @@ def ray_with_transfer_queue():
 
 @pytest.fixture(scope="session")
 def embedded_trm_server():
-    """The embedded tiny thinking reward model (built once, cached) behind a real `transformers serve`."""
+    """The embedded tiny thinking reward model (trained once by verl's SFT trainer, cached) behind a real
+    `transformers serve`."""
     from sophiavl_verl.tools.audit import default_cache_dir
     from sophiavl_verl.tools.local_server import LocalOpenAIServer
-    from sophiavl_verl.tools.tiny_vl import make_embedded_trm
+    from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
-    with LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm")) as server:
+    with LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm").model_dir) as server:
         yield server
 
 

@@ -23,11 +23,11 @@ _PARENT = """
 import json, signal, sys, time
 from sophiavl_verl.tools.audit import default_cache_dir
 from sophiavl_verl.tools.local_server import LocalOpenAIServer
-from sophiavl_verl.tools.tiny_vl import make_embedded_trm
+from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
 if sys.argv[1] == "nohup":
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-server = LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm")).start()
+server = LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm").model_dir).start()
 print(json.dumps({"pid": server._proc.pid, "port": server.port, "cache": server._cache_dir,
                   "log": str(server.log_path)}), flush=True)
 if sys.argv[1] == "exit":

@@ -87,6 +87,15 @@ def _unwatch_signals() -> None:
     _previous_handlers.clear()
 
 
+def _end_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent (thread) ends (``PR_SET_PDEATHSIG``)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -99,7 +108,7 @@ class LocalOpenAIServer:
 
     Example::
 
-        with LocalOpenAIServer(make_embedded_trm(path)) as server:
+        with LocalOpenAIServer(make_embedded_trm(path).model_dir) as server:
             client = ThinkingRewardClient(server.base_url, server.model)
 
     Args:
@@ -112,6 +121,8 @@ class LocalOpenAIServer:
         extra_args: More ``transformers serve`` options (e.g. ``["--continuous-batching"]``).
         progress: Called with progress lines while starting; defaults to ``logger.info``.
         log_path: File for the server's stdout and stderr; None makes a temporary file.
+        die_with_parent: End the server when the thread that started it ends, even by SIGKILL (Linux's parent-death
+            signal): for a server owned by a process that may be killed without running its exit hooks (a Ray actor).
     """
 
     def __init__(
@@ -125,6 +136,7 @@ class LocalOpenAIServer:
         extra_args: Sequence[str] = (),
         progress: Callable[[str], None] | None = None,
         log_path: str | os.PathLike | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.model_path = Path(model_path).resolve()
         if not self.model_path.is_dir():
@@ -137,6 +149,7 @@ class LocalOpenAIServer:
         self._progress = progress or logger.info
         self._log_path = Path(log_path) if log_path is not None else None
         self._owns_log = log_path is None
+        self._die_with_parent = die_with_parent
         self._proc: subprocess.Popen | None = None
         self._owner_pid: int | None = None  # the process that started the server (and alone may stop it)
         self._cache_dir: str | None = None  # mkdtemp, removed by stop() (no finalizer a forked copy could run)
@@ -210,7 +223,8 @@ class LocalOpenAIServer:
         atexit.register(self.stop)
         with open(self._log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_end_with_parent if self._die_with_parent else None,
             )
         try:
             self._wait_ready()

@@ -1,12 +1,9 @@
-"""A tiny random Qwen2.5-VL that can stand in for the thinking reward model on CPU.
+"""A tiny random Qwen2.5-VL for the CPU runs: the base of the quick start's policy and thinking reward model.
 
-No weights can be downloaded on the CPU machines this package is tested on, so
-:func:`build_tiny_qwen2_5_vl` makes a ~1.4 MB Qwen2.5-VL (2 text layers, hidden 64, a 1-block vision tower) with
-a byte-level BPE tokenizer trained on the spot, and :func:`finetune_to_answer` teaches it, in 250 SFT steps
-(about 20-35 s on one CPU core), to reply ``<answer>x</answer>`` to the Table-4 prompt. The replies carry no
-judgement of reasoning quality: :func:`toy_score` gives the labels the embedded model learns (a keyword rule:
-``because`` -> 0.9, ``guess`` -> 0.1, else 0.5), so its scores vary with the input without meaning anything.
-It exists to exercise the real serving path (chat template, images, OpenAI API), never to train a policy.
+No weights can be downloaded on the CPU machines this package is tested on, so :func:`build_tiny_qwen2_5_vl`
+makes a ~1.4 MB Qwen2.5-VL (2 text layers, hidden 64, a 1-block vision tower) with a byte-level BPE tokenizer
+trained on the spot. The thinking reward model is fine-tuned from it by verl's own SFT trainer
+(:mod:`sophiavl_verl.tools.trm_sft`); :func:`finetune_policy` teaches the quick start's policy the answer format.
 """
 
 from __future__ import annotations
@@ -17,9 +14,8 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +26,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "build_tiny_qwen2_5_vl",
     "finetune_policy",
-    "finetune_to_answer",
     "install_processor_shim",
-    "make_embedded_trm",
     "synthetic_trm_examples",
-    "toy_score",
 ]
 
 # Qwen2-VL's chat template (the one Qwen2.5-VL-Instruct ships), image/video placeholders included.
@@ -78,9 +71,6 @@ IMAGE_PIXELS = 56 * 56
 VOCAB_SIZE = 2048
 INIT_STD = 0.1
 ANSWER_TOKENS = tuple(f"<answer>{k / 10:.1f}</answer>" for k in range(11))
-_BATCH_SIZE = 8
-EMBEDDED_SEED = 0
-_READY_MARKER = "sophiavl_tiny_trm.json"
 
 
 def install_processor_shim() -> None:
@@ -128,16 +118,6 @@ def install_processor_shim() -> None:
 
 
 # ------------------------------------------------------------------------------------------ toy data
-
-
-def toy_score(response: str) -> float:
-    """The label rule the embedded TRM is trained on: a keyword rule, not judgement.
-
-    ``because`` anywhere (any case) -> 0.9; otherwise ``guess`` anywhere (``guessing`` too) -> 0.1;
-    otherwise 0.5.
-    """
-    text = response.lower()
-    return 0.9 if "because" in text else 0.1 if "guess" in text else 0.5
 
 
 _QUESTIONS = (
@@ -212,11 +192,11 @@ def _pseudo_sentence(rng: random.Random) -> str:
     return " ".join(words) + rng.choice((".", ".", ":", "?", ";"))
 
 
-def synthetic_trm_examples(n: int, *, seed: int = 0) -> list[tuple[str, str, tuple, float]]:
-    """Synthetic (question, response, images, score) examples labelled by :func:`toy_score`.
+def synthetic_trm_examples(n: int, *, seed: int = 0) -> list[tuple[str, str, tuple]]:
+    """Synthetic (question, response, images) TRM inputs: the tokenizer's corpus, and varied test requests.
 
-    The three labels take turns (a ``because`` response sometimes also guesses); about half the examples
-    have one image, a quarter two, a quarter none.
+    Three response flavours take turns (a ``guess`` sentence, neither, a ``because`` sentence sometimes with a
+    guess too); about half the examples have one image, a quarter two, a quarter none.
     """
     rng = random.Random(seed)
     examples = []
@@ -233,7 +213,7 @@ def synthetic_trm_examples(n: int, *, seed: int = 0) -> list[tuple[str, str, tup
         sep = rng.choice((" ", "\n"))
         response = f"<think>{sep.join(sentences)}</think>\n<answer>{rng.choice(_ANSWERS)}</answer>"
         images = tuple(_toy_image(rng) for _ in range(rng.choice((0, 1, 1, 2))))
-        examples.append((rng.choice(_QUESTIONS), response, images, toy_score(response)))
+        examples.append((rng.choice(_QUESTIONS), response, images))
     return examples
 
 
@@ -244,7 +224,7 @@ def _train_tokenizer():
     """Byte-level BPE (GPT-2 style word split) trained on TRM prompts; deterministic."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    corpus = [build_trm_prompt(q, r) for q, r, _, _ in synthetic_trm_examples(64, seed=1)]
+    corpus = [build_trm_prompt(q, r) for q, r, _ in synthetic_trm_examples(64, seed=1)]
     corpus += [TRM_SYSTEM_PROMPT, "system user assistant Picture Video 0123456789"]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -372,16 +352,6 @@ def build_tiny_qwen2_5_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
 # ------------------------------------------------------------------------------------------ fine-tune
 
 
-def _chat(question: str, response: str, images: Sequence[Any]) -> list[dict]:
-    """The messages ``ThinkingRewardClient`` sends, in processor format."""
-    content = [{"type": "image", "image": image} for image in images]
-    content.append({"type": "text", "text": build_trm_prompt(question, response)})
-    return [
-        {"role": "system", "content": TRM_SYSTEM_PROMPT},
-        {"role": "user", "content": content},
-    ]
-
-
 def _collate(encodings: list[dict], pad_id: int) -> dict:
     """Left-pad single-example processor outputs into one batch (images stay in token order)."""
     import torch
@@ -404,47 +374,6 @@ def _collate(encodings: list[dict], pad_id: int) -> dict:
     return batch
 
 
-def finetune_to_answer(
-    model_dir: str | os.PathLike,
-    examples: Iterable[tuple[str, str, Sequence[Any], float]],
-    *,
-    steps: int = 250,
-    batch_size: int = 8,
-    lr: float = 6e-3,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Supervised fine-tuning so the model replies ``<answer>{score:.1f}</answer>`` to the Table-4 prompt.
-
-    Trains on the reply tokens only (prompt tokens masked), CPU, AdamW, then saves the weights back to
-    ``model_dir``. With at least ``steps * batch_size`` examples each one is used once, in order (fresh
-    examples are what makes the model generalise to unseen text); with fewer, batches are sampled from them.
-
-    Args:
-        model_dir: A model saved by :func:`build_tiny_qwen2_5_vl` (updated in place).
-        examples: ``(question, response, images, score)`` tuples; images are PIL images
-            (e.g. :func:`synthetic_trm_examples`).
-        steps: Optimizer steps.
-        batch_size: Examples per step.
-        lr: Learning rate.
-        seed: Seed of the sampling order.
-
-    Returns:
-        ``{"loss_first": ..., "loss_last": ..., "seconds": ...}``.
-    """
-    examples = list(examples)
-    if not examples:
-        raise ValueError("finetune_to_answer needs at least one example")
-
-    def chat(example: tuple) -> tuple[list[dict], Sequence[Any], str]:
-        question, response, images, score = example
-        return _chat(question, response, images), images, f"<answer>{score:.1f}</answer>"
-
-    # 64-wide matrices: more threads only add overhead (and spin on a busy machine).
-    result = _finetune(model_dir, examples, chat, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=1)
-    logger.info("tiny TRM fine-tuned: %s", result)
-    return result
-
-
 def finetune_policy(
     model_dir: str | os.PathLike,
     examples: Sequence[tuple[list[dict], Sequence[Any], str]],
@@ -458,7 +387,8 @@ def finetune_policy(
 
     A random policy writes noise, so every group of a GRPO run is all-wrong and the thinking term never
     applies; a few dozen steps on ``<think>...</think><answer>...</answer>`` responses teach it the format and
-    the sample's answers, so sampling gives mixed groups from the first step.
+    the sample's answers, so sampling gives mixed groups from the first step. The loss is on the response tokens
+    (and the closing ``<|im_end|>``) only; the weights are saved back to ``model_dir``.
 
     Args:
         model_dir: A model saved by :func:`build_tiny_qwen2_5_vl` (updated in place).
@@ -472,25 +402,6 @@ def finetune_policy(
     Returns:
         ``{"loss_first": ..., "loss_last": ..., "seconds": ...}``.
     """
-    return _finetune(model_dir, list(examples), lambda example: example, steps=steps, batch_size=batch_size,
-                     lr=lr, seed=seed)
-
-
-def _finetune(
-    model_dir: str | os.PathLike,
-    examples: list,
-    to_chat: Callable[[Any], tuple[list[dict], Sequence[Any], str]],
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    threads: int | None = None,
-) -> dict[str, float]:
-    """SFT of the model in ``model_dir`` on the replies of ``to_chat(example)`` = (messages, images, reply).
-
-    The loss is on the reply tokens (and the closing ``<|im_end|>``) only; the weights are saved back.
-    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -501,8 +412,8 @@ def _finetune(
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = processor.tokenizer
 
-    def encode(example: Any) -> dict:
-        messages, images, reply = to_chat(example)
+    def encode(example: tuple[list[dict], Sequence[Any], str]) -> dict:
+        messages, images, reply = example
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
         target = f"{reply}<|im_end|>"
         enc = processor(text=[prompt + target], images=list(images) or None, return_tensors="pt")
@@ -511,14 +422,8 @@ def _finetune(
         enc["labels"] = labels
         return enc
 
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        losses = _train(model, examples, encode, steps=steps, batch_size=batch_size, lr=lr,
-                        rng=random.Random(seed), pad_id=tokenizer.pad_token_id)
-    finally:
-        torch.set_num_threads(previous_threads)
+    losses = _train(model, list(examples), encode, steps=steps, batch_size=batch_size, lr=lr,
+                    rng=random.Random(seed), pad_id=tokenizer.pad_token_id)
     model.eval()
     model.save_pretrained(model_dir)
     return {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.monotonic() - start}
@@ -526,11 +431,10 @@ def _finetune(
 
 def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: float, rng: random.Random,
            pad_id: int) -> list[float]:
-    """The SFT loop of :func:`_finetune`; returns the loss of every step."""
+    """The SFT loop of :func:`finetune_policy`; returns the loss of every step."""
     import torch
 
     n = len(examples)
-    fresh = n >= steps * batch_size
     memo: dict[int, dict] = {}
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -541,11 +445,8 @@ def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: fl
     )
     losses = []
     for step in range(steps):
-        if fresh:
-            batch = [encode(examples[i]) for i in range(step * batch_size, (step + 1) * batch_size)]
-        else:
-            picks = rng.sample(range(n), min(batch_size, n))
-            batch = [memo[i] if i in memo else memo.setdefault(i, encode(examples[i])) for i in picks]
+        picks = rng.sample(range(n), min(batch_size, n))
+        batch = [memo[i] if i in memo else memo.setdefault(i, encode(examples[i])) for i in picks]
         batch = _collate(batch, pad_id)
         loss = model(**batch).loss
         optimizer.zero_grad()
@@ -557,7 +458,7 @@ def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: fl
 
 
 def recipe_fingerprint(steps: int) -> str:
-    """Changes whenever what :func:`make_embedded_trm` would make may change (this code, the prompt, versions)."""
+    """Changes whenever a model built and fine-tuned here may change (this code, the prompt, versions)."""
     import tokenizers
     import torch
     import transformers
@@ -570,35 +471,3 @@ def recipe_fingerprint(steps: int) -> str:
         "versions": [transformers.__version__, tokenizers.__version__, torch.__version__],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def make_embedded_trm(out_dir: str | os.PathLike, *, steps: int = 250) -> Path:
-    """Build and fine-tune the embedded tiny TRM in ``out_dir``, with a fixed seed.
-
-    Cached: a complete model made by the same recipe (prompt, training data, steps, library versions) is
-    reused; anything else in ``out_dir`` is replaced.
-
-    Args:
-        out_dir: Where the model lives.
-        steps: Fine-tuning steps.
-
-    Returns:
-        ``out_dir`` as a Path, ready for :class:`~sophiavl_verl.tools.local_server.LocalOpenAIServer`.
-    """
-    out = Path(out_dir)
-    marker = out / _READY_MARKER
-    fingerprint = recipe_fingerprint(steps)
-    try:
-        if json.loads(marker.read_text())["fingerprint"] == fingerprint:
-            return out
-    except (OSError, ValueError, KeyError):
-        pass
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_qwen2_5_vl(tmp, seed=EMBEDDED_SEED)
-    examples = synthetic_trm_examples(steps * _BATCH_SIZE, seed=EMBEDDED_SEED)
-    result = finetune_to_answer(tmp, examples, steps=steps, batch_size=_BATCH_SIZE, seed=EMBEDDED_SEED)
-    (tmp / _READY_MARKER).write_text(json.dumps({"fingerprint": fingerprint, "steps": steps, **result}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out

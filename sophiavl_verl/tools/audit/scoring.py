@@ -95,7 +95,7 @@ def thinking_reward_endpoint(
 ) -> Iterator[dict]:
     """The TRM to score with: the given OpenAI-compatible endpoint, or the embedded tiny TRM served here.
 
-    The embedded one is built (once, cached) by :func:`sophiavl_verl.tools.tiny_vl.make_embedded_trm` and served
+    The embedded one is trained (once, cached) by :func:`sophiavl_verl.tools.trm_sft.make_embedded_trm` and served
     by :class:`sophiavl_verl.tools.local_server.LocalOpenAIServer` on 127.0.0.1; the server is stopped when the
     block exits, also on error or Ctrl-C.
 
@@ -113,12 +113,13 @@ def thinking_reward_endpoint(
     if trm_model:
         raise AuditError("--trm-model needs --trm-url (without both, the embedded tiny TRM is used)")
     from sophiavl_verl.tools.local_server import LocalOpenAIServer
-    from sophiavl_verl.tools.tiny_vl import make_embedded_trm
+    from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     log(f"[audit] embedded thinking reward model: building/reusing it in {cache / 'embedded_trm'}", file=sys.stderr)
     try:
-        model_dir = make_embedded_trm(cache / "embedded_trm")
+        model_dir = make_embedded_trm(cache / "embedded_trm", progress=lambda line: log(f"[audit] {line}",
+                                                                                         file=sys.stderr)).model_dir
     except OSError as exc:
         raise AuditError(f"--cache-dir {cache}: cannot build the embedded thinking reward model there "
                          f"({exc.strerror or exc})") from None

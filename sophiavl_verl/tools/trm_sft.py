@@ -1,0 +1,186 @@
+"""The thinking reward model (TRM) trained by the recipe's own SFT path on CPU: stage 1 of the quick start.
+
+What a user of the 7B recipe does to make a TRM, run with a tiny model on this machine:
+
+1. labelled responses -> ``sophiavl-verl data trm`` -> parquet (the Table-4 chat, ``<answer>score</answer>``);
+2. ``bash recipes/sophiavl_r1/run_trm_sft_3b.sh`` with ``TRM_SFT_CONFIG=trm_sft_tiny_cpu`` (the shipped
+   ``trm_sft_3b_base.yaml`` with tiny-model and CPU overrides only), ``N_GPUS=1`` and ``VERL_PLATFORM=cpu``:
+   ``torchrun -m verl.trainer.sft_trainer``, whose ``hf_model`` checkpoint content writes
+   ``global_step_N/huggingface``, the folder hosting mode A (``reward.reward_model.model_path``) and
+   ``transformers serve`` (mode B) load.
+
+The labelled responses are the embedded sample's: each response of ``tools/embedded/groups.jsonl`` has a kind
+(``response_kinds``), and :data:`KIND_SCORES` gives each kind the score an honest judge of the reasoning would
+give, whatever the final answer says (so a ``lucky`` right answer scores below a ``slip``). The base model is a
+tiny random Qwen2.5-VL (:func:`sophiavl_verl.tools.tiny_vl.build_tiny_qwen2_5_vl`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["KIND_SCORES", "SFT_MODULE", "TRMTraining", "make_embedded_trm", "sft_losses", "train_trm"]
+
+TOOLS = Path(__file__).resolve().parent
+RECIPE_DIR = TOOLS.parents[1] / "recipes" / "sophiavl_r1"  # the repository's recipes (the quick start uses a checkout)
+SFT_SCRIPT = RECIPE_DIR / "run_trm_sft_3b.sh"
+SFT_CONFIG = "trm_sft_tiny_cpu"
+EMBEDDED = TOOLS / "embedded"
+#: The module verl runs for the SFT (what ``run.json`` reports as ``trained_by``).
+SFT_MODULE = "verl.trainer.sft_trainer"
+#: Seed of the tiny base model.
+BASE_SEED = 0
+#: The score of each response kind of the embedded sample: reasoning quality, not answer correctness.
+#: sound: correct steps; terse: correct but bare; slip: right method, one arithmetic error; misread: a value
+#: misread from the image, then sound; lucky: right answer from a flawed or guessed path; fluent: long,
+#: confident, step-numbered and wrong; malformed: no reasoning to speak of.
+KIND_SCORES = {"sound": 0.9, "terse": 0.7, "slip": 0.4, "misread": 0.3, "lucky": 0.2, "fluent": 0.1, "malformed": 0.0}
+_MARKER = "sophiavl_trm_sft.json"
+
+
+@dataclass(frozen=True)
+class TRMTraining:
+    """What the SFT stage made: the model folder and how it was trained."""
+
+    model_dir: str
+    checkpoint: str
+    trained_by: str
+    rows: int
+    steps: int
+    first_loss: float
+    last_loss: float
+    wall_s: float
+
+
+def write_trm_source(path: Path) -> int:
+    """The embedded sample's responses as ``sophiavl-verl data trm`` input rows; returns the row count."""
+    rows = 0
+    with open(EMBEDDED / "groups.jsonl", encoding="utf-8") as src, open(path, "w", encoding="utf-8") as dst:
+        for line in src:
+            group = json.loads(line)
+            for response, kind in zip(group["responses"], group["response_kinds"], strict=True):
+                row = {"question": group["question"], "response": response, "score": KIND_SCORES[kind],
+                       "images": group["images"]}
+                dst.write(json.dumps(row) + "\n")
+                rows += 1
+    return rows
+
+
+def sft_losses(log_path: Path) -> dict[int, float]:
+    """``{step: train/loss}`` from verl's file-logger JSONL of an SFT run (a line being written is skipped)."""
+    losses: dict[int, float] = {}
+    if not log_path.exists():
+        return losses
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "train/loss" in row.get("data", {}):
+            losses[int(row["step"])] = float(row["data"]["train/loss"])
+    return losses
+
+
+def train_trm(work: Path, base_model: Path, *, progress: Callable[[str], None] = print,
+              overrides: tuple[str, ...] = ()) -> TRMTraining:
+    """Data prep and verl's SFT trainer through ``run_trm_sft_3b.sh``, as a user runs them, in ``work``.
+
+    Args:
+        work: An empty folder; gets ``trm_source.jsonl``, ``trm_train.parquet``, ``checkpoints/``, ``sft.jsonl``
+            (verl's file logger) and ``sft.log`` (the console).
+        base_model: The model to fine-tune (a local folder).
+        progress: Called with a line every few steps.
+        overrides: More Hydra overrides for ``verl.trainer.sft_trainer``.
+
+    Raises:
+        RuntimeError: A stage failed (the message names its log), or no ``huggingface`` folder was written.
+    """
+    started = time.monotonic()
+    work.mkdir(parents=True, exist_ok=True)
+    source, parquet = work / "trm_source.jsonl", work / "trm_train.parquet"
+    rows = write_trm_source(source)
+    data_log = work / "data_trm.log"
+    with open(data_log, "w", encoding="utf-8") as log:
+        command = [sys.executable, "-m", "sophiavl_verl.tools.cli", "data", "trm", str(source), "-o", str(parquet),
+                   "--image-root", str(EMBEDDED), "--strict"]
+        if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
+            raise RuntimeError(f"sophiavl-verl data trm failed; its output: {data_log}")
+    save_dir, log_jsonl, console = work / "checkpoints", work / "sft.jsonl", work / "sft.log"
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(log_jsonl), "HYDRA_FULL_ERROR": "1",
+        "TRM_SFT_CONFIG": SFT_CONFIG, "TRM_BASE_MODEL": str(base_model), "TRM_TRAIN_FILES": str(parquet),
+        "N_GPUS": "1", "SAVE_DIR": str(save_dir), "TORCHRUN": os.path.join(bin_dir, "torchrun"),
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+    }
+    with open(console, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(["bash", str(SFT_SCRIPT), *overrides], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=work)
+        said = 0
+        while proc.poll() is None:
+            time.sleep(1)
+            losses = sft_losses(log_jsonl)
+            if losses and max(losses) >= said + 20:
+                said = max(losses)
+                progress(f"  sft step {said}: loss {losses[said]:.3f}")
+    if proc.returncode:
+        raise RuntimeError(f"{SFT_SCRIPT.name} exited with {proc.returncode}; its output: {console}")
+    losses = sft_losses(log_jsonl)
+    checkpoints = sorted(save_dir.glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    if not losses or not checkpoints or not (checkpoints[-1] / "huggingface" / "config.json").is_file():
+        raise RuntimeError(f"{SFT_SCRIPT.name} wrote no global_step_*/huggingface model under {save_dir}; "
+                           f"its output: {console}")
+    return TRMTraining(
+        model_dir=str(checkpoints[-1] / "huggingface"), checkpoint=str(checkpoints[-1]), trained_by=SFT_MODULE,
+        rows=rows, steps=max(losses), first_loss=losses[min(losses)], last_loss=losses[max(losses)],
+        wall_s=time.monotonic() - started,
+    )
+
+
+def _fingerprint() -> str:
+    """Changes whenever what :func:`make_embedded_trm` would make may change."""
+    from sophiavl_verl.tools.tiny_vl import recipe_fingerprint
+
+    recipe = [recipe_fingerprint(0), KIND_SCORES, BASE_SEED, (EMBEDDED / "groups.jsonl").read_text(encoding="utf-8"),
+              *(p.read_text(encoding="utf-8") for p in (SFT_SCRIPT, RECIPE_DIR / "common.sh",
+                                                        RECIPE_DIR / f"{SFT_CONFIG}.yaml",
+                                                        RECIPE_DIR / "trm_sft_3b_base.yaml"))]
+    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
+
+
+def make_embedded_trm(cache_dir: str | os.PathLike, *, progress: Callable[[str], None] = print) -> TRMTraining:
+    """The embedded TRM: :func:`train_trm` on a tiny base model, built once in ``cache_dir`` and then reused.
+
+    Returns:
+        How it was made (``model_dir`` is the ``huggingface`` folder to serve), read back from the cache when its
+        recipe (this code, the recipe files, the sample, the labels) is unchanged.
+    """
+    from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
+
+    out = Path(cache_dir)
+    fingerprint = _fingerprint()
+    try:
+        marker = json.loads((out / _MARKER).read_text())
+        if marker.pop("fingerprint") == fingerprint and Path(marker["model_dir"]).is_dir():
+            return TRMTraining(**marker)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tiny_qwen2_5_vl(tmp / "base", seed=BASE_SEED)
+    made = train_trm(tmp, tmp / "base", progress=progress)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    made = TRMTraining(**{**asdict(made), "model_dir": made.model_dir.replace(str(tmp), str(out), 1),
+                          "checkpoint": made.checkpoint.replace(str(tmp), str(out), 1)})
+    (out / _MARKER).write_text(json.dumps({"fingerprint": fingerprint, **asdict(made)}, indent=1))
+    return made
