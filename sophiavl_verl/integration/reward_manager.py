@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import math
 import os
 import time
@@ -50,6 +51,42 @@ from sophiavl_verl.keys import (
 from sophiavl_verl.integration.validation import REWARD_MANAGER_NAME
 
 __all__ = ["SophiaVLRewardManager"]
+
+def _check_router_reaches_trm(base_url: str, model: str, timeout_s: float) -> None:
+    """Hosting mode A, before training: verl's router answers ``GET /models`` from a replica serving ``model``.
+
+    verl starts the router after its replicas reported their addresses, but never asks through it; a router
+    that cannot reach a replica would otherwise fail every thinking reward of the run (counted as failures).
+
+    Raises:
+        RuntimeError: One line naming the router and what it answered.
+    """
+    import concurrent.futures
+
+    import aiohttp
+
+    async def models() -> tuple[int, Any]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            async with session.get(f"{base_url}/models", allow_redirects=False) as response:
+                body = await response.content.read(2**20)
+                try:
+                    return response.status, json.loads(body)
+                except ValueError:
+                    return response.status, None
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # its own loop: verl may be inside one already
+        try:
+            status, listing = pool.submit(asyncio.run, models()).result()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise RuntimeError(f"hosting mode A: verl's reward router at {base_url} does not answer "
+                               f"(GET /models: {type(e).__name__}: {e})") from None
+    served = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) else []
+    if status != 200:
+        raise RuntimeError(f"hosting mode A: verl's reward router at {base_url} cannot reach the reward model "
+                           f"(GET /models answered HTTP {status})")
+    if served and model not in served:
+        raise RuntimeError(f"hosting mode A: the reward model behind {base_url} serves {served}, not {model!r}")
+
 
 def _items(value: Any) -> list[Any]:
     """The elements of a list, tuple or 1-D object array (``None`` -> none).
@@ -137,9 +174,9 @@ class SophiaVLRewardManager(RewardManagerBase):
         self.correct_threshold = TrustGRPOConfig.from_algorithm_config(config.get("algorithm")).correct_threshold
         self.group_size = int(config.actor_rollout_ref.rollout.n)
         if self.options.trm_base_url is not None:
-            base_url, model = self.options.trm_base_url, self.options.trm_model
+            mode, base_url, model = "B", self.options.trm_base_url, self.options.trm_model
         elif reward_router_address is not None:
-            base_url = f"http://{reward_router_address}/v1"
+            mode, base_url = "A", f"http://{reward_router_address}/v1"
             model = self.options.trm_model or reward.reward_model.model_path
         else:
             raise ValueError(
@@ -151,6 +188,11 @@ class SophiaVLRewardManager(RewardManagerBase):
         self.client = ThinkingRewardClient.from_config(
             base_url, model, self.options, api_key=os.environ.get(self.options.trm_api_key_env)
         )
+        if mode == "A":
+            _check_router_reaches_trm(self.client.base_url, model, timeout_s=self.options.timeout_s)
+        # One line per reward worker, so that a run's log says where its thinking rewards came from.
+        print(f"[sophiavl] thinking reward model: hosting mode {mode} at {self.client.base_url} (model {model})",
+              flush=True)
         self._board = group_board() if self.options.query_policy != "all" else None
 
     async def _outcome(self, data_source: str, response: str, ground_truth: str, extra_info: dict) -> float:

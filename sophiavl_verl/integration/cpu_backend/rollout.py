@@ -8,6 +8,9 @@ vLLM and SGLang need an accelerator, so on CPU this module supplies both halves:
 - :class:`TransformersReplica` (registered with ``RolloutReplicaRegistry``): one server actor per replica;
 - :class:`TransformersServer`: the actor; it holds the policy as an HF model and generates one request at a
   time (``generate`` with the request's temperature / top-p / top-k, log-probs when verl asks);
+- :class:`TransformersHTTPServer`: the actor of a replica verl starts as a *reward model* (hosting mode A,
+  ``is_reward_model=True``): ``transformers serve`` behind a real OpenAI-compatible HTTP endpoint on the node's
+  address, which verl's reward router forwards the reward manager's chat requests to;
 - :class:`TransformersServerAdapter` (registered in ``verl.workers.rollout.base._ROLLOUT_REGISTRY``): the
   worker side; ``update_weights`` sends the trainer's state dict to the server (the v1 trainer's ``naive``
   checkpoint engine calls it in-process).
@@ -34,8 +37,9 @@ __all__ = ["TransformersReplica", "TransformersServer", "TransformersServerAdapt
 logger = logging.getLogger(__name__)
 
 
-def _server_name(replica_rank: int) -> str:
-    return f"transformers_server_{replica_rank}"
+def _server_name(replica_rank: int, role: str = "") -> str:
+    """The Ray actor name of a replica's server; the policy's (role "") is what its adapter looks up."""
+    return f"transformers_{role}{'_' if role else ''}server_{replica_rank}"
 
 
 class TransformersServer:
@@ -143,10 +147,49 @@ class TransformersServer:
         return {"aborted_count": 0, "request_ids": []}
 
 
+class TransformersHTTPServer:
+    """A reward-model replica's server (a Ray actor): ``transformers serve`` for the model, over HTTP.
+
+    verl's reward router only knows an address, so the model is served behind a real OpenAI-compatible API
+    (``transformers serve``, as in hosting mode B, images included), listening on the node's IP where the router
+    runs. The server process ends with this actor (it is started with a parent-death signal).
+
+    Args:
+        model_path: Local model folder (also the model name requests must carry).
+        replica_rank: The replica's rank (names the server log).
+    """
+
+    def __init__(self, model_path: str, replica_rank: int) -> None:
+        import tempfile
+
+        from sophiavl_verl.tools.local_server import LocalOpenAIServer
+
+        self.host = ray.util.get_node_ip_address().strip("[]")
+        log = os.path.join(tempfile.gettempdir(), f"sophiavl_reward_server_{replica_rank}_{os.getpid()}.log")
+        self.server = LocalOpenAIServer(model_path, host=self.host, die_with_parent=True, log_path=log).start()
+        address = f"[{self.host}]:{self.server.port}" if ":" in self.host else f"{self.host}:{self.server.port}"
+        self._address = address
+        print(f"[sophiavl] reward model replica {replica_rank}: transformers serve for {model_path} at {address} "
+              f"(log {log})", flush=True)
+
+    def address(self) -> str:
+        """``host:port`` of the endpoint (IPv6 in brackets), as verl's router expects it."""
+        return self._address
+
+    # The controls verl's RewardModelManager calls on a reward replica's servers: nothing to do on CPU.
+    def wake_up(self, tags: list[str] | None = None) -> None: ...
+    def sleep(self) -> None: ...
+    def clear_kv_cache(self) -> None: ...
+
+
 class TransformersReplica(RolloutReplica):
-    """A rollout replica served by one :class:`TransformersServer` actor (no HTTP endpoint)."""
+    """A rollout replica served by one :class:`TransformersServer` actor (no HTTP endpoint), or, when verl starts
+    it as a reward model, by one :class:`TransformersHTTPServer` actor whose address verl's router forwards to."""
 
     async def launch_servers(self) -> None:
+        if self.is_reward_model:
+            await self._launch_reward_server()
+            return
         server_cls = ray.remote(TransformersServer)
         server = server_cls.options(name=_server_name(self.replica_rank), num_cpus=0.01,
                                     max_concurrency=self.max_concurrency).remote(
@@ -159,6 +202,28 @@ class TransformersReplica(RolloutReplica):
         self.servers = [server]
         self._server_handle = server
         self._server_address = None
+
+    async def _launch_reward_server(self) -> None:
+        model_path = copy_to_local(self.model_config.path)
+        server = ray.remote(TransformersHTTPServer).options(
+            name=_server_name(self.replica_rank, "reward" + self.name_suffix), num_cpus=0.01,
+        ).remote(model_path=model_path, replica_rank=self.replica_rank)
+        try:
+            address = await server.address.remote()
+        except ray.exceptions.RayActorError as e:
+            raise RuntimeError(
+                f"the reward model {model_path} did not start on the CPU backend (replica {self.replica_rank}): "
+                f"{_last_line(e)}"
+            ) from None
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = address
+
+
+def _last_line(error: BaseException) -> str:
+    """The last non-empty line of an error's text (a Ray error carries the remote traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 class TransformersServerAdapter(BaseRollout):
