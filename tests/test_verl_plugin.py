@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -168,10 +169,19 @@ def test_config_errors_name_the_key_before_any_worker_starts(overrides, message)
         run_verl_validation(config)
 
 
-def test_in_cluster_trm_needs_its_own_pool_and_a_custom_function_to_avoid_classify():
+def _model_folder(path: Path) -> Path:
+    """The files a Hugging Face model folder has (validation reads no weights)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"")
+    return path
+
+
+def test_in_cluster_trm_needs_its_own_pool_and_a_custom_function_to_avoid_classify(tmp_path):
     in_cluster = [
         *SMALL_RUN, "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
-        "reward.reward_model.enable=True", "reward.reward_model.model_path=/models/trm", "reward.reward_model.rollout.name=vllm",
+        "reward.reward_model.enable=True", f"reward.reward_model.model_path={_model_folder(tmp_path / 'trm')}",
+        "reward.reward_model.rollout.name=vllm",
     ]
     with pytest.raises(ConfigError, match="enable_resource_pool=False: verl 0.9.1's colocated reward path"):
         run_verl_validation(compose_verl_config(in_cluster))
@@ -181,6 +191,46 @@ def test_in_cluster_trm_needs_its_own_pool_and_a_custom_function_to_avoid_classi
     run_verl_validation(compose_verl_config(
         [*in_cluster, "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn"]
     ))
+
+
+def _verl_checkpoints(root: Path, with_huggingface: bool) -> Path:
+    """What verl's SFT trainer writes under trainer.default_local_dir (model shards; huggingface/ with hf_model)."""
+    step = root / "global_step_8"
+    step.mkdir(parents=True)
+    (step / "model_world_size_1_rank_0.pt").write_bytes(b"")
+    if with_huggingface:
+        _model_folder(step / "huggingface")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "missing", "no such folder {tmp}/missing"),
+        (lambda tmp: _verl_checkpoints(tmp / "ckpt", True), "{tmp}/ckpt holds verl checkpoints; give the huggingface "
+                                                            "folder of one, e.g. {tmp}/ckpt/global_step_8/huggingface"),
+        (lambda tmp: _verl_checkpoints(tmp / "ckpt", True) / "global_step_8",
+         "{tmp}/ckpt/global_step_8 is a verl checkpoint; its model is {tmp}/ckpt/global_step_8/huggingface"),
+        (lambda tmp: _verl_checkpoints(tmp / "ckpt", False) / "global_step_8",
+         "{tmp}/ckpt/global_step_8 is a verl checkpoint without its huggingface folder"),
+        (lambda tmp: (_model_folder(tmp / "m") / "model.safetensors").unlink() or tmp / "m",
+         "{tmp}/m has a config.json but no weights"),
+    ],
+)
+def test_a_mode_a_trm_that_is_not_a_model_folder_stops_validation_with_one_line(tmp_path, make, message):
+    path = make(tmp_path)
+    config = compose_verl_config([
+        *SMALL_RUN, "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
+        "reward.reward_model.enable=True", "reward.reward_model.enable_resource_pool=True",
+        f"reward.reward_model.model_path={path}", "reward.reward_model.rollout.name=vllm",
+        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+    ])
+    with pytest.raises(ConfigError) as error:
+        run_verl_validation(config)
+    text = str(error.value)
+    assert text.startswith("reward.reward_model.model_path: ") and "\n" not in text
+    assert message.format(tmp=tmp_path) in text
+    assert error.value.key == "reward.reward_model.model_path"
 
 
 GROUPS = {

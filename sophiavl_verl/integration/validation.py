@@ -6,6 +6,9 @@ seconds, naming its key, instead of after the GPUs have loaded a model.
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 from sophiavl_verl import outcome_reward_fn
@@ -13,7 +16,7 @@ from sophiavl_verl.integration import cpu_backend
 from sophiavl_verl.integration import adapter
 from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_trust_grpo
 
-__all__ = ["REWARD_MANAGER_NAME", "validate_plugin_config"]
+__all__ = ["REWARD_MANAGER_NAME", "check_reward_model_path", "validate_plugin_config"]
 
 #: The name of the plugin's reward manager in verl's reward-loop registry.
 REWARD_MANAGER_NAME = "sophiavl"
@@ -66,6 +69,7 @@ def validate_plugin_config(config: Any) -> None:
                 "reward.reward_model.enable_resource_pool=True (the TRM on its own GPUs) or use an external "
                 "endpoint (reward.reward_kwargs.trm_base_url)"
             )
+        check_reward_model_path(reward_model.get("model_path"))
         if not (reward.get("custom_reward_function") or {}).get("path"):
             # verl routes an enabled reward model without a custom function to /classify (discriminative).
             raise ConfigError(
@@ -80,3 +84,44 @@ def validate_plugin_config(config: Any) -> None:
             "reward.reward_kwargs.query_policy=skip_uniform does not score them: use query_policy=all "
             "(or official, the reference code's rules)"
         )
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def check_reward_model_path(model_path: Any) -> None:
+    """Hosting mode A: the TRM verl will serve is a model folder (or a Hub id), not a checkpoint or nothing.
+
+    verl starts the reward model deep inside Ray; a wrong path would surface there as a long traceback, after the
+    cluster has started. A local folder must hold a Hugging Face model (``config.json`` and weights); a verl
+    checkpoint folder (``global_step_N``, or the folder of checkpoints) is refused with the path to give instead.
+
+    Raises:
+        ConfigError: Naming ``reward.reward_model.model_path`` and the folder.
+    """
+    key = "reward.reward_model.model_path"
+    if not isinstance(model_path, str) or not model_path.strip():
+        raise ConfigError(f"{key} is {model_path!r}: set it to the thinking reward model's folder (the huggingface "
+                          "folder of its SFT checkpoint)", key=key)
+    path = Path(os.path.expanduser(model_path))
+    if not path.exists():
+        if _HUB_ID.match(model_path) and not model_path.startswith("."):
+            return  # a Hugging Face id: each node downloads it
+        raise ConfigError(f"{key}: no such folder {model_path}", key=key)
+    if not path.is_dir():
+        raise ConfigError(f"{key}: {model_path} is a file, not a model folder", key=key)
+    if (path / "config.json").is_file():
+        if not any(next(path.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
+            raise ConfigError(f"{key}: {model_path} has a config.json but no weights (*.safetensors or *.bin)", key=key)
+        return
+    if (path / "huggingface" / "config.json").is_file():
+        raise ConfigError(f"{key}: {model_path} is a verl checkpoint; its model is {path / 'huggingface'}", key=key)
+    steps = sorted(path.glob("global_step_*"), key=lambda p: (len(p.name), p.name))
+    if steps:
+        raise ConfigError(f"{key}: {model_path} holds verl checkpoints; give the huggingface folder of one, e.g. "
+                          f"{steps[-1] / 'huggingface'}", key=key)
+    if next(path.glob("model_world_size_*"), None) is not None or path.name.startswith("global_step_"):
+        raise ConfigError(f"{key}: {model_path} is a verl checkpoint without its huggingface folder: save the SFT "
+                          "with checkpoint.save_contents including hf_model (trm_sft_3b.yaml does)", key=key)
+    raise ConfigError(f"{key}: {model_path} is not a Hugging Face model folder (no config.json)", key=key)
