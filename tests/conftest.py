@@ -72,7 +72,7 @@ def embedded_trm_server():
     from sophiavl_verl.tools.local_server import LocalOpenAIServer
     from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
-    with LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm").model_dir) as server:
+    with LocalOpenAIServer(make_embedded_trm(default_cache_dir()).model_dir) as server:
         yield server
 
 

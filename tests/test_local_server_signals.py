@@ -27,7 +27,7 @@ from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
 if sys.argv[1] == "nohup":
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-server = LocalOpenAIServer(make_embedded_trm(default_cache_dir() / "embedded_trm").model_dir).start()
+server = LocalOpenAIServer(make_embedded_trm(default_cache_dir()).model_dir).start()
 print(json.dumps({"pid": server._proc.pid, "port": server.port, "cache": server._cache_dir,
                   "log": str(server.log_path)}), flush=True)
 if sys.argv[1] == "exit":

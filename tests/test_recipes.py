@@ -74,11 +74,22 @@ VARIANTS = {
     },
 }
 SFT = "trm_sft_3b"
+#: The TRM SFT on CPU (stage 2 of scripts/train_cpu.sh): trm_sft_3b_base.yaml with tiny-model and CPU overrides.
+TINY_SFT = "trm_sft_tiny_cpu"
+#: What trm_sft_tiny_cpu.yaml may change against trm_sft_3b.yaml: the model, the CPU, the batch and length of the
+#: tiny rows, the step size a random tiny model needs, and its own run name.
+TINY_SFT_KEYS = {
+    "model.path", "model.enable_gradient_checkpointing", "model.use_remove_padding",
+    "model.override_config", "model.override_config.attn_implementation", "engine.strategy", "trainer.device", "trainer.n_gpus_per_node",
+    "trainer.total_epochs", "trainer.experiment_name", "trainer.resume_mode", "data.train_files",
+    "data.train_batch_size", "data.micro_batch_size_per_gpu", "data.use_dynamic_bsz", "data.max_length",
+    "data.num_workers", "optim.lr", "optim.lr_warmup_steps_ratio",
+}
 #: The CPU smoke-run recipe (scripts/train_cpu.sh); its run-time values come from the command line.
 TINY_CPU = "sophiavl_r1_tiny_cpu"
 TINY_CPU_INPUTS = (
     "data.train_files=/d/train.parquet", "data.val_files=/d/val.parquet", "actor_rollout_ref.model.path=/m",
-    "reward.reward_kwargs.trm_base_url=http://127.0.0.1:1/v1",
+    "reward.reward_model.model_path=/trm",
 )
 #: The method's keys: the CPU recipe must run them exactly as the 7B recipe does.
 METHOD_KEYS = (
@@ -153,8 +164,8 @@ def flat(config) -> dict:
 
 
 def test_every_recipe_yaml_is_covered():
-    launchable = {p.stem for p in RECIPES.glob("*.yaml")} - {f"{MAIN}_base"}
-    assert launchable == set(VARIANTS) | {SFT, TINY_CPU}
+    launchable = {p.stem for p in RECIPES.glob("*.yaml")} - {f"{MAIN}_base", f"{SFT}_base"}
+    assert launchable == set(VARIANTS) | {SFT, TINY_CPU, TINY_SFT}
 
 
 def test_tiny_cpu_recipe_runs_the_methods_keys():
@@ -162,6 +173,9 @@ def test_tiny_cpu_recipe_runs_the_methods_keys():
     main, tiny = flat(recipe(MAIN)), flat(recipe(TINY_CPU, TINY_CPU_INPUTS))
     assert {key: tiny[key] for key in METHOD_KEYS} == {key: main[key] for key in METHOD_KEYS}
     assert tiny["actor_rollout_ref.rollout.name"] == "transformers" and tiny["trainer.device"] == "cpu"
+    # Hosting mode A, as the 7B recipe: verl serves the TRM (with the CPU backend's rollout) behind its router.
+    assert [tiny[f"reward.reward_model.{k}"] for k in ("enable", "enable_resource_pool", "rollout.name")] == \
+        [True, True, "transformers"] and tiny["reward.reward_kwargs.trm_base_url"] is None
     assert tiny["algorithm.trust_grpo.anneal_steps"] is not None  # one T across the first run and the resume
     # Outside VERL_PLATFORM=cpu the CPU rollout is refused in the driver; the rest of the recipe must validate.
     with pytest.raises(ValueError, match="set VERL_PLATFORM=cpu"):
@@ -239,6 +253,15 @@ def test_trm_sft_recipe():
     assert not str(config.data.train_files).endswith("gsm8k/train.parquet")
     assert omega_conf_to_dataclass(config.optim).lr == config.optim.lr
     assert "hf_model" in omega_conf_to_dataclass(config.checkpoint).save_contents
+
+
+def test_tiny_cpu_trm_sft_recipe_is_the_3b_recipe_with_tiny_and_cpu_overrides_only():
+    main = flat(recipe(SFT))
+    tiny = flat(recipe(TINY_SFT, ("model.path=/m", "data.train_files=/d/trm.parquet")))
+    changed = {key for key in main.keys() | tiny.keys() if main.get(key) != tiny.get(key)}
+    assert changed == TINY_SFT_KEYS
+    assert (tiny["trainer.device"], tiny["engine.strategy"], tiny["trainer.n_gpus_per_node"]) == ("cpu", "fsdp2", 1)
+    assert tiny["checkpoint.save_contents"] == main["checkpoint.save_contents"]  # hf_model: the folder mode A loads
 
 
 def _authors_rewards(outcomes: list[float], trm_scores: list[float], step: int, T: int) -> list[float]:
@@ -351,6 +374,8 @@ def sandbox(tmp_path):
     for var in ("ACTOR_MODEL", "TRM_MODEL", "UNTRAINED_TRM_MODEL", "TRM_BASE_MODEL"):
         paths[var] = tmp_path / "models" / var.lower()
         paths[var].mkdir(parents=True)
+        for name in ("config.json", "model.safetensors"):  # what validation checks a model folder holds
+            (paths[var] / name).touch()
     for var in ("TRAIN_FILES", "VAL_FILES", "TRM_TRAIN_FILES"):
         paths[var] = tmp_path / "data dir" / f"{var.lower()}.parquet"  # a space, quoted for Hydra
         paths[var].parent.mkdir(exist_ok=True)

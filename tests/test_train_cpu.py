@@ -1,10 +1,11 @@
 """The recipe run for real: verl's own ``main_ppo`` on the CPU backend, checked from its logs and dumps.
 
 ``scripts/train_cpu.sh`` (the quick start's main job) runs once for the module: data prep with a system prompt,
-a tiny policy, the embedded TRM behind a real ``transformers serve``, 2 Trust-GRPO steps + validation + a
-checkpoint, a resumed run to step 3, the audit and plots. Every check recomputes its value independently from
-what the run wrote (verl's file logger and rollout dumps). Two shorter runs follow: the TRM server killed
-after step 1, and verl's legacy trainer.
+the TRM trained by the recipe's SFT path, a tiny policy, 2 Trust-GRPO steps + validation + a checkpoint with the
+TRM in hosting mode A (verl serves it as a reward model behind its router), a resumed run to step 3, the audit
+and plots. Every check recomputes its value independently from what the run wrote (``run.json``, verl's file
+logger and rollout dumps, the reward replica's server log). Two shorter runs follow in hosting mode B: the TRM
+server killed after step 1, and verl's legacy trainer.
 """
 
 from __future__ import annotations
@@ -79,13 +80,53 @@ def test_outputs_and_progress(main_run):
     for name in ("metrics.jsonl", "report.md"):
         assert (out / name).is_file()
     assert list((out / "plots").glob("*.png")) and list((out / "audit").glob("*.png"))
-    for stage in ("[1/6] data", "[2/6] policy", "[3/6] trm", "[4/6] train", "[5/6] resume", "[6/6] audit"):
+    for stage in ("[1/6] data", "[2/6] trm", "[3/6] policy", "[4/6] train", "[5/6] resume", "[6/6] audit"):
         assert stage in result.stdout
     assert str(out / "report.md") in result.stdout
     report = (out / "report.md").read_text()
     assert "3 training steps (2 + 1 after resuming" in report and "## Audit of the run's own rollouts" in report
     assert sorted(_metrics(out)) == [1, 2, 3]
     assert (out / "checkpoints" / "global_step_2").is_dir() and (out / "checkpoints" / "global_step_3").is_dir()
+
+
+def test_run_json_says_what_ran(main_run):
+    from sophiavl_verl.tools.trm_sft import SFT_MODULE, sft_losses
+
+    out, _ = main_run
+    record = json.loads((out / "run.json").read_text())
+    assert list(record["stages"]) == ["data", "trm", "policy", "train", "resume", "audit"]
+    assert record["wall_s"] >= sum(record["stages"].values()) - 1
+    trm = record["trm"]
+    assert trm["trained_by"] == SFT_MODULE and Path(trm["model_dir"]) == Path(trm["checkpoint"]) / "huggingface"
+    losses = sft_losses(Path(trm["checkpoint"]).parents[1] / "sft.jsonl")  # verl's own SFT log
+    assert (trm["steps"], trm["first_loss"], trm["last_loss"]) == (max(losses), losses[1], losses[max(losses)])
+    assert trm["last_loss"] < trm["first_loss"]
+    assert record["training_steps"] == [1, 2, 3] and record["final_step"] == 3 and record["trainer"] == "v1"
+    assert record["hosting"]["mode"] == "A" and set(record["hosting"]["runs"]) == {"train", "resume"}
+    report = (out / "report.md").read_text()
+    assert "hosting mode A" in report and SFT_MODULE in report
+
+
+def test_mode_a_thinking_rewards_went_through_verls_router_to_the_replica(main_run):
+    """The manager's endpoint is the router verl handed it (not the replica), and the replica verl started from
+    the SFT checkpoint answered every request: its own server log counts them."""
+    out, _ = main_run
+    record = json.loads((out / "run.json").read_text())
+    metrics = _metrics(out)
+    for name, steps in (("train", (1, 2)), ("resume", (3,))):
+        endpoints = record["hosting"]["runs"][name]
+        manager, (replica,) = endpoints["manager"], endpoints["replicas"]
+        assert manager["mode"] == "A"
+        router = manager["base_url"].removeprefix("http://").removesuffix("/v1")
+        assert router != replica["address"]  # the manager never talked to the replica directly
+        console = (out / "runs" / f"{name}.log").read_text()
+        assert f"transformers serve for {record['trm']['model_dir']} at {replica['address']}" in console
+        served = Path(replica["log"]).read_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
+        sent = sum(metrics[step]["trm/http_requests"] for step in steps)
+        # Validation's requests reach the replica too; the training steps' are all there.
+        assert served >= sent > 0, (name, served, sent)
+        for step in steps:
+            assert metrics[step]["trm/requests"] > 0 and metrics[step]["trm/failed"] == 0, (step, metrics[step])
 
 
 def test_system_prompt_reaches_the_policy_and_the_trm_is_asked(main_run):
@@ -158,10 +199,12 @@ def test_validation_does_not_wait_for_groups(main_run):
 def test_a_trm_outage_is_counted_never_read_as_bad_reasoning(tmp_path):
     out = tmp_path / "outage"
     # query_policy=all: every response asks the TRM, so every step after the outage has failed requests.
-    result = _train_cpu(out, "--steps", "3", "--resume-steps", "0", "--no-validation", "--no-audit",
-                        "--trm-outage-after-step", "1", "--", "reward.reward_kwargs.query_policy=all")
+    result = _train_cpu(out, "--steps", "3", "--resume-steps", "0", "--no-validation", "--no-audit", "--trm-hosting",
+                        "B", "--trm-outage-after-step", "1", "--", "reward.reward_kwargs.query_policy=all")
     _check(result, out)
     assert "stopping the TRM server after step 1" in result.stdout
+    manager = json.loads((out / "run.json").read_text())["hosting"]["runs"]["train"]["manager"]
+    assert manager["mode"] == "B" and manager["base_url"].startswith("http://127.0.0.1:")
     metrics = _metrics(out)
     assert sorted(metrics) == [1, 2, 3]
     for step in (2, 3):
@@ -178,7 +221,7 @@ def test_a_trm_outage_is_counted_never_read_as_bad_reasoning(tmp_path):
 def test_legacy_trainer_one_step(tmp_path):
     out = tmp_path / "legacy"
     result = _train_cpu(out, "--trainer", "legacy", "--steps", "1", "--resume-steps", "0", "--no-validation",
-                        "--no-audit")
+                        "--no-audit", "--trm-hosting", "B")
     _check(result, out)
     (row,) = _metrics(out).values()
     assert row["trust_grpo/anneal"] == pytest.approx(math.exp(-1 / T), rel=1e-12)

@@ -206,7 +206,6 @@ def _verl_checkpoints(root: Path, with_huggingface: bool) -> Path:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda tmp: tmp / "missing", "no such folder {tmp}/missing"),
         (lambda tmp: _verl_checkpoints(tmp / "ckpt", True), "{tmp}/ckpt holds verl checkpoints; give the huggingface "
                                                             "folder of one, e.g. {tmp}/ckpt/global_step_8/huggingface"),
         (lambda tmp: _verl_checkpoints(tmp / "ckpt", True) / "global_step_8",

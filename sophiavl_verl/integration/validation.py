@@ -7,7 +7,6 @@ seconds, naming its key, instead of after the GPUs have loaded a model.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +85,17 @@ def validate_plugin_config(config: Any) -> None:
         )
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 
 def check_reward_model_path(model_path: Any) -> None:
-    """Hosting mode A: the TRM verl will serve is a model folder (or a Hub id), not a checkpoint or nothing.
+    """Hosting mode A: a TRM folder that exists here is a Hugging Face model, not a verl checkpoint.
 
-    verl starts the reward model deep inside Ray; a wrong path would surface there as a long traceback, after the
-    cluster has started. A local folder must hold a Hugging Face model (``config.json`` and weights); a verl
-    checkpoint folder (``global_step_N``, or the folder of checkpoints) is refused with the path to give instead.
+    verl starts the reward model deep inside Ray; a wrong folder would surface there as a long traceback, after
+    the cluster has started. A folder that exists on this node must hold a Hugging Face model (``config.json`` and
+    weights); a verl checkpoint folder (``global_step_N``, or the folder of checkpoints) is refused with the path to
+    give instead. A path that does not exist here (a Hub id, a remote path, a mount of the worker nodes only) is
+    left to verl.
 
     Raises:
         ConfigError: Naming ``reward.reward_model.model_path`` and the folder.
@@ -106,9 +106,7 @@ def check_reward_model_path(model_path: Any) -> None:
                           "folder of its SFT checkpoint)", key=key)
     path = Path(os.path.expanduser(model_path))
     if not path.exists():
-        if _HUB_ID.match(model_path) and not model_path.startswith("."):
-            return  # a Hugging Face id: each node downloads it
-        raise ConfigError(f"{key}: no such folder {model_path}", key=key)
+        return  # a Hugging Face id, a remote path, or a folder mounted on the nodes only: verl's workers load it
     if not path.is_dir():
         raise ConfigError(f"{key}: {model_path} is a file, not a model folder", key=key)
     if (path / "config.json").is_file():

@@ -108,7 +108,7 @@ class LocalOpenAIServer:
 
     Example::
 
-        with LocalOpenAIServer(make_embedded_trm(path).model_dir) as server:
+        with LocalOpenAIServer(make_embedded_trm(cache).model_dir) as server:
             client = ThinkingRewardClient(server.base_url, server.model)
 
     Args:

@@ -1,36 +1,44 @@
 """The SophiaVL-R1 recipe run for real on a CPU-only machine: the quick start's main job.
 
-``scripts/train_cpu.sh [--out DIR]`` (``python -m sophiavl_verl.tools.train_cpu``) runs, stage by stage:
+``scripts/train_cpu.sh [--out DIR]`` (``python -m sophiavl_verl.tools.train_cpu``) runs every stage of the
+recipe, stage by stage:
 
 1. **data**: ``sophiavl-verl data rl`` turns the embedded sample into verl parquet (train + validation), with a
    system prompt in each chat;
-2. **policy**: a tiny Qwen2.5-VL, first taught the ``<think>...</think><answer>...</answer>`` format on the
+2. **trm**: the thinking reward model trained by the recipe's SFT path (:mod:`sophiavl_verl.tools.trm_sft`:
+   ``sophiavl-verl data trm`` -> ``run_trm_sft_3b.sh`` -> ``verl.trainer.sft_trainer``; cached);
+3. **policy**: a tiny Qwen2.5-VL, first taught the ``<think>...</think><answer>...</answer>`` format on the
    sample's responses so that sampling gives mixed groups from the first step (cached);
-3. **trm**: the embedded tiny thinking reward model behind a real ``transformers serve`` on 127.0.0.1 (hosting
-   mode B);
 4. **train**: ``python -m verl.trainer.main_ppo`` on ``recipes/sophiavl_r1/sophiavl_r1_tiny_cpu.yaml`` (the 7B
    recipe with tiny-model and CPU overrides) on sophiavl_verl's CPU backend: validation, 2 Trust-GRPO steps,
-   validation, a checkpoint;
+   validation, a checkpoint. The TRM is hosted as the 7B recipe's default, mode A: verl starts it as a reward
+   model (the CPU backend serves it with ``transformers serve``) behind its own router, whose address it hands
+   the ``sophiavl`` manager; ``--trm-hosting B`` serves it on 127.0.0.1 beside the run instead;
 5. **resume**: the same command again, which resumes from the checkpoint and runs step 3 (the schedule goes on);
-6. **audit** + **plot**: ``sophiavl-verl audit`` on the run's own rollout dumps, ``sophiavl-verl plot`` on its log.
+6. **audit** + **plot**: ``sophiavl-verl audit`` on the run's own rollout dumps (the TRM served on 127.0.0.1),
+   ``sophiavl-verl plot`` on its log.
 
-DIR ends with ``metrics.jsonl`` (one JSON object per training step, keys as verl logs them, with ``step``),
-``report.md`` (run summary + the audit of the run's rollouts), PNG plots, and everything the run wrote
-(``runs/``: verl's logs and file-logger JSONL; ``rollouts/``, ``checkpoints/``, ``data/``, ``audit/``).
+DIR ends with ``run.json`` (what ran, machine-readable: per stage its wall time; the TRM's training; the hosting
+mode and the address the manager used; the steps), ``metrics.jsonl`` (one JSON object per training step, keys as
+verl logs them, with ``step``), ``report.md`` (the same in words + the audit of the run's rollouts), PNG plots,
+and everything the run wrote (``runs/``: verl's logs and file-logger JSONL; ``rollouts/``, ``checkpoints/``,
+``data/``, ``audit/``).
 
 Options for tests and experiments: ``--trainer legacy`` (verl's deprecated ``RayPPOTrainer``), ``--steps`` /
-``--resume-steps``, ``--trm-outage-after-step K`` (the TRM server is killed once step K is logged: later steps
-must go on with missing thinking rewards), ``--no-validation``, ``--no-audit``. Extra Hydra overrides after
-``--``.
+``--resume-steps``, ``--trm-hosting A|B``, ``--trm-outage-after-step K`` (mode B: the TRM server is killed once
+step K is logged: later steps must go on with missing thinking rewards), ``--no-validation``, ``--no-audit``.
+Extra Hydra overrides after ``--``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -41,7 +49,7 @@ from typing import Any
 
 from sophiavl_verl.errors import InputError
 
-__all__ = ["RUN_SYSTEM_PROMPT", "TinyRun", "main", "make_tiny_policy", "read_step_metrics"]
+__all__ = ["RUN_SYSTEM_PROMPT", "TRM_HOSTING_MODES", "TinyRun", "main", "make_tiny_policy", "read_step_metrics"]
 
 TOOLS = Path(__file__).resolve().parent
 RECIPE_DIR = TOOLS.parents[1] / "recipes" / "sophiavl_r1"  # the repository's recipes (the quick start uses a checkout)
@@ -56,6 +64,13 @@ POLICY_MAX_RESPONSE_TOKENS = 80
 POLICY_SFT_STEPS = 400
 POLICY_LR = 1e-2
 POLICY_SEED = 1
+#: Hosting modes of the thinking reward model: A, verl serves it in the cluster (the recipes' default); B, an
+#: external OpenAI-compatible server (here ``transformers serve`` on 127.0.0.1).
+TRM_HOSTING_MODES = ("A", "B")
+#: The lines the run's processes print about the TRM endpoint (the manager's in every reward worker, the CPU
+#: backend's reward replica in mode A).
+_MANAGER_LINE = re.compile(r"\[sophiavl\] thinking reward model: hosting mode (\w) at (\S+)")
+_REPLICA_LINE = re.compile(r"\[sophiavl\] reward model replica (\d+): transformers serve for \S+ at (\S+) \(log (\S+)\)")
 
 
 def _recipe_anneal_steps() -> int:
@@ -131,7 +146,6 @@ def make_tiny_policy(cache_dir: Path) -> Path:
         The model folder (``cache_dir / "tiny_policy"``), rebuilt when the model code, the sample or the
         warm-up settings change.
     """
-    import shutil
 
     from transformers import AutoTokenizer
 
@@ -168,6 +182,7 @@ class TinyRun:
     resume_steps: int = 1
     validation: bool = True
     trm_outage_after_step: int | None = None
+    trm_hosting: str = "A"
     audit: bool = True
     overrides: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -180,8 +195,7 @@ def _run_main_ppo(run: TinyRun, name: str, total_steps: int, inputs: dict[str, s
     command = [
         sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(RECIPE_DIR), "--config-name", RECIPE_NAME,
         f"data.train_files={inputs['train']}", f"data.val_files={inputs['val']}",
-        f"actor_rollout_ref.model.path={inputs['policy']}",
-        f"reward.reward_kwargs.trm_base_url={inputs['trm_url']}", f"reward.reward_kwargs.trm_model={inputs['trm_model']}",
+        f"actor_rollout_ref.model.path={inputs['policy']}", *_hosting_overrides(run, inputs),
         f"trainer.default_local_dir={run.out / 'checkpoints'}", f"trainer.rollout_data_dir={run.out / 'rollouts'}",
         f"trainer.total_training_steps={total_steps}", f"trainer.save_freq={run.steps}",
         f"trainer.test_freq={run.steps if run.validation else -1}",
@@ -202,8 +216,41 @@ def _run_main_ppo(run: TinyRun, name: str, total_steps: int, inputs: dict[str, s
                     if on_step is not None:
                         on_step(step)
     if proc.returncode:
-        raise RuntimeError(f"main_ppo ({name}) exited with {proc.returncode}; its output: {console}")
+        raise RuntimeError(f"main_ppo ({name}) exited with {proc.returncode}: {_last_error(console)}; its output: "
+                           f"{console}")
     return log_jsonl
+
+
+def _last_error(console: Path) -> str:
+    """The last ``SomethingError: message`` line of a log (the cause under Ray's and Hydra's tracebacks)."""
+    errors = re.findall(r"^\S*?(\w+(?:Error|Exception): .+)$", console.read_text(encoding="utf-8", errors="replace"),
+                        flags=re.M)
+    return errors[-1].strip() if errors else "no error line in its output"
+
+
+def _hosting_overrides(run: TinyRun, inputs: dict[str, str]) -> list[str]:
+    """Hydra overrides of the TRM's hosting mode (the recipe's keys are mode A's, with the TRM to serve unset)."""
+    if run.trm_hosting == "A":
+        return [f"reward.reward_model.model_path={inputs['trm']}"]
+    return [f"reward.reward_kwargs.trm_base_url={inputs['trm_url']}", f"reward.reward_kwargs.trm_model={inputs['trm']}",
+            "reward.reward_model.enable=false", "reward.reward_model.enable_resource_pool=false",
+            "reward.reward_model.model_path=null"]
+
+
+def trm_endpoints(console: Path) -> dict[str, Any]:
+    """What a ``main_ppo`` console log says of the TRM's endpoints: ``{"manager": {mode, base_url}, "replicas":
+    [{rank, address, log}]}`` (the manager's line is printed by every reward worker; they agree)."""
+    text = console.read_text(encoding="utf-8", errors="replace") if console.exists() else ""
+    managers = set(_MANAGER_LINE.findall(text))
+    if len(managers) > 1:
+        raise RuntimeError(f"reward workers used different TRM endpoints {sorted(managers)}; see {console}")
+    replicas = {int(rank): {"rank": int(rank), "address": address, "log": log}
+                for rank, address, log in _REPLICA_LINE.findall(text)}
+    manager = None
+    if managers:
+        ((mode, base_url),) = managers
+        manager = {"mode": mode, "base_url": base_url}
+    return {"manager": manager, "replicas": [replicas[k] for k in sorted(replicas)]}
 
 
 def read_step_metrics(path: Path) -> dict[int, dict[str, Any]]:
@@ -254,10 +301,9 @@ def _stage(run: TinyRun, name: str, started: float) -> None:
 
 
 def run_tiny(run: TinyRun) -> Path:
-    """All stages of the module docstring; returns ``report.md``."""
+    """All stages of the module docstring; returns ``report.md`` (``run.json`` beside it)."""
     from sophiavl_verl.tools.audit import default_cache_dir
-    from sophiavl_verl.tools.local_server import LocalOpenAIServer
-    from sophiavl_verl.tools.tiny_vl import make_embedded_trm
+    from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
     (run.out / "runs").mkdir(parents=True, exist_ok=True)
     wall = time.monotonic()
@@ -270,17 +316,21 @@ def run_tiny(run: TinyRun) -> Path:
     _stage(run, "data", t)
 
     t = time.monotonic()
-    _say(f"[2/{stages}] policy: a tiny Qwen2.5-VL taught the answer format (built once, cached in {cache})")
+    _say(f"[2/{stages}] trm: the thinking reward model by the recipe's SFT path (sophiavl-verl data trm -> "
+         f"run_trm_sft_3b.sh -> verl.trainer.sft_trainer; built once, cached in {cache})")
+    trm = make_embedded_trm(cache, progress=_say)
+    _say(f"  {trm.steps} SFT steps, loss {trm.first_loss:.3f} -> {trm.last_loss:.3f}: {trm.model_dir}")
+    _stage(run, "trm", t)
+
+    t = time.monotonic()
+    _say(f"[3/{stages}] policy: a tiny Qwen2.5-VL taught the answer format (built once, cached in {cache})")
     policy = make_tiny_policy(cache)
     _stage(run, "policy", t)
 
-    t = time.monotonic()
-    _say(f"[3/{stages}] trm: the embedded thinking reward model behind `transformers serve` (mode B)")
-    trm_dir = make_embedded_trm(cache / "embedded_trm")
-    with LocalOpenAIServer(trm_dir, log_path=run.out / "runs" / "trm_server.log", progress=_say) as server:
-        _stage(run, "trm", t)
-        inputs = {"train": str(train), "val": str(val), "policy": str(policy),
-                  "trm_url": server.base_url, "trm_model": server.model}
+    inputs = {"train": str(train), "val": str(val), "policy": str(policy), "trm": trm.model_dir}
+    with _trm_server(run, trm.model_dir, "trm_server") if run.trm_hosting == "B" else _no_server() as server:
+        if server is not None:
+            inputs["trm_url"] = server.base_url
 
         def outage(step: int) -> None:
             if run.trm_outage_after_step is not None and step >= run.trm_outage_after_step and server.running:
@@ -288,8 +338,10 @@ def run_tiny(run: TinyRun) -> Path:
                 server.stop()
 
         t = time.monotonic()
+        hosting = ("mode A: verl serves it as a reward model behind its router" if run.trm_hosting == "A"
+                   else f"mode B: transformers serve at {inputs['trm_url']}")
         _say(f"[4/{stages}] train: verl.trainer.main_ppo, {run.trainer} trainer, steps 1-{run.steps} (+ validation, "
-             "checkpoint)")
+             f"checkpoint); the TRM in hosting {hosting}")
         logs = [_run_main_ppo(run, "train", run.steps, inputs, on_step=outage)]
         _stage(run, "train", t)
         if run.resume_steps:
@@ -298,18 +350,60 @@ def run_tiny(run: TinyRun) -> Path:
             _say(f"[5/{stages}] resume: the same command from the checkpoint, steps {run.steps + 1}-{total}")
             logs.append(_run_main_ppo(run, "resume", total, inputs, on_step=outage))
             _stage(run, "resume", t)
-        metrics = _merge_metrics(run, logs)
-        _cli("plot", str(run.out / "runs" / "file_logger.jsonl"), "--out", str(run.out / "plots"),
-             log=run.out / "runs" / "plot.log")
-        if run.audit:
-            t = time.monotonic()
-            _say(f"[6/{stages}] audit: sophiavl-verl audit on the run's rollout dumps, plot on its log")
+    metrics = _merge_metrics(run, logs)
+    _cli("plot", str(run.out / "runs" / "file_logger.jsonl"), "--out", str(run.out / "plots"),
+         log=run.out / "runs" / "plot.log")
+    if run.audit:
+        t = time.monotonic()
+        _say(f"[6/{stages}] audit: sophiavl-verl audit on the run's rollout dumps (the TRM on 127.0.0.1), plot on "
+             "its log")
+        with _trm_server(run, trm.model_dir, "audit_trm_server") as server:
             _cli("audit", str(run.out / "rollouts"), "--dataset", str(train), "--trm-url", server.base_url,
                  "--trm-model", server.model, "--out", str(run.out / "audit"), "--query-policy", "skip_uniform",
                  "--anneal-steps", str(_recipe_anneal_steps()), "--no-progress", log=run.out / "runs" / "audit.log")
-            _stage(run, "audit", t)
+        _stage(run, "audit", t)
     run.timings["total"] = time.monotonic() - wall
+    write_run_json(run, trm, metrics)
     return write_report(run, metrics)
+
+
+def _trm_server(run: TinyRun, model_dir: str, name: str):
+    """The TRM behind ``transformers serve`` on 127.0.0.1 (mode B, and the audit), its log in ``runs/``."""
+    from sophiavl_verl.tools.local_server import LocalOpenAIServer
+
+    return LocalOpenAIServer(model_dir, log_path=run.out / "runs" / f"{name}.log", progress=_say)
+
+
+@contextlib.contextmanager
+def _no_server():
+    yield None
+
+
+def write_run_json(run: TinyRun, trm: Any, metrics_path: Path) -> Path:
+    """``run.json``: what ran, per stage, machine-readable (the quick start's record; its report says the same)."""
+    from dataclasses import asdict
+
+    steps = sorted(json.loads(line)["step"] for line in metrics_path.read_text(encoding="utf-8").splitlines())
+    endpoints = {name: trm_endpoints(run.out / "runs" / f"{name}.log") for name in ("train", "resume")
+                 if (run.out / "runs" / f"{name}.log").exists()}
+    for name, found in endpoints.items():
+        for replica in found["replicas"]:  # the reward replica's server log (in the temp folder) joins the run's
+            kept = run.out / "runs" / f"{name}_reward_server_{replica['rank']}.log"
+            with contextlib.suppress(OSError):
+                shutil.copyfile(replica["log"], kept)
+                replica["log"] = str(kept)
+    record = {
+        "stages": {name: round(seconds, 1) for name, seconds in run.timings.items() if name != "total"},
+        "wall_s": round(run.timings["total"], 1),
+        "trm": {**asdict(trm), "wall_s": round(trm.wall_s, 1)},
+        "hosting": {"mode": run.trm_hosting, "runs": endpoints},
+        "trainer": run.trainer,
+        "training_steps": steps,
+        "final_step": steps[-1] if steps else None,
+    }
+    path = run.out / "run.json"
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 #: Columns of the per-step table of ``report.md``.
@@ -320,9 +414,11 @@ REPORT_METRICS = (
 
 
 def write_report(run: TinyRun, metrics_path: Path) -> Path:
-    """``report.md``: the run summary (steps, wall time per stage, per-step metrics, artefacts) + the audit."""
+    """``report.md``: the run summary (``run.json`` in words, per-step metrics, artefacts) + the audit."""
     steps = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
     out = run.out
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    trm = record["trm"]
     lines = [
         "# SophiaVL-R1 on CPU: run report",
         "",
@@ -331,6 +427,13 @@ def write_report(run: TinyRun, metrics_path: Path) -> Path:
         f"{run.timings['total']:.0f} s in all.",
         "",
         "Wall time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items() if k != "total") + ".",
+        "",
+        f"Thinking reward model: trained by `{trm['trained_by']}` through `recipes/sophiavl_r1/run_trm_sft_3b.sh` "
+        f"(`trm_sft_tiny_cpu.yaml`) on {trm['rows']} rows of `sophiavl-verl data trm`, {trm['steps']} SFT steps, "
+        f"loss {trm['first_loss']:.3f} -> {trm['last_loss']:.3f} ({trm['wall_s']:.0f} s when built); served from "
+        f"`{trm['model_dir']}`.",
+        "",
+        *(_hosting_sentence(name, endpoints) for name, endpoints in record["hosting"]["runs"].items()),
         "",
         "| step | " + " | ".join(f"`{m}`" for m in REPORT_METRICS) + " |",
         "|---" * (len(REPORT_METRICS) + 1) + "|",
@@ -356,6 +459,17 @@ def write_report(run: TinyRun, metrics_path: Path) -> Path:
     return path
 
 
+def _hosting_sentence(name: str, endpoints: dict[str, Any]) -> str:
+    manager, replicas = endpoints["manager"] or {}, endpoints["replicas"]
+    if manager.get("mode") == "A":
+        served = ", ".join(f"replica {r['rank']} at {r['address']}" for r in replicas) or "no replica line found"
+        return (f"- `{name}`: hosting mode A: verl served the TRM as a reward model ({served}, `transformers serve` on "
+                f"the CPU backend) behind its router; the `sophiavl` manager used `{manager['base_url']}`.")
+    if manager.get("mode") == "B":
+        return f"- `{name}`: hosting mode B: the `sophiavl` manager used the external server `{manager['base_url']}`."
+    return f"- `{name}`: the log names no TRM endpoint."
+
+
 def _parser() -> argparse.ArgumentParser:
     from sophiavl_verl.tools.command import OneLineErrorParser, set_command
 
@@ -369,8 +483,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume-steps", type=_at_least(0), default=1, help="steps of the resumed run (0: none)")
     parser.add_argument("--no-validation", action="store_true", help="no validation passes")
     parser.add_argument("--no-audit", action="store_true", help="skip the audit of the rollouts")
+    parser.add_argument("--trm-hosting", choices=TRM_HOSTING_MODES, default="A",
+                        help="A: verl serves the TRM in the cluster behind its router (the recipes' default); "
+                             "B: an external server on 127.0.0.1")
     parser.add_argument("--trm-outage-after-step", type=_at_least(1), default=None,
-                        help="stop the TRM server once this step is logged (an outage test)")
+                        help="stop the TRM server once this step is logged (an outage test; needs --trm-hosting B)")
     set_command(parser, _run)
     return parser
 
@@ -405,11 +522,14 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out} is not empty (a fresh folder keeps runs apart: verl would resume from it)")
+    if args.trm_outage_after_step is not None and args.trm_hosting != "B":
+        raise InputError("--trm-outage-after-step stops the external TRM server: it needs --trm-hosting B")
     run = TinyRun(out=out, trainer=args.trainer, steps=args.steps, resume_steps=args.resume_steps,
                   validation=not args.no_validation, trm_outage_after_step=args.trm_outage_after_step,
-                  audit=not args.no_audit, overrides=args.overrides)
+                  trm_hosting=args.trm_hosting, audit=not args.no_audit, overrides=args.overrides)
     report = run_tiny(run)
     _say(f"done in {run.timings['total']:.0f} s")
+    _say(f"  run:     {out / 'run.json'}")
     _say(f"  metrics: {out / 'metrics.jsonl'}")
     _say(f"  report:  {report}")
     for png in sorted(out.glob("**/*.png")):

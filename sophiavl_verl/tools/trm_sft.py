@@ -45,6 +45,8 @@ BASE_SEED = 0
 #: confident, step-numbered and wrong; malformed: no reasoning to speak of.
 KIND_SCORES = {"sound": 0.9, "terse": 0.7, "slip": 0.4, "misread": 0.3, "lucky": 0.2, "fluent": 0.1, "malformed": 0.0}
 _MARKER = "sophiavl_trm_sft.json"
+#: The embedded TRM's folder in the cache.
+CACHE_FOLDER = "embedded_trm_sft"
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ def _fingerprint() -> str:
 
 
 def make_embedded_trm(cache_dir: str | os.PathLike, *, progress: Callable[[str], None] = print) -> TRMTraining:
-    """The embedded TRM: :func:`train_trm` on a tiny base model, built once in ``cache_dir`` and then reused.
+    """The embedded TRM: :func:`train_trm` on a tiny base model, built once in ``cache_dir/``:data:`CACHE_FOLDER`
+    and then reused.
 
     Returns:
         How it was made (``model_dir`` is the ``huggingface`` folder to serve), read back from the cache when its
@@ -166,7 +169,7 @@ def make_embedded_trm(cache_dir: str | os.PathLike, *, progress: Callable[[str],
     """
     from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
 
-    out = Path(cache_dir)
+    out = Path(cache_dir) / CACHE_FOLDER
     fingerprint = _fingerprint()
     try:
         marker = json.loads((out / _MARKER).read_text())

@@ -116,9 +116,9 @@ def thinking_reward_endpoint(
     from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    log(f"[audit] embedded thinking reward model: building/reusing it in {cache / 'embedded_trm'}", file=sys.stderr)
+    log(f"[audit] embedded thinking reward model: building/reusing it in {cache}", file=sys.stderr)
     try:
-        model_dir = make_embedded_trm(cache / "embedded_trm", progress=lambda line: log(f"[audit] {line}",
+        model_dir = make_embedded_trm(cache, progress=lambda line: log(f"[audit] {line}",
                                                                                          file=sys.stderr)).model_dir
     except OSError as exc:
         raise AuditError(f"--cache-dir {cache}: cannot build the embedded thinking reward model there "
