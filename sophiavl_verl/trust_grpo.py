@@ -99,13 +99,31 @@ def _group_trust(
     return GroupTrust(mu_correct, mu_wrong, mixed, untrusted, gamma)
 
 
-def _group_ids(index: np.ndarray) -> tuple[torch.Tensor, int]:
-    """Group ids 0..G-1 of shape (bs,) for verl's uid array, by hashing (pandas.factorize)."""
-    codes, uniques = pd.factorize(np.asarray(index, dtype=object), use_na_sentinel=True)
+def _group_ids(index: np.ndarray | Sequence[Any]) -> tuple[torch.Tensor, int]:
+    """Group ids 0..G-1 of shape (bs,) for verl's uid array, by hashing (pandas.factorize).
+
+    Raises:
+        ValueError: Naming the row of the first uid that is missing or not hashable (a list, a dict).
+    """
+    uids = pd.Series(list(index), dtype=object)  # one entry per row, even if the uids are lists of equal length
+    try:
+        codes, uniques = pd.factorize(uids, use_na_sentinel=True)
+    except TypeError:
+        row, uid = next((row, uid) for row, uid in enumerate(uids) if not _hashable(uid))
+        raise ValueError(f"the group index (uid) of row {row} is a {type(uid).__name__}, {uid!r:.80}; "
+                         "a uid must be a hashable id such as a string") from None
     if (codes < 0).any():
         row = int(np.flatnonzero(codes < 0)[0])
         raise ValueError(f"the group index (uid) of row {row} is missing")
     return torch.from_numpy(codes.astype(np.int64, copy=False)), len(uniques)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _thinking_terms(
