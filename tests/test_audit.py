@@ -652,6 +652,29 @@ def test_unknown_problem_type_and_malformed_json_name_file_and_line(tmp_path, ca
     assert f"{groups}:2: not valid JSON" in _error(["audit", str(groups)], capsys)
 
 
+def test_a_non_finite_number_names_file_line_and_field_and_a_byte_order_mark_is_accepted(tmp_path, capsys):
+    groups = tmp_path / "groups.jsonl"
+    row = SAMPLE_ROWS[0] | {"images": []}
+    groups.write_text(json.dumps(row) + "\n" + json.dumps(row).replace('"ground_truth": ', '"ground_truth": Infinity, "x": ')
+                      + "\n")
+    err = _error(["audit", str(groups), "--out", str(tmp_path / "never")], capsys)
+    assert err == f"sophiavl-verl audit: error: {groups}:2: ground_truth is Infinity; JSON numbers must be finite\n"
+    groups.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode("utf-8"))  # as some editors save
+    with keyword_trm() as server:
+        rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model,
+                   "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert len(json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))["groups"]) == 1
+
+
+@pytest.mark.parametrize("url", ["http://user:s3cr3t@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api-version=1",
+                                 "http://127.0.0.1:9/v1 ", "http:///v1"])
+def test_a_trm_url_that_would_leak_or_misroute_is_refused_before_any_request(tmp_path, capsys, url):
+    err = _error(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path / "never")], capsys)
+    assert err.startswith("sophiavl-verl audit: error: --trm-url ") and err.count("\n") == 1, err
+    assert "s3cr3t" not in err and not (tmp_path / "never").exists()
+
+
 def test_unreachable_trm_url_is_a_clear_error(tmp_path, capsys):
     url = f"http://127.0.0.1:{_free_port()}/v1"
     err = _error(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path)], capsys)
