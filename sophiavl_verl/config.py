@@ -193,8 +193,9 @@ def parse_trm_base_url(url: Any, key: str) -> str:
         ConfigError: Naming ``key`` and the rule broken.
     """
     _require(isinstance(url, str), key, f"must be a string, got {url!r}")
+    key_env = f"{key.rpartition('.')[0]}.trm_api_key_env" if "." in key else "trm_api_key_env"  # the sibling option
     _require("@" not in url, key, "must not carry credentials (user:password@); put the API key in the "
-             "environment variable named by trm_api_key_env (default SOPHIAVL_TRM_API_KEY)")
+             f"environment variable named by {key_env} (default {SophiaVLRewardConfig.trm_api_key_env})")
     _require(url.isprintable() and not any(c.isspace() for c in url), key,
              f"must not contain whitespace or control characters, got {url!r}")
     _require("?" not in url and "#" not in url, key,

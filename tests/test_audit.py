@@ -674,6 +674,8 @@ def test_a_trm_url_that_would_leak_or_misroute_is_refused_before_any_request(tmp
     err = _error(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path / "never")], capsys)
     assert err.startswith("sophiavl-verl audit: error: --trm-url ") and err.count("\n") == 1, err
     assert "s3cr3t" not in err and not (tmp_path / "never").exists()
+    if "@" in url:
+        assert "put the API key in the environment variable named by --trm-api-key-env (default " in err
 
 
 def test_unreachable_trm_url_is_a_clear_error(tmp_path, capsys):
