@@ -2,7 +2,9 @@
 
 Each option is declared once, with :func:`option`: its type, its default, its doc (``metadata["help"]``) and,
 for a closed set, its allowed values (``metadata["choices"]``). The README's options tables
-(``scripts/options_tables.py``) and the audit's flags are made from these declarations.
+(``scripts/options_tables.py``) and the audit's flags are made from these declarations. Validation checks
+every option against its declared type first, strictly (no bool for a number, no string for a bool, null
+only where declared), then its range.
 
 ``TrustGRPOConfig`` is read from ``algorithm.trust_grpo`` of a verl config. Validation runs inside
 verl's own ``validate_config`` (the adapter wraps it), i.e. in the driver before Ray or any GPU
@@ -17,6 +19,7 @@ import re
 import types
 import typing
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -132,7 +135,7 @@ def _require(condition: bool, key: str, message: str) -> None:
 #: What a value of each declared type must be (strictly: a bool is no number, a string no bool; YAML and
 #: JSON give these types, so an option never needs a conversion). An option of another type is refused
 #: when its class is first validated, so a new option cannot go unchecked.
-_TYPE_CHECKS: dict[Any, tuple[str, Any]] = {
+_TYPE_CHECKS: dict[type, tuple[str, Callable[[Any], bool]]] = {
     bool: ("true or false", lambda v: isinstance(v, bool)),
     int: ("an integer", is_int),
     float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
@@ -153,7 +156,8 @@ def _check_declared_types(options: Any) -> None:
         if f.name.startswith("_"):
             continue
         annotation = hints[f.name]
-        kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)  # int | None, Optional[int]
+        kinds = typing.get_args(annotation) if union else (annotation,)
         if any(kind not in _TYPE_CHECKS for kind in kinds):
             raise TypeError(f"{type(options).__name__}.{f.name} is declared {annotation}, which has no type check")
         value = getattr(options, f.name)

@@ -28,7 +28,8 @@ def _wrong_values(cls: type) -> list[tuple[str, object]]:
         if f.name.startswith("_"):
             continue
         annotation = hints[f.name]
-        kinds = set(typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,))
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        kinds = set(typing.get_args(annotation) if union else (annotation,))
         if float in kinds:
             kinds.add(int)  # a YAML integer is a fine number
         wrong = [v for kind, values in _SAMPLES.items() if kind not in kinds for v in values] + _OTHERS
