@@ -893,7 +893,9 @@ def test_saved_scores_are_checked_and_keyed_by_what_the_request_carries(tmp_path
         assert request_key(other_item, other_client) != key
 
     path = tmp_path / "trm_scores.jsonl"
+    path.write_text('{"format": "sophiavl-verl au')  # even the header's write was cut off
     saved = ScoreCheckpoint(path)
+    assert saved.scores == {} and path.read_text() == ""
     saved.add([(key, 0.7), ("f" * 64, math.nan)])  # a failed request is asked again, never saved
     assert ScoreCheckpoint(path).scores == {key: 0.7}
     with open(path, "a") as f:

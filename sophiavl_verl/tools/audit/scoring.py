@@ -193,6 +193,7 @@ class ScoreCheckpoint:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._has_header = False  # the file starts with its header line (a cut-off one is dropped on reading)
         self.scores: dict[str, float] = self._read() if path.exists() else {}
         self.loaded = len(self.scores)  # read back from an interrupted run
         self.reused = 0  # responses of this run scored from them, not asked again
@@ -207,6 +208,7 @@ class ScoreCheckpoint:
         torn = lines.pop()  # after the last newline: empty, or a line whose write was cut off (never a score)
         if torn:
             os.truncate(self.path, len(text.encode()) - len(torn.encode()))
+        self._has_header = bool(lines)
         scores: dict[str, float] = {}
         for number, line in enumerate(lines, 1):
             try:
@@ -231,13 +233,14 @@ class ScoreCheckpoint:
         new = [(key, score) for key, score in scored if math.isfinite(score) and key not in self.scores]
         if not new:
             return
-        lines = [json.dumps(_CHECKPOINT_HEADER)] * (not self.path.exists())
+        lines = [json.dumps(_CHECKPOINT_HEADER)] * (not self._has_header)
         lines += [json.dumps({"key": key, "thinking_reward": score}) for key, score in new]
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, ("\n".join(lines) + "\n").encode())
         finally:
             os.close(fd)
+        self._has_header = True
         self.scores.update(new)
 
     def remove(self) -> None:
