@@ -259,7 +259,7 @@ def trust_weighted_rewards(
             (or ``None`` in a list) marks a missing one, which is excluded from μ_c and μ_w and adds
             nothing to its response's reward.
         index: `(np.ndarray | list)` shape (bs,). Group id of each response (verl's ``uid`` array).
-        alpha: Weight α of the thinking reward (0.3 in the paper), finite and >= 0.
+        alpha: Weight α of the thinking reward (0.3 in the paper), in [0, ``config.MAX_ALPHA``].
         anneal: The annealing factor of the current step, e.g. e^(-step/T), finite and >= 0.
         correct_threshold: R^o at or above this counts as correct, in (0, 1].
         uniform_groups: For a group without at least one scored correct and one scored wrong
