@@ -105,7 +105,8 @@ def _group_ids(index: np.ndarray | Sequence[Any]) -> tuple[torch.Tensor, int]:
     Raises:
         ValueError: Naming the row of the first uid that is missing or not hashable (a list, a dict).
     """
-    uids = pd.Series(list(index), dtype=object)  # one entry per row, even if the uids are lists of equal length
+    # verl's uid column is a 1-D array; anything else becomes one entry per row (lists of equal length included).
+    uids = index if isinstance(index, np.ndarray) and index.ndim == 1 else pd.Series(list(index), dtype=object)
     try:
         codes, uniques = pd.factorize(uids, use_na_sentinel=True)
     except TypeError:
