@@ -13,6 +13,7 @@ worker starts; every error names the offending key.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -144,6 +145,26 @@ _TYPE_CHECKS: dict[type, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+@functools.cache
+def _declared_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """The types each public option of ``cls`` is declared with (``int | None`` -> ``(int, NoneType)``).
+
+    Raises:
+        TypeError: For an option declared with a type :data:`_TYPE_CHECKS` has no check for (a bug).
+    """
+    hints = typing.get_type_hints(cls)  # the annotations are strings (from __future__ import annotations)
+    declared: dict[str, tuple[type, ...]] = {}
+    for f in fields(cls):
+        if f.name.startswith("_"):
+            continue
+        annotation = hints[f.name]
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)  # int | None, Optional[int]
+        declared[f.name] = typing.get_args(annotation) if union else (annotation,)
+        if any(kind not in _TYPE_CHECKS for kind in declared[f.name]):
+            raise TypeError(f"{cls.__name__}.{f.name} is declared {annotation}, which has no type check")
+    return declared
+
+
 def _check_declared_types(options: Any) -> None:
     """Each declared option holds a value of its annotated type (``float`` accepts an integer, nothing else).
 
@@ -151,17 +172,9 @@ def _check_declared_types(options: Any) -> None:
         ConfigError: Naming ``<prefix>.<option>``, what it must be and what it got.
         TypeError: For an option declared with a type :data:`_TYPE_CHECKS` has no check for (a bug).
     """
-    hints = typing.get_type_hints(type(options))
-    for f in fields(options):
-        if f.name.startswith("_"):
-            continue
-        annotation = hints[f.name]
-        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)  # int | None, Optional[int]
-        kinds = typing.get_args(annotation) if union else (annotation,)
-        if any(kind not in _TYPE_CHECKS for kind in kinds):
-            raise TypeError(f"{type(options).__name__}.{f.name} is declared {annotation}, which has no type check")
-        value = getattr(options, f.name)
-        _require(any(_TYPE_CHECKS[kind][1](value) for kind in kinds), f"{options._prefix}.{f.name}",
+    for name, kinds in _declared_types(type(options)).items():
+        value = getattr(options, name)
+        _require(any(_TYPE_CHECKS[kind][1](value) for kind in kinds), f"{options._prefix}.{name}",
                  f"must be {' or '.join(_TYPE_CHECKS[kind][0] for kind in kinds)}, got {value!r}")
 
 
