@@ -809,8 +809,8 @@ def _keyword_score(body: dict) -> str:
 def _same_numbers(report: dict) -> dict:
     """What an interrupted-then-resumed audit must report exactly as an uninterrupted one."""
     trm = {k: report["trm"][k] for k in ("requested", "scored", "failed", "skipped", "failures", "model")}
-    return {"groups": report["groups"], "overall": report["overall"], "by_problem_type": report["by_problem_type"],
-            "settings": report["settings"], "trm": trm}
+    return {"input": report["input"], "groups": report["groups"], "overall": report["overall"],
+            "by_problem_type": report["by_problem_type"], "settings": report["settings"], "trm": trm}
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
