@@ -2,7 +2,9 @@
 
 Each option is declared once, with :func:`option`: its type, its default, its doc (``metadata["help"]``) and,
 for a closed set, its allowed values (``metadata["choices"]``). The README's options tables
-(``scripts/options_tables.py``) and the audit's flags are made from these declarations.
+(``scripts/options_tables.py``) and the audit's flags are made from these declarations. Validation checks
+every option against its declared type first, strictly (no bool for a number, no string for a bool, null
+only where declared), then its range.
 
 ``TrustGRPOConfig`` is read from ``algorithm.trust_grpo`` of a verl config. Validation runs inside
 verl's own ``validate_config`` (the adapter wraps it), i.e. in the driver before Ray or any GPU
@@ -11,19 +13,30 @@ worker starts; every error names the offending key.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import math
+import re
+import types
+import typing
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from sophiavl_verl.annealing import get_schedule
 from sophiavl_verl.errors import ConfigError
 
-__all__ = ["TRUST_GRPO", "TrustGRPOConfig", "SophiaVLRewardConfig", "ConfigError", "is_trust_grpo", "option"]
+__all__ = ["TRUST_GRPO", "MAX_ALPHA", "TrustGRPOConfig", "SophiaVLRewardConfig", "ConfigError", "is_trust_grpo",
+           "option", "parse_trm_base_url"]
 
 #: The name users give to ``algorithm.adv_estimator``.
 TRUST_GRPO = "trust_grpo"
 
 UNIFORM_GROUP_POLICIES = ("skip", "trust")
+#: Largest α accepted. The paper uses 0.3; far beyond 1e3 the thinking term dwarfs R^o and, near 1e19,
+#: the group std of the float32 rewards (verl's GRPO precision) overflows and every advantage becomes 0.
+MAX_ALPHA = 1e3
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -39,8 +52,8 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> A
 class TrustGRPOConfig:
     """Options of the ``trust_grpo`` advantage estimator (``algorithm.trust_grpo.*``); each documented where declared."""
 
-    alpha: float = option(0.3, "Weight α of the thinking reward in Eq. 5 (the paper: 0.3), a finite number >= 0; "
-                          "0 gives exactly verl's GRPO advantages.")
+    alpha: float = option(0.3, "Weight α of the thinking reward in Eq. 5 (the paper: 0.3), a number in "
+                          f"[0, {MAX_ALPHA:g}]; 0 gives exactly verl's GRPO advantages.")
     schedule: str = option("exp", "Annealing schedule of Eq. 5: exp (the paper's e^(-step/T)), linear, cosine, "
                            "constant (no annealing), or a name added with sophiavl_verl.annealing.register_schedule.")
     anneal_steps: int | None = option(None, "T of the schedule, an integer > 0; null = the run's total training "
@@ -59,25 +72,20 @@ class TrustGRPOConfig:
 
     def __post_init__(self) -> None:
         key = self._prefix
+        _check_declared_types(self)
         _check_choices(self)
-        _require(isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool), f"{key}.alpha",
-                 f"must be a number, got {self.alpha!r}")
-        _require(math.isfinite(self.alpha) and self.alpha >= 0, f"{key}.alpha",
-                 f"must be a finite number >= 0, got {self.alpha}")
+        _require(0 <= self.alpha <= MAX_ALPHA, f"{key}.alpha",
+                 f"must be a finite number in [0, {MAX_ALPHA:g}], got {self.alpha}")
         try:
             get_schedule(self.schedule)
         except ValueError as e:
             raise ConfigError(f"{key}.schedule: {e}", key=f"{key}.schedule") from None
         if self.anneal_steps is not None:
-            _require(is_int(self.anneal_steps),
-                     f"{key}.anneal_steps", f"must be an integer or null, got {self.anneal_steps!r}")
             _require(self.anneal_steps > 0, f"{key}.anneal_steps", f"(T) must be > 0, got {self.anneal_steps}")
-        _require(isinstance(self.correct_threshold, (int, float)) and 0 < self.correct_threshold <= 1,
-                 f"{key}.correct_threshold", f"must be in (0, 1], got {self.correct_threshold!r}")
-        _require(isinstance(self.use_trust_weight, bool), f"{key}.use_trust_weight",
-                 f"must be true or false, got {self.use_trust_weight!r}")
-        _require(isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon >= 0,
-                 f"{key}.epsilon", f"must be a finite number >= 0, got {self.epsilon!r}")
+        _require(0 < self.correct_threshold <= 1, f"{key}.correct_threshold",
+                 f"must be in (0, 1], got {self.correct_threshold!r}")
+        _require(math.isfinite(self.epsilon) and self.epsilon >= 0, f"{key}.epsilon",
+                 f"must be a finite number >= 0, got {self.epsilon!r}")
 
     @classmethod
     def from_algorithm_config(cls, algorithm: Mapping[str, Any] | None) -> "TrustGRPOConfig":
@@ -125,6 +133,51 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key} {message}", key=key)
 
 
+#: What a value of each declared type must be (strictly: a bool is no number, a string no bool; YAML and
+#: JSON give these types, so an option never needs a conversion). An option of another type is refused
+#: when its class is first validated, so a new option cannot go unchecked.
+_TYPE_CHECKS: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", is_int),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    type(None): ("null", lambda v: v is None),
+}
+
+
+@functools.cache
+def _declared_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """The types each public option of ``cls`` is declared with (``int | None`` -> ``(int, NoneType)``).
+
+    Raises:
+        TypeError: For an option declared with a type :data:`_TYPE_CHECKS` has no check for (a bug).
+    """
+    hints = typing.get_type_hints(cls)  # the annotations are strings (from __future__ import annotations)
+    declared: dict[str, tuple[type, ...]] = {}
+    for f in fields(cls):
+        if f.name.startswith("_"):
+            continue
+        annotation = hints[f.name]
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)  # int | None, Optional[int]
+        declared[f.name] = typing.get_args(annotation) if union else (annotation,)
+        if any(kind not in _TYPE_CHECKS for kind in declared[f.name]):
+            raise TypeError(f"{cls.__name__}.{f.name} is declared {annotation}, which has no type check")
+    return declared
+
+
+def _check_declared_types(options: Any) -> None:
+    """Each declared option holds a value of its annotated type (``float`` accepts an integer, nothing else).
+
+    Raises:
+        ConfigError: Naming ``<prefix>.<option>``, what it must be and what it got.
+        TypeError: For an option declared with a type :data:`_TYPE_CHECKS` has no check for (a bug).
+    """
+    for name, kinds in _declared_types(type(options)).items():
+        value = getattr(options, name)
+        _require(any(_TYPE_CHECKS[kind][1](value) for kind in kinds), f"{options._prefix}.{name}",
+                 f"must be {' or '.join(_TYPE_CHECKS[kind][0] for kind in kinds)}, got {value!r}")
+
+
 def _check_choices(options: Any) -> None:
     """Each option declared with ``choices`` holds one of them."""
     for f in fields(options):
@@ -132,6 +185,55 @@ def _check_choices(options: Any) -> None:
         if choices is not None:
             value = getattr(options, f.name)
             _require(value in choices, f"{options._prefix}.{f.name}", f"must be one of {choices}, got {value!r}")
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?")
+
+
+def parse_trm_base_url(url: Any, key: str) -> str:
+    """The thinking reward model's base URL, checked once and normalised; every request is sent under it.
+
+    Rules: ``http`` or ``https``; a host (a DNS name, an IPv4 address or a bracketed IPv6 address); a port,
+    if any, in 1..65535; a path (``/v1``), trailing slashes dropped. Refused: whitespace or control
+    characters anywhere, a query (``?...``) or fragment (``#...``), which requests would silently drop, and
+    credentials (``user:password@``), refused without echoing them: the API key goes in the environment
+    variable named by ``trm_api_key_env``.
+
+    Args:
+        url: The URL as configured.
+        key: How errors name the option (``reward.reward_kwargs.trm_base_url``, ``--trm-url``).
+
+    Returns:
+        ``scheme://host[:port]/path`` with the scheme and host lower-cased and no trailing slash.
+
+    Raises:
+        ConfigError: Naming ``key`` and the rule broken.
+    """
+    _require(isinstance(url, str), key, f"must be a string, got {url!r}")
+    key_env = f"{key.rpartition('.')[0]}.trm_api_key_env" if "." in key else "trm_api_key_env"  # the sibling option
+    _require("@" not in url, key, "must not carry credentials (user:password@); put the API key in the "
+             f"environment variable named by {key_env} (default {SophiaVLRewardConfig.trm_api_key_env})")
+    _require(url.isprintable() and not any(c.isspace() for c in url), key,
+             f"must not contain whitespace or control characters, got {url!r}")
+    _require("?" not in url and "#" not in url, key,
+             f"must not have a query (?...) or fragment (#...): requests would drop it, got {url!r}")
+    _require(url.lower().startswith(("http://", "https://")), key,
+             f"must be an http(s) URL like http://host:8000/v1, got {url!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        valid_host = (ipaddress.ip_address(host).version == 6 if parts.netloc.startswith("[")
+                      else all(_HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")))
+    except ValueError:  # urlsplit and ipaddress refuse a bracketed host that is no IPv6 address
+        valid_host = False
+    _require(valid_host, key, f"has no valid host (http://host:8000/v1), got {url!r}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or not in 0..65535
+        port = 0
+    _require(port != 0 and not parts.netloc.endswith(":"), key, f"has an invalid port (1-65535), got {url!r}")
+    netloc = parts.netloc.lower() if port is None else f"{parts.netloc.rpartition(':')[0].lower()}:{port}"
+    return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
 
 
 #: Thinking-reward-model query policies of the ``sophiavl`` reward manager.
@@ -152,7 +254,9 @@ class SophiaVLRewardConfig:
     """Options of the ``sophiavl`` reward manager (``reward.reward_kwargs.*``); each documented where declared."""
 
     trm_base_url: str | None = option(
-        None, "Hosting mode B: an external OpenAI-compatible endpoint, http://host:port/v1 (e.g. vllm serve). "
+        None, "Hosting mode B: an external OpenAI-compatible endpoint, http://host:port/v1 (e.g. vllm serve): "
+        "http or https, a host, a path; no query, fragment, whitespace or user:password@ (the key goes in "
+        "trm_api_key_env). "
         "null = mode A: the reward model verl serves in the Ray cluster (reward.reward_model.enable=True), reached "
         "through verl's reward router.")
     trm_model: str | None = option(None, "Model name sent in requests; null = reward.reward_model.model_path.")
@@ -205,24 +309,21 @@ class SophiaVLRewardConfig:
 
     def __post_init__(self) -> None:
         key = self._prefix
+        _check_declared_types(self)
         _check_choices(self)
-        _require(is_int(self.max_concurrency) and self.max_concurrency >= 1, f"{key}.max_concurrency",
+        _require(self.max_concurrency >= 1, f"{key}.max_concurrency",
                  f"must be an integer >= 1, got {self.max_concurrency!r}")
-        _require(is_int(self.max_retries) and self.max_retries >= 0, f"{key}.max_retries",
-                 f"must be an integer >= 0, got {self.max_retries!r}")
-        _require(is_int(self.breaker_failures) and self.breaker_failures >= 0, f"{key}.breaker_failures",
+        _require(self.max_retries >= 0, f"{key}.max_retries", f"must be an integer >= 0, got {self.max_retries!r}")
+        _require(self.breaker_failures >= 0, f"{key}.breaker_failures",
                  f"must be an integer >= 0, got {self.breaker_failures!r}")
         for name in ("timeout_s", "group_wait_s", "group_idle_s", "deadline_s", "breaker_cooldown_s"):
             value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                     and value > 0, f"{key}.{name}", f"must be a finite number > 0, got {value!r}")
-        _require(isinstance(self.clip_scores, bool), f"{key}.clip_scores", f"must be true or false, got {self.clip_scores!r}")
+            _require(math.isfinite(value) and value > 0, f"{key}.{name}", f"must be a finite number > 0, got {value!r}")
         if self.max_image_pixels is not None:
-            _require(is_int(self.max_image_pixels) and self.max_image_pixels >= 1, f"{key}.max_image_pixels",
+            _require(self.max_image_pixels >= 1, f"{key}.max_image_pixels",
                      f"must be an integer >= 1 or null, got {self.max_image_pixels!r}")
-        if self.trm_base_url is not None:
-            _require(str(self.trm_base_url).startswith(("http://", "https://")), f"{key}.trm_base_url",
-                     f"must be an http(s) URL like http://host:8000/v1, got {self.trm_base_url!r}")
+        if self.trm_base_url is not None:  # stored normalised: every user of the option sends to the same place
+            object.__setattr__(self, "trm_base_url", parse_trm_base_url(self.trm_base_url, f"{key}.trm_base_url"))
 
     @classmethod
     def from_reward_config(cls, reward: Mapping[str, Any] | None) -> "SophiaVLRewardConfig":

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 import aiohttp
 
-from sophiavl_verl.config import TRM_PROMPTS, SophiaVLRewardConfig
+from sophiavl_verl.config import TRM_PROMPTS, SophiaVLRewardConfig, parse_trm_base_url
 
 logger = logging.getLogger(__name__)
 
@@ -814,7 +814,8 @@ class ThinkingRewardClient:
     A failed item scores NaN; it is never turned into 0 here.
 
     Args:
-        base_url: OpenAI-style base URL, e.g. ``http://host:8000/v1``.
+        base_url: OpenAI-style base URL, e.g. ``http://host:8000/v1``, checked and normalised by
+            :func:`sophiavl_verl.config.parse_trm_base_url` (the option's own rules).
         model: The model name to put in requests (vLLM's ``--served-model-name``).
         api_key: Sent as ``Authorization: Bearer``; defaults to the :data:`API_KEY_ENV` env var.
             Never logged or shown in reprs and errors.
@@ -872,7 +873,7 @@ class ThinkingRewardClient:
             raise ValueError(f"breaker_failures must be >= 0, got {breaker_failures}")
         if max_image_pixels is not None and max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be >= 1 or None, got {max_image_pixels}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = parse_trm_base_url(base_url, "base_url")
         self.url = f"{self.base_url}/chat/completions"
         self.model = model
         self.max_concurrency = int(max_concurrency)

@@ -99,13 +99,32 @@ def _group_trust(
     return GroupTrust(mu_correct, mu_wrong, mixed, untrusted, gamma)
 
 
-def _group_ids(index: np.ndarray) -> tuple[torch.Tensor, int]:
-    """Group ids 0..G-1 of shape (bs,) for verl's uid array, by hashing (pandas.factorize)."""
-    codes, uniques = pd.factorize(np.asarray(index, dtype=object), use_na_sentinel=True)
+def _group_ids(index: np.ndarray | Sequence[Any]) -> tuple[torch.Tensor, int]:
+    """Group ids 0..G-1 of shape (bs,) for verl's uid array, by hashing (pandas.factorize).
+
+    Raises:
+        ValueError: Naming the row of the first uid that is missing or not hashable (a list, a dict).
+    """
+    # verl's uid column is a 1-D array; anything else becomes one entry per row (lists of equal length included).
+    uids = index if isinstance(index, np.ndarray) and index.ndim == 1 else pd.Series(list(index), dtype=object)
+    try:
+        codes, uniques = pd.factorize(uids, use_na_sentinel=True)
+    except TypeError:
+        row, uid = next((row, uid) for row, uid in enumerate(uids) if not _hashable(uid))
+        raise ValueError(f"the group index (uid) of row {row} is a {type(uid).__name__}, {uid!r:.80}; "
+                         "a uid must be a hashable id such as a string") from None
     if (codes < 0).any():
         row = int(np.flatnonzero(codes < 0)[0])
         raise ValueError(f"the group index (uid) of row {row} is missing")
     return torch.from_numpy(codes.astype(np.int64, copy=False)), len(uniques)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _thinking_terms(
@@ -241,7 +260,7 @@ def trust_weighted_rewards(
             (or ``None`` in a list) marks a missing one, which is excluded from μ_c and μ_w and adds
             nothing to its response's reward.
         index: `(np.ndarray | list)` shape (bs,). Group id of each response (verl's ``uid`` array).
-        alpha: Weight α of the thinking reward (0.3 in the paper), finite and >= 0.
+        alpha: Weight α of the thinking reward (0.3 in the paper), in [0, ``config.MAX_ALPHA``].
         anneal: The annealing factor of the current step, e.g. e^(-step/T), finite and >= 0.
         correct_threshold: R^o at or above this counts as correct, in (0, 1].
         uniform_groups: For a group without at least one scored correct and one scored wrong

@@ -6,6 +6,7 @@ per-response scores the report itself lists (not through the package's functions
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -652,6 +653,31 @@ def test_unknown_problem_type_and_malformed_json_name_file_and_line(tmp_path, ca
     assert f"{groups}:2: not valid JSON" in _error(["audit", str(groups)], capsys)
 
 
+def test_a_non_finite_number_names_file_line_and_field_and_a_byte_order_mark_is_accepted(tmp_path, capsys):
+    groups = tmp_path / "groups.jsonl"
+    row = SAMPLE_ROWS[0] | {"images": []}
+    groups.write_text(json.dumps(row) + "\n" + json.dumps(row).replace('"ground_truth": ', '"ground_truth": Infinity, "x": ')
+                      + "\n")
+    err = _error(["audit", str(groups), "--out", str(tmp_path / "never")], capsys)
+    assert err == f"sophiavl-verl audit: error: {groups}:2: ground_truth is Infinity; JSON numbers must be finite\n"
+    groups.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode("utf-8"))  # as some editors save
+    with keyword_trm() as server:
+        rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model,
+                   "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert len(json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))["groups"]) == 1
+
+
+@pytest.mark.parametrize("url", ["http://user:s3cr3t@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api-version=1",
+                                 "http://127.0.0.1:9/v1 ", "http:///v1"])
+def test_a_trm_url_that_would_leak_or_misroute_is_refused_before_any_request(tmp_path, capsys, url):
+    err = _error(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path / "never")], capsys)
+    assert err.startswith("sophiavl-verl audit: error: --trm-url ") and err.count("\n") == 1, err
+    assert "s3cr3t" not in err and not (tmp_path / "never").exists()
+    if "@" in url:
+        assert "put the API key in the environment variable named by --trm-api-key-env (default " in err
+
+
 def test_unreachable_trm_url_is_a_clear_error(tmp_path, capsys):
     url = f"http://127.0.0.1:{_free_port()}/v1"
     err = _error(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path)], capsys)
@@ -770,3 +796,115 @@ def test_an_audit_that_fails_before_writing_leaves_no_out_folder(tmp_path, capsy
     groups.write_text("{not json\n")
     assert "not valid JSON" in _error(["audit", str(groups), "--out", str(tmp_path / "never")], capsys)
     assert not (tmp_path / "never").exists()
+
+
+# ------------------------------------------------------------------ an interrupted audit resumes
+
+
+def _keyword_score(body: dict) -> str:
+    reasoning = _sent_text(body).split("Reasoning process:", 1)[1].lower()
+    return f"<answer>{0.9 if 'because' in reasoning else 0.1 if 'guess' in reasoning else 0.5}</answer>"
+
+
+def _same_numbers(report: dict) -> dict:
+    """What an interrupted-then-resumed audit must report exactly as an uninterrupted one."""
+    trm = {k: report["trm"][k] for k in ("requested", "scored", "failed", "skipped", "failures", "model")}
+    return {"input": report["input"], "groups": report["groups"], "overall": report["overall"],
+            "by_problem_type": report["by_problem_type"], "settings": report["settings"], "trm": trm}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_audit_keeps_its_scores_and_the_same_command_continues(tmp_path, capsys, signum):
+    """Issue 18: Ctrl-C dropped every score. Now the scores stay in --out, and the rerun asks only for the rest."""
+    saved_groups, group_size = 2, len(SAMPLE_ROWS[0]["responses"])
+    hang = {"on": True}
+
+    async def script(n, body):
+        if hang["on"] and n >= saved_groups * group_size:  # the third group's first request never answers
+            await asyncio.sleep(3600)
+        return _keyword_score(body)
+
+    out = tmp_path / "report"
+    with FaultInjectionServer(script) as server:
+        argv = ["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(out), "--limit", "4",
+                "--max-concurrency", "1", "--no-progress"]
+        log = tmp_path / "stderr.txt"
+        with open(log, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "sophiavl_verl.tools.cli", *argv], stdout=subprocess.DEVNULL,
+                                    stderr=stderr)
+        try:
+            deadline = time.monotonic() + 300
+            while server.requests <= saved_groups * group_size:  # two groups answered, the third one's asked
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.1)
+            proc.send_signal(signum)
+            assert proc.wait(timeout=60) == 130, log.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        checkpoint = out / "trm_scores.jsonl"
+        assert len(checkpoint.read_text().splitlines()) == 1 + saved_groups * group_size
+        assert f"interrupted: {saved_groups * group_size} thinking rewards are saved in {checkpoint}" in log.read_text()
+        assert not (out / "report.json").exists()
+        first_run = [_sent_text(body) for body in server.bodies]
+
+        hang["on"] = False
+        assert main(argv) == 0, capsys.readouterr().err
+        resumed_run = [_sent_text(body) for body in server.bodies[len(first_run):]]
+    assert "resuming: 16 thinking rewards saved in" in capsys.readouterr().err
+    resumed = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert not checkpoint.exists()  # the report holds every score
+
+    with FaultInjectionServer(lambda n, body: _keyword_score(body)) as server:
+        argv[argv.index("--trm-url") + 1] = server.base_url
+        argv[argv.index("--out") + 1] = str(tmp_path / "uninterrupted")
+        assert main(argv) == 0, capsys.readouterr().err
+        every_request = [_sent_text(body) for body in server.bodies]
+    uninterrupted = json.loads((tmp_path / "uninterrupted" / "report.json").read_text(encoding="utf-8"))
+
+    # The server saw only what was not saved: the hung request and the groups after it, each once.
+    assert len(set(every_request)) == len(every_request) == 4 * group_size
+    assert resumed_run == every_request[saved_groups * group_size:]
+    assert not set(resumed_run) & set(first_run[: saved_groups * group_size])
+    assert resumed["trm"]["resumed"] == saved_groups * group_size and uninterrupted["trm"]["resumed"] == 0
+    assert resumed["trm"]["http_requests"] == len(resumed_run)
+    assert _same_numbers(resumed) == _same_numbers(uninterrupted)
+
+
+def test_saved_scores_are_checked_and_keyed_by_what_the_request_carries(tmp_path, capsys):
+    from sophiavl_verl.thinking_reward import ThinkingRewardItem
+    from sophiavl_verl.tools.audit.scoring import ScoreCheckpoint, request_key
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (4, 4), "red").save(image)
+    client = SimpleNamespace(model="m", prompt="paper", max_tokens=32, max_image_pixels=None)
+    item = ThinkingRewardItem(question="Q", response="R", images=(image,))
+    key = request_key(item, client)
+    assert request_key(ThinkingRewardItem("Q", "R", (image.read_bytes(),)), client) == key  # the bytes, not the name
+    for other_client, other_item in [
+        (SimpleNamespace(**{**vars(client), "model": "m2"}), item),
+        (SimpleNamespace(**{**vars(client), "prompt": "reference"}), item),
+        (SimpleNamespace(**{**vars(client), "max_tokens": 16}), item),
+        (client, ThinkingRewardItem("Q", "R2", (image,))),
+        (client, ThinkingRewardItem("Q2", "R", (image,))),
+        (client, ThinkingRewardItem("Q", "R", ())),
+        (client, ThinkingRewardItem("Q", "R", (image.read_bytes() + b"\0",))),
+    ]:
+        assert request_key(other_item, other_client) != key
+
+    path = tmp_path / "trm_scores.jsonl"
+    path.write_text('{"format": "sophiavl-verl au')  # even the header's write was cut off
+    saved = ScoreCheckpoint(path)
+    assert saved.scores == {} and path.read_text() == ""
+    saved.add([(key, 0.7), ("f" * 64, math.nan)])  # a failed request is asked again, never saved
+    assert ScoreCheckpoint(path).scores == {key: 0.7}
+    with open(path, "a") as f:
+        f.write('{"key": "' + "a" * 64 + '", "thinking_rew')  # a write cut off by the interrupt
+    assert ScoreCheckpoint(path).scores == {key: 0.7}
+    assert path.read_text().endswith("}\n")  # the torn tail is dropped, so the next line starts clean
+    for bad in ['{"key": "x", "thinking_reward": 0.5}', '{"key": "' + "b" * 64 + '", "thinking_reward": 1.5}',
+                '{"key": "' + "b" * 64 + '", "thinking_reward": true}', "[1, 2]"]:
+        path.write_text(path.read_text().splitlines()[0] + "\n" + bad + "\n")
+        err = _error(["audit", "--out", str(tmp_path), "--trm-url", "http://127.0.0.1:9/v1", "--trm-model", "m"], capsys)
+        assert err == (f"sophiavl-verl audit: error: {path}:2: not a line of the audit's saved thinking rewards; "
+                       "delete the file to score every response again\n")

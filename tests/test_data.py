@@ -598,3 +598,44 @@ def test_image_size_on_disk_is_checked_before_reading(rl_dir, tmp_path, monkeypa
     summary, rejected = _rejections([GOOD_ROW], rl_dir, tmp_path, max_image_bytes=size - 1)
     assert summary.images_oversized == 1
     assert rejected == [(0, "path", f"image too large: {big}: {size} bytes on disk, over {size - 1}")]
+
+
+@pytest.mark.parametrize(("layout", "text", "where"), [
+    # Python's json reads NaN / Infinity, which are no JSON: "solution": Infinity became the ground truth "inf".
+    ("jsonl", '{"problem": "How many?", "solution": Infinity, "problem_type": "numerical"}',
+     "{bad}:2: solution is Infinity; JSON numbers must be finite"),
+    ("jsonl", '{"problem": "How many?", "solution": NaN, "problem_type": "numerical"}',
+     "{bad}:2: solution is NaN; JSON numbers must be finite"),
+    ("jsonl", '{"problem": "Which?", "solution": "A", "problem_type": "multiple choice", "options": [1, -Infinity]}',
+     "{bad}:2: options[1] is -Infinity; JSON numbers must be finite"),
+    ("json", '{"problem": "How many?", "solution": Infinity, "problem_type": "numerical"}',
+     "{bad}: row 2: solution is Infinity; JSON numbers must be finite"),
+])
+def test_a_non_finite_number_is_one_error_naming_file_row_and_field(rl_dir, tmp_path, capsys, layout, text, where):
+    bad = tmp_path / f"bad.{layout}"
+    good = json.dumps(GOOD_ROW | {"data_type": "text", "path": None})
+    bad.write_text(f"{good}\n{text}\n" if layout == "jsonl" else f"[{good},\n{text}]")
+    out = tmp_path / "out"
+    status, printed, err = _run_cli(["rl", str(bad), "-o", str(out / "train.parquet")], capsys)
+    assert status == 2 and err == f"sophiavl-verl-data rl: error: {where.format(bad=bad)}\n", err
+    assert printed == "" and _files_under(out) == []
+
+
+def test_a_non_finite_parquet_answer_is_rejected_by_row_and_field(tmp_path):
+    source = tmp_path / "rows.parquet"
+    pd.DataFrame({"problem": ["How many?", "How many?"], "solution": [4.0, float("inf")],
+                  "problem_type": ["numerical"] * 2}).to_parquet(source)
+    summary = prepare_rl([source], tmp_path / "out.parquet")
+    assert [(r.row, r.field, r.reason) for r in summary.rejected] == [(1, "solution", "must be a finite number, got inf")]
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json"])
+def test_a_utf8_byte_order_mark_is_accepted(rl_dir, tmp_path, layout):
+    source = tmp_path / f"rows.{layout}"
+    rows = [GOOD_ROW, GOOD_ROW | {"solution": "5"}]
+    text = "".join(json.dumps(r) + "\n" for r in rows) if layout == "jsonl" else json.dumps(rows)
+    source.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    summary = prepare_rl([source], tmp_path / "out.parquet", image_root=rl_dir)
+    assert summary.rows_written == 2 and summary.rejected == []
+    answers = [r["reward_model"]["ground_truth"] for r in pq.read_table(tmp_path / "out.parquet").to_pylist()]
+    assert answers == ["4", "5"]

@@ -353,3 +353,57 @@ def test_group_normalized_advantage_validates_and_accepts_arrays():
         group_normalized_advantage([1.0, 0.0, 0.5, 0.0], torch.ones(3, 2), index)
     with pytest.raises(ValueError, match="group_normalized_advantage.epsilon must be a finite number"):
         group_normalized_advantage([1.0, 0.0, 0.5, 0.0], torch.ones(4, 2), index, epsilon=math.nan)
+
+
+def test_bf16_token_rewards_are_read_exactly_never_rounded_to_bf16():
+    # Issue 18: the base score was summed and the Eq. 5 reward kept in bf16 (1 + 0.27 -> 1.2734375), so the
+    # advantages were off by ~6e-4. The float64 of the incoming bf16 values is the score.
+    index = ["a"] * 4 + ["b"] * 4
+    outcome = [1, 0, 1, 0, 1, 1, 0, 0]
+    thinking = [0.9, 0.3, 0.7, 0.2, 0.1, 0.6, 0.65, 0.8]
+    data = _data_proto(outcome, thinking, index, lengths=[3] * 8)
+    kl = torch.tensor([[0.013, -0.021, 0.0]] * 8)  # a per-token penalty, as with use_kl_in_reward
+    data.batch["token_level_rewards"] = (data.batch["token_level_rewards"] + kl).to(torch.bfloat16)
+    with trainer_step(global_step=1, total_training_steps=1000):
+        out = ray_trainer.compute_advantage(data, "trust_grpo", config=_algorithm(alpha=0.3, schedule="constant"))
+
+    scores = [sum(float(x) for x in row) for row in data.batch["token_level_rewards"].tolist()]
+    rewards, _ = reference_rewards(outcome, thinking, index, alpha=0.3, anneal=1.0, threshold=0.5,
+                                   uniform_groups="skip")
+    rewards = [s + (r - o) for s, r, o in zip(scores, rewards, outcome)]  # the thinking term on the bf16 score
+    expected = torch.tensor(reference_advantage(rewards, index), dtype=torch.float32)
+    torch.testing.assert_close(out.batch["advantages"][:, 0].float(), expected, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("uid", [["p", 0], {"prompt": 0}, np.array([1, 2])])
+def test_an_unhashable_uid_is_one_error_naming_uid_and_row(uid):
+    index = np.empty(4, dtype=object)
+    index[:] = ["a", "a", "b", "b"]
+    index[2] = uid
+    data = _data_proto([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5], ["a"] * 4, lengths=[2] * 4)
+    data.non_tensor_batch["uid"] = index
+    with trainer_step(global_step=1, total_training_steps=10):
+        with pytest.raises(ValueError, match=rf"the group index \(uid\) of row 2 is a {type(uid).__name__}, "):
+            ray_trainer.compute_advantage(data, "trust_grpo", config=_algorithm())
+    with pytest.raises(ValueError, match=r"\(uid\) of row 0 is a list"):  # a list of equal-length lists too
+        group_normalized_advantage([1.0, 0.0], torch.ones(2, 1), [["a"], ["b"]])
+
+
+def test_alpha_up_to_its_bound_gives_the_float64_advantages():
+    # α = 1e20 made the float32 group std overflow (every advantage 0); it is refused (tests/test_config.py),
+    # and the largest α accepted still computes exactly.
+    from sophiavl_verl.config import MAX_ALPHA
+
+    index = ["a"] * 4
+    outcome, thinking = [1, 0, 1, 0], [0.9, 0.3, 0.7, 0.2]
+    with trainer_step(global_step=1, total_training_steps=10):
+        out = ray_trainer.compute_advantage(_data_proto(outcome, thinking, index, lengths=[2] * 4), "trust_grpo",
+                                            config=_algorithm(alpha=MAX_ALPHA, schedule="constant"))
+        with pytest.raises(ValueError, match=r"algorithm.trust_grpo.alpha must be a finite number in \[0, 1000\]"):
+            ray_trainer.compute_advantage(_data_proto(outcome, thinking, index, lengths=[2] * 4), "trust_grpo",
+                                          config=_algorithm(alpha=1e20))
+    rewards, _ = reference_rewards(outcome, thinking, index, alpha=MAX_ALPHA, anneal=1.0, threshold=0.5,
+                                   uniform_groups="skip")
+    expected = torch.tensor(reference_advantage(rewards, index), dtype=torch.float32)
+    torch.testing.assert_close(out.batch["advantages"][:, 0], expected, rtol=1e-5, atol=1e-6)
+    assert expected.abs().min() > 0.1

@@ -146,7 +146,7 @@ def test_trust_grpo_recipe_options_pass_verls_validation():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["+algorithm.trust_grpo.alpha=-1"], "algorithm.trust_grpo.alpha must be a finite number >= 0, got -1"),
+        (["+algorithm.trust_grpo.alpha=-1"], r"algorithm.trust_grpo.alpha must be a finite number in \[0, 1000\], got -1"),
         (["+algorithm.trust_grpo.schedule=bogus"], "algorithm.trust_grpo.schedule: unknown annealing schedule 'bogus'"),
         (["+algorithm.trust_grpo.anneal_steps=0"], r"algorithm.trust_grpo.anneal_steps \(T\) must be > 0, got 0"),
         (["+algorithm.trust_grpo.alpah=0.3"], r"unknown key\(s\) algorithm.trust_grpo.alpah"),
@@ -161,6 +161,18 @@ def test_trust_grpo_recipe_options_pass_verls_validation():
         (["+reward.reward_kwargs.clip_scores=sometimes"], "reward.reward_kwargs.clip_scores must be true or false"),
         (["+reward.reward_kwargs.max_image_pixels=0"], "reward.reward_kwargs.max_image_pixels must be an integer >= 1"),
         (["+algorithm.trust_grpo.uniform_groups=trust"], "use query_policy=all"),
+        # Wrong types (issue 18): each was accepted and then misread, or raised in a Ray worker.
+        (["+reward.reward_kwargs.require_format='false'"], "reward.reward_kwargs.require_format must be true or false"),
+        (["+algorithm.trust_grpo.epsilon=true"], "algorithm.trust_grpo.epsilon must be a number, got True"),
+        (["+algorithm.trust_grpo.correct_threshold=true"], "algorithm.trust_grpo.correct_threshold must be a number"),
+        (["reward.reward_kwargs.trm_model=123"], "reward.reward_kwargs.trm_model must be a string or null, got 123"),
+        (["+reward.reward_kwargs.trm_api_key_env=null"], "reward.reward_kwargs.trm_api_key_env must be a string"),
+        (["+algorithm.trust_grpo.alpha=1e20"], r"algorithm.trust_grpo.alpha must be a finite number in \[0, 1000\]"),
+        # URLs that would send every request elsewhere, and credentials (never echoed).
+        (["reward.reward_kwargs.trm_base_url='http://127.0.0.1:9/v1?api-version=x'"], "must not have a query"),
+        (["reward.reward_kwargs.trm_base_url='http:///v1'"], "trm_base_url has no valid host"),
+        (["reward.reward_kwargs.trm_base_url='http://u:pw@127.0.0.1:9/v1'"],
+         r"trm_base_url must not carry credentials \(user:password@\); put the API key in the environment"),
     ],
 )
 def test_config_errors_name_the_key_before_any_worker_starts(overrides, message):

@@ -177,7 +177,7 @@ def compute_trust_grpo_advantage(
     cfg = TrustGRPOConfig.from_algorithm_config(config)
     if norm_adv_by_std_in_grpo is None:
         norm_adv_by_std_in_grpo = (config or {}).get("norm_adv_by_std_in_grpo", True)
-    scores = token_level_rewards.sum(dim=-1)
+    scores = token_level_rewards.sum(dim=-1, dtype=torch.float64)  # bf16 rewards exactly, never rounded to bf16
     outcome, thinking = _read_rewards(non_tensor_batch, scores, cfg.alpha)
     anneal = get_schedule(cfg.schedule)(global_step, cfg.anneal_total_steps(total_training_steps))
     result = trust_grpo_advantages(

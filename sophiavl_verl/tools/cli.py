@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = a.add_argument_group("thinking reward model and rewards (reward.reward_kwargs.* of the plugin; default: "
                              "the embedded tiny TRM)")
     _add_declared(t, SophiaVLRewardConfig, REWARD_OPTIONS, defaults={"query_policy": AUDIT_QUERY_POLICY}, helps={
-        "trm_base_url": "OpenAI-compatible base URL of the TRM, e.g. http://host:8000/v1 (vllm serve); "
-                        "default: the embedded tiny TRM, served on 127.0.0.1 by the command",
+        "trm_base_url": "OpenAI-compatible base URL of the TRM, e.g. http://host:8000/v1 (vllm serve): http(s), "
+                        "a host, a path; no query, fragment or user:password@ (the key goes in --trm-api-key-env's "
+                        "variable); default: the embedded tiny TRM, served on 127.0.0.1 by the command",
         "trm_model": "model name the server at --trm-url serves",
     })
     t.add_argument("--max-concurrency", type=_positive_int, default=None,

@@ -55,6 +55,7 @@ __all__ = [
     "Summary",
     "build_rl_prompt",
     "find_data_files",
+    "finite_json",
     "prepare_rl",
     "prepare_trm",
 ]
@@ -186,6 +187,48 @@ class Summary:
 # ------------------------------------------------------------------------------------------------ reading
 
 
+class _NonFinite:
+    """Where JSON text had ``NaN``, ``Infinity`` or ``-Infinity`` (Python's json reads them, JSON has none)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _non_finite_at(value: Any) -> tuple[list[str | int], str] | None:
+    """The field path (keys and list indexes) and text of the first :class:`_NonFinite` in ``value``."""
+    if isinstance(value, _NonFinite):
+        return [], value.text
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        found = _non_finite_at(child)
+        if found is not None:
+            return [key, *found[0]], found[1]
+    return None
+
+
+def finite_json(text: str) -> tuple[Any, tuple[list[str | int], str] | None]:
+    """Parse JSON text, and say where it holds a non-finite number.
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` are no JSON, yet Python's json turns them into floats, so a
+    ``"solution": Infinity`` would become the ground truth ``"inf"``: data preparation and the audit refuse them.
+
+    Returns:
+        The value, and ``(field path, text)`` of the first non-finite number (e.g. ``(["solution"], "Infinity")``),
+        else None. The path is what errors name; the value holds placeholders where it is not None.
+
+    Raises:
+        json.JSONDecodeError: If the text is not JSON.
+    """
+    seen = []
+    value = json.loads(text, parse_constant=lambda name: seen.append(name) or _NonFinite(name))
+    return value, _non_finite_at(value) if seen else None
+
+
+def describe_field(path: Sequence[str | int]) -> str:
+    """``["options", 1]`` -> ``options[1]`` (how an error names a field of a JSON row)."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".") or "the row"
+
+
 def _rows_of(path: Path) -> tuple[int, Iterator[Any]]:
     """The number of rows of a data file and an iterator over them (parquet is streamed: it may embed images).
 
@@ -200,11 +243,11 @@ def _rows_of(path: Path) -> tuple[int, Iterator[Any]]:
             raise DataError(f"{path}: not a readable parquet file: {exc}") from None
         return source.metadata.num_rows, _parquet_rows(path, source)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a UTF-8 byte order mark is no part of the JSON
             if path.suffix == ".jsonl":
-                rows = [_json_line(path, number, line) for number, line in enumerate(f, 1) if line.strip()]
+                rows = [_json_text(path, line, number) for number, line in enumerate(f, 1) if line.strip()]
             else:
-                rows = json.load(f)
+                rows = _json_text(path, f.read())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})", path=str(path),
                         row=exc.lineno) from None
@@ -217,12 +260,30 @@ def _rows_of(path: Path) -> tuple[int, Iterator[Any]]:
     return len(rows), iter(rows)
 
 
-def _json_line(path: Path, number: int, line: str) -> Any:
+def _json_text(path: Path, text: str, line: int | None = None) -> Any:
+    """The value of a JSON file's text, or of its JSONL ``line``; a non-finite number is an error naming the
+    file, the line (JSONL) or row (a JSON list of rows), and the field.
+
+    Raises:
+        json.JSONDecodeError: From a JSON file (its line is in the error); a JSONL line's is a DataError.
+        DataError: On a JSONL line that is not JSON, or a NaN / Infinity / -Infinity.
+    """
     try:
-        return json.loads(line)
+        value, non_finite = finite_json(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})", path=str(path),
-                        row=number) from None
+        if line is None:
+            raise
+        raise DataError(f"{path}:{line}: not valid JSON ({exc.msg} at column {exc.colno})", path=str(path),
+                        row=line) from None
+    if non_finite is None:
+        return value
+    at, constant = non_finite
+    where, row = (f"{path}:{line}", line) if line is not None else (str(path), None)
+    if line is None and isinstance(value, list):
+        where, row, at = f"{path}: row {at[0] + 1}", at[0] + 1, at[1:]
+    field_name = describe_field(at)
+    raise DataError(f"{where}: {field_name} is {constant}; JSON numbers must be finite", path=str(path), row=row,
+                    field=field_name)
 
 
 def _parquet_rows(path: Path, source: pq.ParquetFile) -> Iterator[dict]:
@@ -335,6 +396,8 @@ def _text(row: dict, aliases: Sequence[str], *, numbers: bool = False) -> str:
         if isinstance(value, str):
             return value.strip()
         if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # a parquet float column (JSON's NaN / Infinity are refused on reading)
+                raise _RowError(key, f"must be a finite number, got {value}")
             return str(value)
         kinds = "a string or a number" if numbers else "a string"
         raise _RowError(key, f"must be {kinds}, got {_describe_value(value)}")

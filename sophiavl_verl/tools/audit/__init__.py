@@ -23,7 +23,9 @@ from pathlib import Path
 from sophiavl_verl.errors import AuditError
 from sophiavl_verl.tools.audit.inputs import EMBEDDED_SAMPLE, Group, load_input, question_from_prompt
 from sophiavl_verl.tools.audit.scoring import (
+    CHECKPOINT_NAME,
     GroupResult,
+    ScoreCheckpoint,
     apply_trust_grpo,
     default_cache_dir,
     outcome_rewards,
@@ -69,6 +71,10 @@ def run_audit(
 ) -> dict:
     """Run the whole audit and write the report folder.
 
+    Each thinking reward is saved in ``<out_dir>/trm_scores.jsonl`` as it arrives
+    (:class:`~sophiavl_verl.tools.audit.scoring.ScoreCheckpoint`): after an interrupt the same call on the same
+    ``out_dir`` asks the TRM only for the responses it has no score for.
+
     Args:
         input_path: A groups JSONL, a verl rollout dump (file or folder), or None for the embedded sample.
         out_dir: The report folder (created; locked while the audit writes it).
@@ -103,6 +109,10 @@ def run_audit(
                                         dataset=dataset, raw_prompt=raw_prompt,
                                         allow_outside_image_root=allow_outside_image_root)
         groups = groups[:limit]
+        checkpoint = ScoreCheckpoint(out / CHECKPOINT_NAME)  # an interrupted audit's scores, checked
+        if checkpoint.loaded:
+            log(f"[audit] resuming: {checkpoint.loaded} thinking rewards saved in {checkpoint.path} are not asked "
+                "again", file=sys.stderr)
         # 2. Scoring: R^o here, R^t from the TRM for the responses the query policy sends.
         outcomes = outcome_rewards(groups, settings)
         api_key = os.environ.get(settings.reward.trm_api_key_env) or None
@@ -112,11 +122,19 @@ def run_audit(
             log(f"[audit] scoring {sum(len(g.responses) for g in groups)} responses of {len(groups)} groups with "
                 f"{endpoint['model']} at {endpoint['base_url']}", file=sys.stderr)
             scoring_started = time.monotonic()
-            thinking = asyncio.run(score_groups(groups, [o for o, _ in outcomes], client, settings,
-                                                progress=progress))
+            try:
+                thinking = asyncio.run(score_groups(groups, [o for o, _ in outcomes], client, settings,
+                                                    checkpoint=checkpoint, progress=progress))
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what was scored stays in the checkpoint
+                if checkpoint.scores:
+                    log(f"[audit] interrupted: {len(checkpoint.scores)} thinking rewards are saved in "
+                        f"{checkpoint.path}; the same command with the same --out continues from them",
+                        file=sys.stderr)
+                raise
             scoring_s = time.monotonic() - scoring_started
         trm_info = {"base_url": endpoint["base_url"], "model": endpoint["model"], "embedded": endpoint["embedded"],
-                    "stats": client.stats, "max_concurrency": client.max_concurrency, "scoring_wall_s": scoring_s}
+                    "stats": client.stats, "max_concurrency": client.max_concurrency, "scoring_wall_s": scoring_s,
+                    "resumed": checkpoint.reused}
         # 3. Trust-GRPO and the report; report.json (every score) is written first.
         try:
             results = apply_trust_grpo(groups, outcomes, thinking, settings)
@@ -124,6 +142,7 @@ def run_audit(
                                             text_limit=text_limit)
             report["wall_s"] = time.monotonic() - started
             paths = reporting.write_report(report, out)
+            checkpoint.remove()  # report.json holds every score now
         except Exception as exc:  # never lose the TRM's work to a failure after it
             raise AuditError(f"the report could not be written ({type(exc).__name__}: {exc}); "
                              f"{reporting.save_scores(out, groups, outcomes, thinking)}") from None

@@ -78,9 +78,15 @@ def _where(path: Path, line: int | Sequence[int]) -> str:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """``(line number, object)`` of each non-blank line; errors name the file and line."""
+    """``(line number, object)`` of each non-blank line; errors name the file and line (and field).
+
+    A UTF-8 byte order mark is skipped; NaN, Infinity and -Infinity are refused, as data preparation does
+    (:func:`sophiavl_verl.tools.data.finite_json`).
+    """
+    from sophiavl_verl.tools.data import describe_field, finite_json
+
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, encoding="utf-8-sig")
     except OSError as exc:
         raise AuditError(f"{path}: cannot open: {exc.strerror or exc}") from None
     with handle:
@@ -88,10 +94,14 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj, non_finite = finite_json(line)
             except json.JSONDecodeError as exc:
                 raise AuditError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})", path=str(path),
                                  row=number) from None
+            if non_finite is not None:
+                field_name = describe_field(non_finite[0])
+                raise AuditError(f"{path}:{number}: {field_name} is {non_finite[1]}; JSON numbers must be finite",
+                                 path=str(path), row=number, field=field_name)
             if not isinstance(obj, dict):
                 raise AuditError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}", path=str(path),
                                  row=number)

@@ -158,7 +158,8 @@ def build_report(results, *, settings, input_info: dict, trm_info: dict, text_li
         settings: The :class:`~sophiavl_verl.tools.audit.settings.AuditSettings` applied.
         input_info: What :func:`~sophiavl_verl.tools.audit.inputs.load_input` says about the input.
         trm_info: ``base_url``, ``model``, ``embedded``, the client's ``stats`` (``TRMStats``),
-            ``max_concurrency``, ``scoring_wall_s``.
+            ``max_concurrency``, ``scoring_wall_s``, ``resumed`` (scores read back from an interrupted run's
+            checkpoint, not asked again; the request counts are this run's).
         text_limit: Characters of each text kept (None: whole texts).
     """
     groups = [_group_entry(res, text_limit) for res in results]
@@ -187,6 +188,7 @@ def build_report(results, *, settings, input_info: dict, trm_info: dict, text_li
         "latency_p50_s": _f(latency["trm/latency_p50_s"]),
         "latency_p95_s": _f(latency["trm/latency_p95_s"]),
         "latency_max_s": _f(latency["trm/latency_max_s"]),
+        "resumed": trm_info["resumed"],
         "max_concurrency": trm_info.get("max_concurrency"),
         "scoring_wall_s": trm_info.get("scoring_wall_s"),
     }
@@ -335,6 +337,7 @@ def render_markdown(report: dict) -> str:
             "",
         ]
     failures = ", ".join(f"{k}: {n}" for k, n in trm["failures"].items()) or "none"
+    resumed = f"; {trm['resumed']} scores resumed from an interrupted run" if trm["resumed"] else ""
     lines += [
         "## Headline",
         "",
@@ -361,7 +364,8 @@ def render_markdown(report: dict) -> str:
         f"| TRM failures (R^t = null, no thinking term; never counted as 0) | **{trm['failed']} of "
         f"{trm['requested']}** ({failures}); {trm['skipped']} not sent |",
         f"| TRM latency p50 / p95 | {_num(trm['latency_p50_s'])} s / {_num(trm['latency_p95_s'])} s "
-        f"({trm['http_requests']} HTTP requests, {trm['retries']} retries, {trm['max_concurrency']} in flight) |",
+        f"({trm['http_requests']} HTTP requests, {trm['retries']} retries, {trm['max_concurrency']} in flight"
+        f"{resumed}) |",
         "",
         "## Settings",
         "",

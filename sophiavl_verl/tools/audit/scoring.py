@@ -15,10 +15,12 @@ Each step calls the function training calls, with the options training reads:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -33,8 +35,9 @@ from sophiavl_verl.errors import AuditError
 from sophiavl_verl.tools.audit.inputs import Group
 from sophiavl_verl.tools.audit.settings import AuditSettings
 
-__all__ = ["EMBEDDED_CONCURRENCY", "REMOTE_CONCURRENCY", "GroupResult", "apply_trust_grpo", "check_endpoint",
-           "default_cache_dir", "outcome_rewards", "score_groups", "thinking_reward_endpoint", "trm_client"]
+__all__ = ["CHECKPOINT_NAME", "EMBEDDED_CONCURRENCY", "REMOTE_CONCURRENCY", "GroupResult", "ScoreCheckpoint",
+           "apply_trust_grpo", "check_endpoint", "default_cache_dir", "outcome_rewards", "request_key", "score_groups",
+           "thinking_reward_endpoint", "trm_client"]
 
 #: Default TRM requests in flight: the embedded CPU server, and a server given by --trm-url. transformers
 #: serve runs each request's generate() in its own thread: on a small CPU, requests in flight together
@@ -147,6 +150,105 @@ def trm_client(endpoint: dict, settings: AuditSettings, *, api_key: str | None, 
     )
 
 
+# ------------------------------------------------------------------------------------------ the checkpoint
+
+#: The thinking rewards obtained so far, in ``--out`` until the report holds them (:class:`ScoreCheckpoint`).
+CHECKPOINT_NAME = "trm_scores.jsonl"
+_CHECKPOINT_HEADER = {"format": "sophiavl-verl audit thinking rewards", "version": 1}
+
+
+def request_key(item, client) -> str:
+    """What identifies a thinking reward request: a SHA-256 of everything that shapes it.
+
+    The model name, the request layout (``prompt``, ``max_tokens``, ``max_image_pixels``), the question, the
+    response and each image's bytes (a file's content, not its name; a URL as written). The server's address
+    is not part of it: the embedded TRM gets a new port every run.
+    """
+    digest = hashlib.sha256()
+    layout = {"model": client.model, "prompt": client.prompt, "max_tokens": client.max_tokens,
+              "max_image_pixels": client.max_image_pixels, "question": item.question, "response": item.response}
+    digest.update(json.dumps(layout, sort_keys=True, ensure_ascii=True).encode())
+    for image in item.images:
+        data = Path(image).read_bytes() if isinstance(image, Path) else image
+        kind = b"url" if isinstance(data, str) else b"bytes"
+        data = data.encode() if isinstance(data, str) else bytes(data)
+        digest.update(b"\0%s:%d:" % (kind, len(data)) + hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+class ScoreCheckpoint:
+    """The thinking rewards this ``--out`` has obtained, kept across an interrupted audit (``trm_scores.jsonl``).
+
+    Each group's scores are appended as its requests complete, one line ``{"key", "thinking_reward"}`` per
+    scored response (:func:`request_key`), each line written whole by one ``write`` to a file opened for
+    appending: Ctrl-C, SIGTERM or a closed terminal lose at most the requests in flight. The same command on
+    the same ``--out`` reads it back, checked line by line, and asks the TRM only for the rest. Failed
+    requests are not kept (they are asked again). The file is removed once ``report.json`` holds every score.
+
+    Args:
+        path: The file (``<out>/trm_scores.jsonl``).
+
+    Raises:
+        AuditError: If the file exists but is not such a checkpoint, naming the file and line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._has_header = False  # the file starts with its header line (a cut-off one is dropped on reading)
+        self.scores: dict[str, float] = self._read() if path.exists() else {}
+        self.loaded = len(self.scores)  # read back from an interrupted run
+        self.reused = 0  # responses of this run scored from them, not asked again
+
+    def _read(self) -> dict[str, float]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AuditError(f"{self.path}: cannot read the saved thinking rewards ({exc}); delete it to score "
+                             "every response again") from None
+        lines = text.split("\n")
+        torn = lines.pop()  # after the last newline: empty, or a line whose write was cut off (never a score)
+        if torn:
+            os.truncate(self.path, len(text.encode()) - len(torn.encode()))
+        self._has_header = bool(lines)
+        scores: dict[str, float] = {}
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if number == 1:
+                valid = entry == _CHECKPOINT_HEADER
+            else:
+                valid = (isinstance(entry, dict) and set(entry) == {"key", "thinking_reward"}
+                         and isinstance(entry["key"], str) and re.fullmatch(r"[0-9a-f]{64}", entry["key"]) is not None
+                         and type(entry["thinking_reward"]) in (int, float) and 0 <= entry["thinking_reward"] <= 1)
+            if not valid:
+                raise AuditError(f"{self.path}:{number}: not a line of the audit's saved thinking rewards; delete "
+                                 "the file to score every response again", path=str(self.path), row=number)
+            if number > 1:
+                scores[entry["key"]] = float(entry["thinking_reward"])
+        return scores
+
+    def add(self, scored: Sequence[tuple[str, float]]) -> None:
+        """Keep ``(request key, score)`` pairs (finite scores only), appended to the file at once."""
+        new = [(key, score) for key, score in scored if math.isfinite(score) and key not in self.scores]
+        if not new:
+            return
+        lines = [json.dumps(_CHECKPOINT_HEADER)] * (not self._has_header)
+        lines += [json.dumps({"key": key, "thinking_reward": score}) for key, score in new]
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, ("\n".join(lines) + "\n").encode())
+        finally:
+            os.close(fd)
+        self._has_header = True
+        self.scores.update(new)
+
+    def remove(self) -> None:
+        """Delete the file: the report holds every score now."""
+        self.path.unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------------------------------ scoring
 
 
@@ -171,6 +273,7 @@ async def score_groups(
     client,
     settings: AuditSettings,
     *,
+    checkpoint: ScoreCheckpoint | None = None,
     progress: bool = True,
 ) -> list[tuple[list[float], list[str]]]:
     """Thinking rewards of every response through ``client`` (a ``ThinkingRewardClient``), with a progress bar.
@@ -179,6 +282,8 @@ async def score_groups(
     under ``settings.reward.query_policy``; a group's outcomes are all known here). Per response: ``scored``,
     ``failed`` (the request failed: NaN) or ``skipped`` (not sent: NaN, or 0 where the policy gives 0), the
     statuses training records. Groups are sent concurrently (the client bounds the requests in flight).
+    With a ``checkpoint``, a response it holds a score for is not sent again, and each group's new scores are
+    added to it as they arrive.
     """
     from tqdm import tqdm
 
@@ -198,11 +303,22 @@ async def score_groups(
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     slots = asyncio.Semaphore(max(1, client.max_concurrency // max(1, max(len(g.responses) for g in groups))))
 
+    saved = checkpoint.scores if checkpoint is not None else {}
+
     async def one(i: int, sent: list[int]) -> None:
         g = groups[i]
         items = [ThinkingRewardItem(question=g.question, response=g.responses[j], images=tuple(g.images)) for j in sent]
-        async with slots:
-            scores = await client.score(items)
+        keys = [request_key(item, client) for item in items]
+        ask = [n for n, key in enumerate(keys) if key not in saved]
+        scores = [saved.get(key, math.nan) for key in keys]
+        if checkpoint is not None:
+            checkpoint.reused += len(keys) - len(ask)
+        if ask:
+            async with slots:
+                for n, score in zip(ask, await client.score([items[n] for n in ask]), strict=True):
+                    scores[n] = float(score)
+            if checkpoint is not None:
+                checkpoint.add([(keys[n], scores[n]) for n in ask])
         thinking, status = results[i]
         for j, score in zip(sent, scores, strict=True):
             thinking[j] = float(score)
