@@ -164,14 +164,16 @@ def build_reference_trm_prompt(question: str, response: str, has_image: bool) ->
 _NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
 #: A complete ``<answer>x</answer>``: the only shape a reply cut at ``max_tokens`` may still be scored by.
 _ANSWER = re.compile(r"<answer>\s*" + _NUM + r"\s*</answer>", re.IGNORECASE)
-#: Where a reply states its score: ``<answer>x</answer>``, ``\boxed{x}`` (``\box``, ``\boxes``), after ``score``,
-#: or as its first line alone (markdown emphasis and a final period allowed).
+#: Where a reply states its score, besides its first line alone (``_BARE``): ``<answer>x</answer>``, ``\boxed{x}``
+#: (``\box``, ``\boxes``), after ``score``. No two adjacent quantifiers can match the same characters, so that a
+#: hostile reply (a number, then a megabyte of spaces) cannot make them backtrack for hours.
 _SCORE_PATTERNS = (
     _ANSWER,
     re.compile(r"\\box(?:ed|es)?\s*\{\s*" + _NUM + r"\s*\}"),
-    re.compile(r"\bscore\b\s*(?:is|of|=|:)?\s*[*`\"']*\s*" + _NUM, re.IGNORECASE),
-    re.compile(r"^\s*[*`\"']*\s*" + _NUM + r"\s*[*`\"']*\s*\.?\s*(?:\n|$)"),
+    re.compile(r"\bscore\b(?:\s*(?:is|of|=|:))?[\s*`\"']*" + _NUM, re.IGNORECASE),
 )
+#: The first line of a reply when it is a number alone (markdown emphasis and a final period allowed).
+_BARE = re.compile(r"[*`\"']*\s*" + _NUM + r"\s*[*`\"']*\.?")
 _ANY_NUMBER = re.compile(_NUM)
 #: A score given on another scale: ``8/10``, ``8 out of 10``.
 _OTHER_SCALE = re.compile(r"\d\s*/\s*\d|\bout\s+of\b", re.IGNORECASE)
@@ -185,7 +187,8 @@ def _parse_raw_score(text: str) -> float | None:
     end = text.lower().rfind(_THINK_END)
     reply = text if end < 0 else text[end + len(_THINK_END):]  # the reasoning's own numbers are no candidates
     values = {float(number) for number in _ANY_NUMBER.findall(reply)}
-    if len(values) != 1 or _OTHER_SCALE.search(reply) or not any(p.search(reply) for p in _SCORE_PATTERNS):
+    stated = _BARE.fullmatch(reply.strip().split("\n", 1)[0].strip()) or any(p.search(reply) for p in _SCORE_PATTERNS)
+    if len(values) != 1 or _OTHER_SCALE.search(reply) or not stated:
         return None
     (value,) = values
     return value if math.isfinite(value) else None

@@ -495,6 +495,16 @@ def test_parse_score(text, expected):
     assert value == (pytest.approx(expected) if expected is not None else None)
 
 
+@pytest.mark.parametrize("text", ["1" + " " * 2**16 + "x", "score" + " " * 2**16 + "*" * 2**16 + "x",
+                                  "**" * 2**16, "<answer>" + " " * 2**16, "\\boxed{" + " " * 2**16, "1 " * 2**16,
+                                  "1" + " *" * 2**16 + "x"], ids=lambda text: repr(text[:10]))
+def test_parsing_a_hostile_reply_takes_linear_time(text):
+    """The patterns cannot backtrack on a megabyte of spaces (the bare-number one took 5 s on 1000 spaces, cubic)."""
+    start = time.perf_counter()
+    assert parse_score(text) is None
+    assert time.perf_counter() - start < 1.0
+
+
 def _grid_replies() -> list[str]:
     """The replies the paper's and the reference's prompts ask for, every grid value in every accepted shape."""
     values = ["0", "1", "1.0", *(f"0.{k}" for k in range(10))]
