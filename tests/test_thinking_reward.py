@@ -406,6 +406,18 @@ async def _inside_loop(client: ThinkingRewardClient):
     client.score_sync([ITEM])
 
 
+@pytest.mark.parametrize("url", ["http://user:hunter2-pass@127.0.0.1:8000/v1", "http://hunter2-pass@127.0.0.1/v1",
+                                 "https://user:hunter2-pass@trm.example/v1/"])
+def test_a_base_url_with_credentials_is_refused_without_echoing_them(url, caplog):
+    """aiohttp refused such a URL with an API key on every request, inside verl's reward worker; without a key the
+    password would show in every message and repr that names the URL."""
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ValueError, match="credentials") as info:
+        ThinkingRewardClient(url, "trm", api_key=SECRET)
+    shown = str(info.value) + repr(info.value) + caplog.text
+    assert "hunter2" not in shown and "pass" not in shown and SECRET not in shown
+
+
 def test_no_key_sends_no_authorization_header(monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
