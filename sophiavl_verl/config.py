@@ -287,6 +287,9 @@ class SophiaVLRewardConfig:
                                    "responses get NaN at once (circuit_open); then one small request probes the "
                                    "TRM. 0 = no breaker.")
     breaker_cooldown_s: float = option(30.0, "How long the open breaker fails fast before it probes, seconds.")
+    max_reply_bytes: int = option(
+        2**20, "Largest TRM reply read, in bytes after decompression (a score is a few KB); reading stops past "
+        "it and the response's thinking reward is missing (bad_response, not retried). An integer >= 1.")
     clip_scores: bool = option(False, "true: clip a TRM reply outside [0, 1] into [0, 1] (the reference code). "
                                "false: such a reply is no judgement of the reasoning; it is missing (NaN, counted "
                                "as out_of_range).")
@@ -316,6 +319,8 @@ class SophiaVLRewardConfig:
         _require(self.max_retries >= 0, f"{key}.max_retries", f"must be an integer >= 0, got {self.max_retries!r}")
         _require(self.breaker_failures >= 0, f"{key}.breaker_failures",
                  f"must be an integer >= 0, got {self.breaker_failures!r}")
+        _require(is_int(self.max_reply_bytes) and self.max_reply_bytes >= 1, f"{key}.max_reply_bytes",
+                 f"must be an integer >= 1, got {self.max_reply_bytes!r}")
         for name in ("timeout_s", "group_wait_s", "group_idle_s", "deadline_s", "breaker_cooldown_s"):
             value = getattr(self, name)
             _require(math.isfinite(value) and value > 0, f"{key}.{name}", f"must be a finite number > 0, got {value!r}")

@@ -9,8 +9,11 @@ the reference code sends it; the caller decides what text it passes as ``respons
 
 Failure semantics: an item whose request fails (after retries), whose reply is not a score in [0, 1], or
 that cannot be sent scores ``NaN``, never 0, so that an outage cannot look like bad reasoning to the
-algorithm. Failures are counted by kind in :class:`TRMStats`. A score call takes at most its deadline, and
-after repeated failed requests a circuit breaker fails fast until a probe gets through.
+algorithm. Failures are counted by kind in :class:`TRMStats` (the kinds are listed in
+:class:`ThinkingRewardClient`). Whatever a reply holds, the worst it does is fail its own item: it is read up to
+``max_reply_bytes`` after decompression, and any body that is not a chat completion is ``bad_response``. A score
+call takes at most its deadline, and after repeated failed requests a circuit breaker fails fast until a probe
+gets through. A base URL with credentials (``user:password@``) is refused, without echoing it.
 
 Cost: one connection pool per client and event loop (verl's reward loop calls :meth:`score` once per
 response), and each image is prepared once per process while its group is scored (a content-keyed cache),
@@ -53,6 +56,7 @@ __all__ = [
     "REFERENCE_TRM_INSTRUCTION",
     "ThinkingRewardClient",
     "ThinkingRewardItem",
+    "TRMRequestError",
     "TRMResult",
     "TRMStats",
     "build_reference_trm_prompt",
@@ -157,42 +161,54 @@ def build_reference_trm_prompt(question: str, response: str, has_image: bool) ->
 # --------------------------------------------------------------------------------------------- parsing
 
 _NUM = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
-# In order of preference; the first shape that matches wins (the reference tries them in order too).
+#: A complete ``<answer>x</answer>``: the only shape a reply cut at ``max_tokens`` may still be scored by.
+_ANSWER = re.compile(r"<answer>\s*" + _NUM + r"\s*</answer>", re.IGNORECASE)
+#: Where a reply states its score, besides its first line alone (``_BARE``): ``<answer>x</answer>``, ``\boxed{x}``
+#: (``\box``, ``\boxes``), after ``score``. No two adjacent quantifiers can match the same characters, so that a
+#: hostile reply (a number, then a megabyte of spaces) cannot make them backtrack for hours.
 _SCORE_PATTERNS = (
-    re.compile(r"<answer>\s*" + _NUM + r"\s*</answer>", re.IGNORECASE),
+    _ANSWER,
     re.compile(r"\\box(?:ed|es)?\s*\{\s*" + _NUM + r"\s*\}"),
-    re.compile(r"</think>\s*(?:<answer>)?\s*" + _NUM),
-    re.compile(r"\bscore\b\s*(?:is|of|=|:)?\s*[*`\"']*\s*" + _NUM, re.IGNORECASE),
-    # A bare number: the whole reply, or its first line (markdown emphasis and a final period allowed).
-    re.compile(r"^\s*[*`\"']*\s*" + _NUM + r"\s*[*`\"']*\s*\.?\s*(?:\n|$)"),
+    re.compile(r"\bscore\b(?:\s*(?:is|of|=|:))?[\s*`\"']*" + _NUM, re.IGNORECASE),
 )
+#: The first line of a reply when it is a number alone (markdown emphasis and a final period allowed).
+_BARE = re.compile(r"[*`\"']*\s*" + _NUM + r"\s*[*`\"']*\.?")
+_ANY_NUMBER = re.compile(_NUM)
+#: A score given on another scale: ``8/10``, ``8 out of 10``.
+_OTHER_SCALE = re.compile(r"\d\s*/\s*\d|\bout\s+of\b", re.IGNORECASE)
+_THINK_END = "</think>"
 
 
 def _parse_raw_score(text: str) -> float | None:
-    """The first score found in ``text``, unclipped; None when there is none."""
-    if not isinstance(text, str) or not text.strip():
+    """The score ``text`` states unambiguously, unclipped; None when there is none (see :func:`parse_score`)."""
+    if not isinstance(text, str):
         return None
-    for pattern in _SCORE_PATTERNS:
-        match = pattern.search(text)
-        if match:
-            value = float(match.group(1))
-            if math.isfinite(value):
-                return value
-    return None
+    end = text.lower().rfind(_THINK_END)
+    reply = text if end < 0 else text[end + len(_THINK_END):]  # the reasoning's own numbers are no candidates
+    values = {float(number) for number in _ANY_NUMBER.findall(reply)}
+    stated = _BARE.fullmatch(reply.strip().split("\n", 1)[0].strip()) or any(p.search(reply) for p in _SCORE_PATTERNS)
+    if len(values) != 1 or _OTHER_SCALE.search(reply) or not stated:
+        return None
+    (value,) = values
+    return value if math.isfinite(value) else None
 
 
 def parse_score(text: str) -> float | None:
     """Parse the TRM's reply into a score in [0, 1].
 
-    Accepted shapes, tried in this order: ``<answer>0.7</answer>``, ``\\boxed{0.7}`` / ``\\box{0.7}`` /
-    ``\\boxes{0.7}``, a number right after ``</think>``, ``Score: 0.7``, and a bare number (the whole
-    reply or its first line, e.g. ``0.7``, ``**0.7**``, ``0.7.``). Values are not snapped to the
-    0.1 grid. Out-of-range values are clipped to [0, 1] as the reference does (``1.7`` -> 1.0,
+    The rule: after the last ``</think>`` (the whole reply when there is none), the reply must hold exactly
+    one distinct number, stated as ``<answer>0.7</answer>``, ``\\boxed{0.7}`` (``\\box{0.7}``,
+    ``\\boxes{0.7}``), ``Score: 0.7``, or alone on its first line (``0.7``, ``**0.7**``, ``0.7.``); a reply
+    with two or more distinct numbers there, a fraction (``0.8/10``) or ``out of`` is unparseable. So the
+    paper's replies (``<answer>0.7</answer>``, with or without a ``<think>`` block before) parse, and
+    ``The final score is 1 out of 10.`` or ``Score: 0-1 scale, I give 0.3`` do not. Values are not snapped
+    to the 0.1 grid. Out-of-range values are clipped to [0, 1] as the reference does (``1.7`` -> 1.0,
     ``-0.2`` -> 0.0); :class:`ThinkingRewardClient` does not clip unless asked (``clip_scores``): by
-    default such a reply is a failure of kind ``out_of_range``.
+    default such a reply is a failure of kind ``out_of_range``. The client also refuses a reply cut at
+    ``max_tokens`` (``finish_reason: "length"``) without a complete ``<answer>x</answer>``: ``truncated``.
 
-    Unlike the reference, a reply without any of these shapes is not scored 0 (nor is the first
-    digit found anywhere in a sentence taken as the score): it is unparseable.
+    Unlike the reference, a reply without a score is not scored 0, and neither the first digit found in a
+    sentence nor the first of several numbers is taken as the score: it is unparseable.
 
     Args:
         text: The assistant message content.
@@ -535,7 +551,14 @@ def quantile(values: Sequence[float], q: float) -> float:
 # --------------------------------------------------------------------------------------------- errors
 
 
-class _AttemptError(Exception):
+class TRMRequestError(Exception):
+    """A request to the TRM endpoint that got no usable reply; ``kind`` is its failure kind (see
+    :class:`ThinkingRewardClient`)."""
+
+    kind: str
+
+
+class _AttemptError(TRMRequestError):
     """One failed attempt. ``kind`` names the failure; ``retryable`` says whether to try again; ``alive`` whether
     the reply shows that the server answers (only timeouts, connection errors and 5xx count for the breaker)."""
 
@@ -582,6 +605,47 @@ def _retry_after_s(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+def _completion_of(raw: bytes) -> tuple[str, str | None]:
+    """The message content and ``finish_reason`` of a chat completion; :class:`_AttemptError` (``bad_response``)
+    for anything else, whatever the bytes (invalid JSON or UTF-8, nesting too deep to decode, other shapes)."""
+    try:
+        reply = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise _AttemptError("bad_response", f"not JSON: {raw[:200]!r}", retryable=True) from None
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise _AttemptError("bad_response", f"no message content in {raw[:200]!r}", retryable=True)
+    finish_reason = choice.get("finish_reason")
+    return content, finish_reason if isinstance(finish_reason, str) else None
+
+
+def _model_ids(raw: bytes) -> list[str] | None:
+    """The model ids of an OpenAI ``/models`` reply; None when it is not one."""
+    try:
+        reply = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    entries = reply.get("data") if isinstance(reply, dict) else None
+    if not isinstance(entries, list):
+        return None
+    return [entry["id"] for entry in entries if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
+
+
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body of ``response`` as decompressed, read in chunks; past ``max_bytes`` reading stops, the connection is
+    closed and :class:`_AttemptError` (``bad_response``, not retried: the same request gets the same reply)."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(_READ_CHUNK):
+        body += chunk
+        if len(body) > max_bytes:
+            response.close()
+            raise _AttemptError("bad_response", f"a reply over max_reply_bytes ({max_bytes} bytes)", retryable=False)
+    return bytes(body)
+
+
 class _Secret:
     """Holds the API key; shows as ``***`` in reprs, ``vars()`` dumps and f-strings."""
 
@@ -601,6 +665,8 @@ _BAD_RESPONSE_RETRIES = 1
 # verl's router answers its bodiless 500 for a request the upstream refused (4xx) and for an upstream fault
 # alike: a second one for the same request, while the TRM answers other requests, means the upstream refuses it.
 _ROUTER_500_RETRIES = 1
+# Replies are read in chunks of this many bytes (after decompression), so that the size cap bounds memory.
+_READ_CHUNK = 2**16
 # Idle pooled connections are kept this long. A server that closes them sooner (uvicorn, i.e. vLLM and verl's
 # router, after 5 s) is fine: the pool drops connections the server closed, and a request that races such a close
 # is sent again at once on another connection (``stale_connection``).
@@ -736,16 +802,19 @@ async def _once_more_if_stale(request: Callable[[], Any]) -> Any:
     """``await request()``, once more when the pooled connection it got had been closed by the server."""
     try:
         return await request()
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+    except _AttemptError as exc:
+        if exc.kind != "stale_connection":
+            raise
         return await request()
 
 
 class _Attempt:
-    """Per-request context for aiohttp's tracing: which counters it feeds, whether it reused a connection."""
+    """Per-request context for aiohttp's tracing: which counters it feeds (none for the client's own checks),
+    whether it reused a connection."""
 
     __slots__ = ("stats", "result", "reused")
 
-    def __init__(self, stats: TRMStats, result: TRMResult) -> None:
+    def __init__(self, stats: TRMStats | None = None, result: TRMResult | None = None) -> None:
         self.stats = stats
         self.result = result
         self.reused = False
@@ -755,7 +824,7 @@ class _Attempt:
 # client dropped with its pool open is collected and its pool closed (see _orphan_pools).
 async def _on_connection_created(session: Any, context: Any, params: Any) -> None:
     attempt = context.trace_request_ctx
-    if isinstance(attempt, _Attempt):
+    if isinstance(attempt, _Attempt) and attempt.result is not None:
         attempt.stats.connections += 1
         attempt.result.connections += 1
 
@@ -771,7 +840,7 @@ async def _on_connection_reused(session: Any, context: Any, params: Any) -> None
 _OPTIONS = SophiaVLRewardConfig  # the defaults of the options live there, once
 #: The reward manager's options that configure the client (the names of its keyword arguments).
 _CLIENT_OPTIONS = ("max_concurrency", "timeout_s", "max_retries", "deadline_s", "breaker_failures",
-                   "breaker_cooldown_s", "clip_scores", "max_image_pixels")
+                   "breaker_cooldown_s", "clip_scores", "max_image_pixels", "max_reply_bytes")
 
 
 class ThinkingRewardClient:
@@ -803,9 +872,13 @@ class ThinkingRewardClient:
     * ``context_length``, ``unknown_model``: permanent errors named in an error body (vLLM's or OpenAI's
       wording, any status): not retried.
     * ``http_4xx`` (any other 4xx: bad request, auth): not retried.
-    * ``bad_response`` (empty body, invalid JSON, no choices or no message content): retried once.
-    * ``unparseable`` (a well-formed completion with no score in it) and ``out_of_range`` (a score outside
-      [0, 1], unless ``clip_scores``): not retried, since the same prompt at temperature 0 gives the same text.
+    * ``bad_response``: a reply that is no chat completion (empty body, invalid JSON or UTF-8, JSON nested too
+      deep, no choices, no string message content): retried once; a reply over ``max_reply_bytes`` (after
+      decompression: reading stops there) or a redirect loop: not retried.
+    * ``unparseable`` (a well-formed completion without one unambiguous score, see :func:`parse_score`),
+      ``truncated`` (cut at ``max_tokens``, ``finish_reason: "length"``, without a complete
+      ``<answer>x</answer>``) and ``out_of_range`` (a score outside [0, 1], unless ``clip_scores``): not
+      retried, since the same prompt at temperature 0 gives the same text.
     * ``deadline``: the call's ``deadline_s`` ran out (waiting for a slot, in a request or backing off).
     * ``circuit_open``: not sent, the circuit breaker is open.
     * ``bad_input``: the item cannot be sent (not a string question or response, an image that cannot be read
@@ -815,7 +888,8 @@ class ThinkingRewardClient:
 
     Args:
         base_url: OpenAI-style base URL, e.g. ``http://host:8000/v1``, checked and normalised by
-            :func:`sophiavl_verl.config.parse_trm_base_url` (the option's own rules).
+            :func:`sophiavl_verl.config.parse_trm_base_url` (the option's own rules: one with credentials,
+            ``user:password@``, is refused without echoing it).
         model: The model name to put in requests (vLLM's ``--served-model-name``).
         api_key: Sent as ``Authorization: Bearer``; defaults to the :data:`API_KEY_ENV` env var.
             Never logged or shown in reprs and errors.
@@ -830,6 +904,7 @@ class ThinkingRewardClient:
         clip_scores: Clip a score outside [0, 1] into it (the reference's behaviour) instead of failing the
             item with ``out_of_range``.
         max_image_pixels: Downscale images with more pixels (see :func:`_downscale`); ``None``: never.
+        max_reply_bytes: Largest reply read, in bytes after decompression (``bad_response`` past it).
         image_cache_bytes: Budget of the image cache.
         max_tokens: ``max_tokens`` of the request (the reply is ``<answer>x</answer>``).
         backoff_base_s: First backoff; doubles each retry.
@@ -853,6 +928,7 @@ class ThinkingRewardClient:
         breaker_cooldown_s: float = _OPTIONS.breaker_cooldown_s,
         clip_scores: bool = _OPTIONS.clip_scores,
         max_image_pixels: int | None = _OPTIONS.max_image_pixels,
+        max_reply_bytes: int = _OPTIONS.max_reply_bytes,
         image_cache_bytes: int = IMAGE_CACHE_BYTES,
         max_tokens: int = 32,
         backoff_base_s: float = 0.5,
@@ -873,6 +949,8 @@ class ThinkingRewardClient:
             raise ValueError(f"breaker_failures must be >= 0, got {breaker_failures}")
         if max_image_pixels is not None and max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be >= 1 or None, got {max_image_pixels}")
+        if max_reply_bytes < 1:
+            raise ValueError(f"max_reply_bytes must be >= 1, got {max_reply_bytes}")
         self.base_url = parse_trm_base_url(base_url, "base_url")
         self.url = f"{self.base_url}/chat/completions"
         self.model = model
@@ -884,6 +962,7 @@ class ThinkingRewardClient:
         self.breaker_cooldown_s = float(breaker_cooldown_s)
         self.clip_scores = bool(clip_scores)
         self.max_image_pixels = max_image_pixels
+        self.max_reply_bytes = int(max_reply_bytes)
         self.image_cache_bytes = int(image_cache_bytes)
         self.max_tokens = int(max_tokens)
         self.backoff_base_s = float(backoff_base_s)
@@ -1188,26 +1267,9 @@ class ThinkingRewardClient:
         result.bytes_sent += len(body)
         if attempt:
             self.stats.retries += 1
-        context = _Attempt(self.stats, result)
         start = time.monotonic()
-        try:
-            async with session.post(self.url, data=body, timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                    trace_request_ctx=context) as resp:
-                status = resp.status
-                if status >= 500 and resp.connection is not None:
-                    # uvicorn (verl's router) drops the connection after an error: keep it out of the pool, which
-                    # aiohttp returns it to as soon as the body is read
-                    resp.connection.protocol.force_close()
-                raw = await resp.read()
-                retry_after = _retry_after_s(resp.headers.get("Retry-After"))
-        except asyncio.TimeoutError:
-            raise _AttemptError("timeout", f"no reply within {timeout_s:.3g}s", retryable=True, alive=False) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            kind = "stale_connection" if context.reused else "connection"
-            raise _AttemptError(kind, f"{type(exc).__name__}: {exc}", retryable=True, alive=False) from None
-        except aiohttp.ClientError as exc:
-            # aiohttp's messages name host and port, never the request headers.
-            raise _AttemptError("connection", f"{type(exc).__name__}: {exc}", retryable=True, alive=False) from None
+        status, raw, retry_after = await self._send(session, "POST", self.url, timeout_s,
+                                                    _Attempt(self.stats, result), data=body)
         latency = time.monotonic() - start
 
         if status != 200:
@@ -1225,15 +1287,12 @@ class ThinkingRewardClient:
             raise _AttemptError("http_4xx", f"{status} {text}", retryable=False)
         state.last_success = asyncio.get_running_loop().time()
 
-        try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _AttemptError("bad_response", f"malformed completion {raw[:200]!r}", retryable=True) from None
-        if not isinstance(content, str):
-            raise _AttemptError("bad_response", f"no message content {raw[:200]!r}", retryable=True)
+        content, finish_reason = _completion_of(raw)
+        if finish_reason == "length" and not _ANSWER.search(content):
+            raise _AttemptError("truncated", f"cut at max_tokens: {content[-200:]!r}", retryable=False)
         value = _parse_raw_score(content)
         if value is None:
-            raise _AttemptError("unparseable", f"no score in {content[:200]!r}", retryable=False)
+            raise _AttemptError("unparseable", f"no unambiguous score in {content[:200]!r}", retryable=False)
         self.stats.latencies_s.append(latency)
         if not 0.0 <= value <= 1.0:
             if not self.clip_scores:
@@ -1259,16 +1318,64 @@ class ThinkingRewardClient:
         return state.model_listed is not False
 
     async def _list_models(self, session: aiohttp.ClientSession) -> set | None:
-        async def get() -> Any:
-            timeout = aiohttp.ClientTimeout(total=min(self.timeout_s, 10.0))
-            async with session.get(f"{self.base_url}/models", timeout=timeout) as resp:
-                return await resp.json(content_type=None) if resp.status == 200 else None
-
         try:
-            models = await _once_more_if_stale(get)
-            return {entry.get("id") for entry in models["data"]}
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError, AttributeError):
+            _, ids = await self._get_models(session)
+        except _AttemptError:
             return None
+        return None if ids is None else set(ids)
+
+    async def served_models(self) -> tuple[int, list[str] | None]:
+        """``GET {base_url}/models`` through this client's pool of the running loop, as scoring requests go:
+        its timeout (within ``deadline_s``), reply size cap and redirect policy, and its API key.
+
+        Returns:
+            The reply's HTTP status, and the model ids it lists (None unless it is a 200 with a model list).
+
+        Raises:
+            TRMRequestError: When no whole reply came (``timeout``, ``connection``, or ``bad_response``: a
+                redirect loop, a reply over ``max_reply_bytes``).
+        """
+        return await self._get_models(await self._session(self._state(asyncio.get_running_loop())))
+
+    async def _get_models(self, session: aiohttp.ClientSession) -> tuple[int, list[str] | None]:
+        url, timeout_s = f"{self.base_url}/models", min(self.timeout_s, self.deadline_s)
+        status, raw, _ = await _once_more_if_stale(lambda: self._send(session, "GET", url, timeout_s, _Attempt()))
+        return status, _model_ids(raw) if status == 200 else None
+
+    async def _send(
+        self, session: aiohttp.ClientSession, method: str, url: str, timeout_s: float, context: _Attempt,
+        data: bytes | None = None,
+    ) -> tuple[int, bytes, float | None]:
+        """One HTTP request, the one way every request goes: ``timeout_s`` for all of it, the reply read up to
+        ``max_reply_bytes`` after decompression, and aiohttp's redirects (at most 10; the ``Authorization``
+        header is dropped when one leads to another host, port or scheme).
+
+        Returns:
+            The status, the body and ``Retry-After`` in seconds (None when absent).
+
+        Raises:
+            _AttemptError: ``timeout``, ``connection`` / ``stale_connection`` (a pooled connection the server had
+                closed), or ``bad_response`` (not retried) for a redirect loop or a reply over the cap.
+        """
+        try:
+            async with session.request(method, url, data=data, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                       trace_request_ctx=context) as resp:
+                if resp.status >= 500 and resp.connection is not None:
+                    # uvicorn (verl's router) drops the connection after an error: keep it out of the pool, which
+                    # aiohttp returns it to as soon as the body is read
+                    resp.connection.protocol.force_close()
+                raw = await _read_capped(resp, self.max_reply_bytes)
+                return resp.status, raw, _retry_after_s(resp.headers.get("Retry-After"))
+        except asyncio.TimeoutError:
+            raise _AttemptError("timeout", f"no reply within {timeout_s:.3g}s", retryable=True, alive=False) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            kind = "stale_connection" if context.reused else "connection"
+            raise _AttemptError(kind, f"{type(exc).__name__}: {exc}", retryable=True, alive=False) from None
+        except aiohttp.TooManyRedirects:  # permanent: the same request loops again
+            raise _AttemptError("bad_response", "a redirect loop", retryable=False) from None
+        except aiohttp.ClientError as exc:
+            # aiohttp's messages name host and port, never the request headers.
+            raise _AttemptError("connection", f"{type(exc).__name__}: {exc}", retryable=True, alive=False) from None
 
     async def _probe(self, state: _LoopState) -> None:
         """The open breaker's probe: one small chat request; any reply but a 5xx closes the breaker."""
@@ -1276,16 +1383,13 @@ class ThinkingRewardClient:
         payload = {"model": self.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1,
                    "temperature": 0.0}
         session = await self._session(state)
-
-        async def post() -> bool:
-            async with session.post(self.url, json=payload, timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
-                await resp.read()
-                return resp.status < 500
-
+        body = json.dumps(payload).encode()
         try:
-            alive = await _once_more_if_stale(post)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            alive = False
+            status, _, _ = await _once_more_if_stale(
+                lambda: self._send(session, "POST", self.url, self.timeout_s, _Attempt(), data=body))
+            alive = status < 500
+        except _AttemptError as exc:
+            alive = exc.alive
         now = asyncio.get_running_loop().time()
         state.breaker.probing = False
         if alive:

@@ -32,13 +32,16 @@ class FaultInjectionServer:
     in flight at once, the TCP connections that carried requests, and ``GET /v1/models`` calls. With
     ``drop_keep_alive`` it drops a kept-alive connection when a second request arrives on it (no reply), as
     servers and proxies that close idle connections do when a client reuses one. ``bytes_received`` sums the
-    request bodies.
+    request bodies. ``models(request)``, when given, replies to ``GET /v1/models`` instead of the model list
+    (it may be a coroutine function); ``models_headers`` records the headers of those requests.
     """
 
     model = "fault-injection-trm"
 
-    def __init__(self, script, *, drop_keep_alive: bool = False):
+    def __init__(self, script, *, drop_keep_alive: bool = False, models=None):
         self.script = script
+        self.models = models
+        self.models_headers: list[dict] = []
         self.drop_keep_alive = drop_keep_alive
         self.bodies: list[dict] = []
         self.raw_bodies: list[bytes] = []
@@ -87,9 +90,13 @@ class FaultInjectionServer:
         finally:
             self.in_flight -= 1
 
-    async def _models(self, request: web.Request) -> web.Response:
+    async def _models(self, request: web.Request) -> web.StreamResponse:
         self.models_requests += 1
-        return web.json_response({"object": "list", "data": [{"id": self.model}]})
+        self.models_headers.append(dict(request.headers))
+        if self.models is None:
+            return web.json_response({"object": "list", "data": [{"id": self.model}]})
+        reply = self.models(request)
+        return await reply if asyncio.iscoroutine(reply) else reply
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)

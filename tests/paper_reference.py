@@ -6,6 +6,7 @@ Tests compare the package's vectorised code (and verl's) against these.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -50,3 +51,19 @@ def reference_advantage(scores, index, *, norm_by_std=True, epsilon=1e-6):
         for i in rows:
             out[i] = (scores[i] - mean) / (std + epsilon) if norm_by_std else scores[i] - mean
     return out
+
+
+def authors_score(text: str) -> float | None:
+    """The score the authors' parser reads from a TRM reply; None where it finds none (and falls back to 0).
+
+    Their ``extract_score`` (kxfan2002/SophiaVL-R1 a818494, ``verl/workers/reward/custom.py``), written out: the
+    first of ``\\box{x}`` / ``\\boxes{x}``, ``<answer>x</answer>`` (x one of 0, 1, 0.d, 1.d), the first such number
+    anywhere in the text, a number right after ``</think>``; clipped to [0, 1]. (Its later extractors read
+    "wrong steps" counts, a reply format the TRM is not asked for.)
+    """
+    for pattern in (r"\\box(?:es)?\{([01](?:\.\d)?)\}", r"<answer>\s*([01](?:\.\d)?)\s*</answer>",
+                    r"\b([01](?:\.\d)?)\b", r"</think>\s*([\d.]+)"):
+        match = re.search(pattern, text)
+        if match:
+            return min(1.0, max(0.0, float(match.group(1))))
+    return None

@@ -908,3 +908,72 @@ def test_saved_scores_are_checked_and_keyed_by_what_the_request_carries(tmp_path
         err = _error(["audit", "--out", str(tmp_path), "--trm-url", "http://127.0.0.1:9/v1", "--trm-model", "m"], capsys)
         assert err == (f"sophiavl-verl audit: error: {path}:2: not a line of the audit's saved thinking rewards; "
                        "delete the file to score every response again\n")
+
+
+# ------------------------------------------------------------------------------- the TRM preflight check
+
+
+def _redirect_to(server: FaultInjectionServer, path: str):
+    return lambda *args: web.Response(status=307, headers={"Location": f"http://127.0.0.1:{server.port}{path}"})
+
+
+def test_the_preflight_and_scoring_drop_the_api_key_on_a_redirect_to_another_port(tmp_path, capsys, monkeypatch):
+    """The /models check goes the client's way: a redirect to another origin loses the Authorization header
+    (urllib, which it used, forwarded the key to wherever the endpoint redirected)."""
+    secret = "sk-audit-preflight-SECRET"
+    monkeypatch.setenv("SOPHIAVL_TRM_API_KEY", secret)
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as elsewhere:
+        redirect = _redirect_to(elsewhere, "/v1/models")
+        chat_redirect = _redirect_to(elsewhere, "/v1/chat/completions")
+        with FaultInjectionServer(chat_redirect, models=redirect) as server:
+            rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                       "--no-progress", "--limit", "1"])
+            assert server.models_headers[0]["Authorization"] == f"Bearer {secret}"  # the configured endpoint
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert elsewhere.models_requests == 1 and "Authorization" not in elsewhere.models_headers[0]
+    assert elsewhere.requests > 0 and all("Authorization" not in headers for headers in elsewhere.headers)
+    assert secret not in out + err
+
+
+def test_a_trickling_models_endpoint_fails_within_the_timeout(tmp_path, capsys):
+    """A /models that sends a byte every 0.5 s: --timeout bounds the whole request (urllib's bounded each read)."""
+
+    async def trickle(request):
+        reply = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await reply.prepare(request)
+        for _ in range(20):  # 10 s in all
+            await reply.write(b" ")
+            await asyncio.sleep(0.5)
+        return reply
+
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>", models=trickle) as server:
+        start = time.monotonic()
+        err = _error(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                      "--timeout", "1", "--no-progress"], capsys)
+        seconds = time.monotonic() - start
+    assert f"cannot reach the thinking reward model at {server.base_url}" in err and "timeout" in err
+    assert seconds < 3 * 1.0 and server.requests == 0
+
+
+def test_the_models_check_reads_within_the_reply_size_cap(tmp_path, capsys):
+    big = web.Response(body=b" " * (8 * 2**20), content_type="application/json")
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>", models=lambda request: big) as server:
+        err = _error(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                      "--no-progress"], capsys)
+    assert "max_reply_bytes" in err and server.requests == 0
+
+
+def test_credentials_in_the_trm_url_are_never_shown(tmp_path, capsys, caplog):
+    import logging
+
+    from sophiavl_verl.thinking_reward import ThinkingRewardClient
+
+    caplog.set_level(logging.DEBUG)
+    url = f"http://trm-user:hunter2-pass@127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(ValueError) as info:
+        ThinkingRewardClient(url, "trm", api_key="sk-x")
+    assert "hunter2" not in str(info.value) and "pass" not in str(info.value)
+    rc = main(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc != 0 and "hunter2" not in out + err + caplog.text

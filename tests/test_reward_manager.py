@@ -636,3 +636,41 @@ def test_hosting_mode_a_refused_requests_fail_fast_through_verls_worker_and_rout
         else:
             assert info[THINKING_KEY] == pytest.approx(0.6) and info["sophiavl_trm_failure"] == ""
     assert server.requests == sum(not b for b in refused) + 2 * sum(refused)
+
+
+def test_padding_rows_count_in_no_failure_kind_and_no_cost(tmp_path):
+    """verl pads a batch with copies of a real sample (uid ``pad<hex>``, the copy's reward extra info): they count
+    in neither trm/failed_<kind> nor the cost totals (2 real rows and 1 pad gave failed_timeout 2, not 1)."""
+    from verl.trainer.ppo import ray_trainer
+
+    from sophiavl_verl.integration.adapter import trainer_step
+
+    async def script(n, body):
+        if BAD in body["messages"][-1]["content"][-1]["text"]:
+            await asyncio.sleep(30)  # past timeout_s
+        return "<answer>0.5</answer>"
+
+    with FaultInjectionServer(script) as server:
+        worker = _sophiavl_worker(tmp_path, server, "+reward.reward_kwargs.timeout_s=0.3",
+                                  "+reward.reward_kwargs.max_retries=0")
+        row = _dataset_row("mixed", "What is the sum?", _jpeg((10, 200, 30)))
+        samples = [_agent_loop_sample(worker.input_tokenizer, row, response) for response in (GOOD, BAD)]
+        outputs = get_event_loop().run_until_complete(asyncio.gather(*(worker.compute_score(s) for s in samples)))
+        worker.reward_manager.client.close()
+        requests, received = server.requests, server.bytes_received
+    infos = [out["reward_extra_info"] for out in outputs]
+    assert [info["sophiavl_trm_failure"] for info in infos] == ["", "timeout"]
+    infos.append(dict(infos[1]))  # verl's padding row: a copy of a real sample's extra info, under a pad uid
+    uids = ["mixed", "mixed", "pad" + "0f" * 16]
+    non_tensor = {key: np.array([info[key] for info in infos]) for key in infos[0]}
+    outcome = [out["reward_score"] for out in outputs] + [outputs[1]["reward_score"]]
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": torch.tensor(outcome, dtype=torch.float32)[:, None],
+                 "response_mask": torch.ones(3, 1)},
+        non_tensors={"uid": np.array(uids, dtype=object), **non_tensor})
+    metrics: dict = {}
+    with trainer_step(global_step=1, total_training_steps=10, metrics=metrics):
+        ray_trainer.compute_advantage(data, "trust_grpo", config=OmegaConf.create(
+            {"adv_estimator": "trust_grpo", "norm_adv_by_std_in_grpo": True, "trust_grpo": {}}))
+    assert metrics["trm/failed"] == 1 and metrics["trm/failed_timeout"] == 1
+    assert metrics["trm/http_requests"] == requests == 2 and metrics["trm/bytes_sent"] == received

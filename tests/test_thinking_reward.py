@@ -402,6 +402,18 @@ async def _inside_loop(client: ThinkingRewardClient):
     client.score_sync([ITEM])
 
 
+@pytest.mark.parametrize("url", ["http://user:hunter2-pass@127.0.0.1:8000/v1", "http://hunter2-pass@127.0.0.1/v1",
+                                 "https://user:hunter2-pass@trm.example/v1/"])
+def test_a_base_url_with_credentials_is_refused_without_echoing_them(url, caplog):
+    """aiohttp refused such a URL with an API key on every request, inside verl's reward worker; without a key the
+    password would show in every message and repr that names the URL."""
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ValueError, match="credentials") as info:
+        ThinkingRewardClient(url, "trm", api_key=SECRET)
+    shown = str(info.value) + repr(info.value) + caplog.text
+    assert "hunter2" not in shown and "pass" not in shown and SECRET not in shown
+
+
 def test_no_key_sends_no_authorization_header(monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
@@ -467,11 +479,85 @@ def test_prompt_is_table_4_with_question_and_response():
         ("", None),
         ("   ", None),
         ("<answer>nan</answer>", None),
+        # more than one distinct number after the reasoning, or another scale: ambiguous, so unparseable
+        ("The final score is 1 out of 10.", None),
+        ("Score: 0.8/10", None),
+        ("Score: 0-1 scale, I give 0.3", None),
+        ("8/10", None),
+        ("Score: 1/1", None),
+        ("<answer>0.7</answer><answer>0.2</answer>", None),
+        ("<answer>0.7</answer>\nStep 3 is weak.", None),
+        ("Score: 0.8 (step 2 is weak)", None),
+        ("1. Logical soundness: fine\n2. Redundancy: some\nScore: 0.7", None),
+        # the reasoning's own numbers are no candidates; one number, stated as a score, is
+        ("<think>Steps 1 and 2 hold, step 3 does not.</think><answer>0.6</answer>", 0.6),
+        ("Step 2 misreads the chart.</think>\n<answer>0.4</answer>", 0.4),  # no opening tag (Qwen's template)
+        ("<think>Step 1 is wrong</think> 0.6", 0.6),
+        ("**Score:** 0.7", 0.7),
+        ("<answer>0.7</answer> <answer>0.70</answer>", 0.7),  # the same value twice
+        ("1" * 500, None),  # not a finite number
     ],
 )
 def test_parse_score(text, expected):
     value = parse_score(text)
     assert value == (pytest.approx(expected) if expected is not None else None)
+
+
+@pytest.mark.parametrize("text", ["1" + " " * 2**16 + "x", "score" + " " * 2**16 + "*" * 2**16 + "x",
+                                  "**" * 2**16, "<answer>" + " " * 2**16, "\\boxed{" + " " * 2**16, "1 " * 2**16,
+                                  "1" + " *" * 2**16 + "x"], ids=lambda text: repr(text[:10]))
+def test_parsing_a_hostile_reply_takes_linear_time(text):
+    """The patterns cannot backtrack on a megabyte of spaces (the bare-number one took 5 s on 1000 spaces, cubic)."""
+    start = time.perf_counter()
+    assert parse_score(text) is None
+    assert time.perf_counter() - start < 1.0
+
+
+def _grid_replies() -> list[str]:
+    """The replies the paper's and the reference's prompts ask for, every grid value in every accepted shape."""
+    values = ["0", "1", "1.0", *(f"0.{k}" for k in range(10))]
+    shapes = ("<answer>{}</answer>", "<answer> {} </answer>",
+              "<think>Steps one and two hold.</think><answer>{}</answer>", "<think>ok</think>\n<answer>{}</answer>", "\\boxed{{{}}}", "\\box{{{}}}", "\\boxes{{{}}}", "{}",
+              "**{}**", "{}.", "{}\nThe reasoning is sound.", "Score: {}", "The score is {}", "<think>ok</think> {}")
+    return [shape.format(value) for shape in shapes for value in values]
+
+
+def test_the_authors_replies_parse_as_their_parser_reads_them():
+    """The peer check against the authors' own parser: every reply in the requested shapes gets the score theirs
+    reads; where theirs takes the wrong number of an ambiguous reply, this parser finds none."""
+    from paper_reference import authors_score
+
+    for reply in _grid_replies():
+        assert parse_score(reply) is not None and parse_score(reply) == pytest.approx(authors_score(reply)), reply
+    for reply, theirs in (("The final score is 1 out of 10.", 1.0), ("Score: 0.8/10", 0.8),
+                          ("Score: 0-1 scale, I give 0.3", 0.0), ("Score: 0.3, not 1", 0.3)):
+        assert authors_score(reply) == theirs and parse_score(reply) is None, reply
+
+
+def _finishing(content: str, finish_reason: str):
+    message = {"role": "assistant", "content": content}
+    return web.json_response({"choices": [{"index": 0, "message": message, "finish_reason": finish_reason}]})
+
+
+def test_a_reply_cut_at_max_tokens_is_truncated_never_a_score():
+    replies = {
+        "cut": ("<think>Score: 1 would be too generous: step 2 misreads the", "length"),
+        "cut bare": ("0.", "length"),
+        "cut box": ("\\boxed{0.7} because the chart", "length"),  # only a complete <answer> survives a cut
+        "complete": ("<answer>0.6</answer>", "length"),  # cut after the answer was complete
+        "stopped": ("0.8", "stop"),
+    }
+
+    def script(n, body):
+        return _finishing(*replies[_question_of(body)])
+
+    items = [ThinkingRewardItem(name, "r") for name in replies]
+    with FaultInjectionServer(script) as server:
+        scores, client, _ = _score(server.base_url, items, max_retries=3)
+        assert server.requests == len(replies)  # not retried: the same prompt is cut the same way
+    assert [math.isnan(s) for s in scores] == [True, True, True, False, False]
+    assert scores[3:] == [0.6, 0.8] and dict(client.stats.failures) == {"truncated": 3}
+    assert client.stats.summary()["trm/failed_truncated"] == 3
 
 
 def test_client_pickles_for_ray_workers():
@@ -936,3 +1022,138 @@ def test_the_one_quantile_is_numpys_linear_interpolation():
         assert quantile(values, q) == pytest.approx(float(np.percentile(values, 100 * q)), abs=1e-12)
     assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0  # unsorted input
     assert math.isnan(quantile([], 0.5))
+
+
+# ------------------------------------------------------------------------------- hostile replies
+
+
+def _gzip_bomb(inflated_bytes: int) -> bytes:
+    """A gzip body that inflates to ``inflated_bytes`` of spaces (about a thousandth of that on the wire)."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    block = b" " * 2**20
+    return b"".join(packer.compress(block) for _ in range(inflated_bytes // len(block))) + packer.flush()
+
+
+def _peak_traced_bytes(function):
+    """``function()`` and the peak of Python allocations while it ran (the server thread's included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = function()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_gzip_bomb_fails_its_item_only_with_bounded_memory():
+    bomb = _gzip_bomb(256 * 2**20)
+    assert len(bomb) < 2**20  # a small body on the wire, 256 MiB once inflated
+
+    def script(n, body):
+        if _question_of(body) == "bomb":
+            return web.Response(body=bomb, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        return "<answer>0.4</answer>"
+
+    items = [ThinkingRewardItem("bomb", "r"), ITEM]
+    with FaultInjectionServer(script) as server:
+        ((scores, client, seconds), peak) = _peak_traced_bytes(lambda: _score(server.base_url, items, timeout_s=30))
+        assert server.requests == 2  # not retried
+    assert math.isnan(scores[0]) and scores[1] == pytest.approx(0.4)
+    assert dict(client.stats.failures) == {"bad_response": 1} and client.max_reply_bytes == 2**20
+    assert peak < 32 * 2**20, peak  # the cap (1 MiB) and a few chunks, not 256 MiB
+    assert seconds < 10
+
+
+def test_an_endless_body_fails_at_the_size_cap_not_at_the_timeout():
+    async def endless():
+        while True:
+            yield b" " * 2**16
+            await asyncio.sleep(0.001)
+
+    with FaultInjectionServer(lambda n, body: web.Response(body=endless())) as server:
+        ((scores, client, seconds), peak) = _peak_traced_bytes(
+            lambda: _score(server.base_url, timeout_s=3.0, max_reply_bytes=256 * 1024))
+        assert server.requests == 1
+    assert math.isnan(scores[0]) and dict(client.stats.failures) == {"bad_response": 1}
+    assert seconds < 2.0 and peak < 16 * 2**20, (seconds, peak)
+
+
+def test_max_reply_bytes_caps_what_is_read_after_decompression():
+    padded = json.dumps({"choices": [{"message": {"content": "<answer>0.5</answer>"}}], "pad": " " * 4000})
+    with FaultInjectionServer(lambda n, body: web.Response(text=padded, content_type="application/json")) as server:
+        (fits,), _, _ = _score(server.base_url, max_reply_bytes=len(padded))
+        (over,), client, _ = _score(server.base_url, max_reply_bytes=len(padded) - 1)
+        compressed = web.Response(body=__import__("gzip").compress(padded.encode()),
+                                  headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        server.script = lambda n, body: compressed
+        (zipped,), zipped_client, _ = _score(server.base_url, max_reply_bytes=1000)  # 100 bytes on the wire
+    assert fits == 0.5 and math.isnan(over) and dict(client.stats.failures) == {"bad_response": 1}
+    assert math.isnan(zipped) and dict(zipped_client.stats.failures) == {"bad_response": 1}
+    with pytest.raises(ValueError, match="max_reply_bytes"):
+        ThinkingRewardClient("http://127.0.0.1:1/v1", "trm", max_reply_bytes=0)
+
+
+HOSTILE_BODIES = {  # name -> the whole body of a 200 reply
+    "deep array": b"[" * 200000,
+    "deep object": b'{"a":' * 100000,
+    "choices a number": b'{"choices": 5}',
+    "choice a number": b'{"choices": [5]}',
+    "message a list": b'{"choices": [{"message": [1]}]}',
+    "content a list": b'{"choices": [{"message": {"content": ["<answer>0.5</answer>"]}}]}',
+    "content a number": b'{"choices": [{"message": {"content": 0.5}}]}',
+    "null": b"null",
+    "a string": b'"<answer>0.5</answer>"',
+    "invalid UTF-8": b'{"choices": [{"message": {"content": "\xff\xfe"}}]}',
+    "NaN": b"NaN",
+    "huge number": b"1" * 5000,
+}
+
+
+def test_no_reply_body_escapes_its_item():
+    """Whatever the body, the worst it does is fail its own item (``bad_response``); the others are scored."""
+    names = list(HOSTILE_BODIES)
+
+    def script(n, body):
+        question = _question_of(body)
+        if question in HOSTILE_BODIES:
+            return web.Response(body=HOSTILE_BODIES[question], content_type="application/json")
+        return "<answer>0.3</answer>"
+
+    items = [ThinkingRewardItem(name, "r") for name in names] + [ITEM]
+    with FaultInjectionServer(script) as server:
+        client = ThinkingRewardClient(server.base_url, "trm", max_retries=0, **FAST)
+        results = asyncio.run(client.score_results(items))
+    assert [r.failure for r in results] == ["bad_response"] * len(names) + [None]
+    assert all(math.isnan(r.score) for r in results[:-1]) and results[-1].score == pytest.approx(0.3)
+
+
+def test_hostile_bodies_fail_only_their_responses_in_the_audit(tmp_path, capsys):
+    from sophiavl_verl.tools.cli import main
+
+    bodies = list(HOSTILE_BODIES.values())
+
+    def script(n, body):
+        if n % 2:
+            return "<answer>0.5</answer>"
+        return web.Response(body=bodies[n // 2 % len(bodies)], content_type="application/json")
+
+    with FaultInjectionServer(script) as server:
+        rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
+                   "--max-retries", "0", "--no-progress", "--limit", "4"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert report["trm"]["failures"] == {"bad_response": report["trm"]["failed"]}
+    assert 0 < report["trm"]["failed"] < report["trm"]["requested"]
+
+
+def test_a_redirect_loop_is_a_bad_response_not_retried():
+    def loop(n, body):
+        return web.Response(status=307, headers={"Location": "/v1/chat/completions"})
+
+    with FaultInjectionServer(loop) as server:
+        (score,), client, seconds = _score(server.base_url, max_retries=5)
+        assert server.requests == 10  # aiohttp gives up at its 10th redirect: one request, not six with retries
+    assert math.isnan(score) and dict(client.stats.failures) == {"bad_response": 1} and client.stats.retries == 0

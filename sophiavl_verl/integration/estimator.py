@@ -130,11 +130,11 @@ def _metrics(
         metrics["trm/skipped"] = float(np.sum(status == "skipped"))
         metrics["trm/failed"] = float(np.sum(status == "failed"))
     if TRM_FAILURE_KEY in non_tensor_batch:
-        kinds = Counter(str(kind) for kind in list(non_tensor_batch[TRM_FAILURE_KEY]) if kind)
+        kinds = Counter(str(kind) for kind in np.asarray(non_tensor_batch[TRM_FAILURE_KEY], dtype=object)[keep] if kind)
         metrics.update({f"trm/failed_{kind}": float(n) for kind, n in sorted(kinds.items())})
     for _, key, metric in TRM_COST_COLUMNS:
         if key in non_tensor_batch:
-            metrics[metric] = float(np.nansum(_column(non_tensor_batch, key, len(thinking)).numpy()))
+            metrics[metric] = float(np.nansum(_column(non_tensor_batch, key, len(thinking)).numpy()[keep]))
     if TRM_LATENCY_KEY in non_tensor_batch:
         latency = _column(non_tensor_batch, TRM_LATENCY_KEY, len(thinking)).numpy()[keep]
         latency = latency[~np.isnan(latency)]

@@ -117,8 +117,8 @@ def run_audit(
         outcomes = outcome_rewards(groups, settings)
         api_key = os.environ.get(settings.reward.trm_api_key_env) or None
         with thinking_reward_endpoint(settings.reward.trm_base_url, settings.reward.trm_model, cache_dir=cache_dir,
-                                      api_key=api_key, log=log) as endpoint:
-            client = trm_client(endpoint, settings, api_key=api_key, max_concurrency=max_concurrency)
+                                      log=log) as endpoint:
+            client = trm_client(endpoint, settings, api_key=api_key, max_concurrency=max_concurrency, log=log)
             log(f"[audit] scoring {sum(len(g.responses) for g in groups)} responses of {len(groups)} groups with "
                 f"{endpoint['model']} at {endpoint['base_url']}", file=sys.stderr)
             scoring_started = time.monotonic()

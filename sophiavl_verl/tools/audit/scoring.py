@@ -22,8 +22,6 @@ import math
 import os
 import re
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,35 +54,32 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "sophiavl_verl"
 
 
-def check_endpoint(base_url: str, model: str, *, api_key: str | None = None, timeout_s: float = 10.0) -> list[str]:
-    """Fail fast when the TRM endpoint cannot be reached (``GET {base_url}/models``).
+def check_endpoint(client) -> list[str]:
+    """Fail fast when the TRM endpoint cannot be reached: ``GET {base_url}/models`` through ``client`` (a
+    ``ThinkingRewardClient``), the way its scoring requests go: its timeout as a limit on the whole request, its
+    reply size cap, and redirects that drop the API key when they lead to another host, port or scheme.
 
     Returns:
         The model ids the server lists (empty when it does not implement ``/models``).
 
     Raises:
-        AuditError: When nothing answers at ``base_url``, or it refuses the API key.
+        AuditError: When nothing answers at the client's base URL in time, or it refuses the API key.
     """
-    url = base_url.rstrip("/") + "/models"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    from sophiavl_verl.thinking_reward import TRMRequestError
+
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            body = json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            raise AuditError(
-                f"thinking reward model at {base_url} refused the request ({exc.code} {exc.reason}); "
-                "set the API key in the environment variable named by --trm-api-key-env"
-            ) from None
-        return []  # no /models route: the chat requests will tell
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+        status, ids = asyncio.run(client.served_models())
+    except TRMRequestError as exc:
         raise AuditError(
-            f"cannot reach the thinking reward model at {base_url} ({reason}); is the server running "
+            f"cannot reach the thinking reward model at {client.base_url} ({exc}); is the server running "
             "(e.g. `vllm serve <model> --port 8000`, then --trm-url http://host:8000/v1)?"
         ) from None
-    data = body.get("data") if isinstance(body, dict) else None
-    return [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+    if status in (401, 403):
+        raise AuditError(
+            f"thinking reward model at {client.base_url} refused the request ({status}); "
+            "set the API key in the environment variable named by --trm-api-key-env"
+        )
+    return ids or []  # no /models route: the chat requests will tell
 
 
 @contextmanager
@@ -93,7 +88,6 @@ def thinking_reward_endpoint(
     trm_model: str | None,
     *,
     cache_dir: str | os.PathLike | None = None,
-    api_key: str | None = None,
     log=print,
 ) -> Iterator[dict]:
     """The TRM to score with: the given OpenAI-compatible endpoint, or the embedded tiny TRM served here.
@@ -105,12 +99,9 @@ def thinking_reward_endpoint(
     Yields:
         ``{"base_url", "model", "embedded"}``.
     """
-    if trm_url:  # an http(s) URL: SophiaVLRewardConfig checked it
+    if trm_url:  # an http(s) URL: SophiaVLRewardConfig checked it; check_endpoint checks that it answers
         if not trm_model:
             raise AuditError("--trm-url needs --trm-model (the model name the server serves)")
-        served = check_endpoint(trm_url, trm_model, api_key=api_key)
-        if served and trm_model not in served:
-            log(f"warning: {trm_url} lists models {served}, not {trm_model!r}; requests may fail", file=sys.stderr)
         yield {"base_url": trm_url, "model": trm_model, "embedded": False}
         return
     if trm_model:
@@ -131,8 +122,10 @@ def thinking_reward_endpoint(
         yield {"base_url": server.base_url, "model": server.model, "embedded": True}
 
 
-def trm_client(endpoint: dict, settings: AuditSettings, *, api_key: str | None, max_concurrency: int | None):
-    """The thinking reward client training uses, on ``endpoint``, with the audit's reward options.
+def trm_client(endpoint: dict, settings: AuditSettings, *, api_key: str | None, max_concurrency: int | None,
+               log=print):
+    """The thinking reward client training uses, on ``endpoint``, with the audit's reward options; a given
+    endpoint is checked first (:func:`check_endpoint`), through that client.
 
     ``max_concurrency`` None: :data:`EMBEDDED_CONCURRENCY` for the embedded TRM, else :data:`REMOTE_CONCURRENCY`.
     """
@@ -140,14 +133,24 @@ def trm_client(endpoint: dict, settings: AuditSettings, *, api_key: str | None, 
 
     if max_concurrency is None:
         max_concurrency = EMBEDDED_CONCURRENCY if endpoint["embedded"] else REMOTE_CONCURRENCY
-    return ThinkingRewardClient(
-        endpoint["base_url"],
-        endpoint["model"],
-        api_key=api_key,
-        max_concurrency=max_concurrency,
-        timeout_s=settings.reward.timeout_s,
-        max_retries=settings.reward.max_retries,
-    )
+    try:
+        client = ThinkingRewardClient(
+            endpoint["base_url"],
+            endpoint["model"],
+            api_key=api_key,
+            max_concurrency=max_concurrency,
+            timeout_s=settings.reward.timeout_s,
+            max_retries=settings.reward.max_retries,
+            max_reply_bytes=settings.reward.max_reply_bytes,
+        )
+    except ValueError as exc:  # the other options are checked by then: the URL (its message never echoes it)
+        raise AuditError(f"--trm-url: {exc}") from None
+    if not endpoint["embedded"]:
+        served = check_endpoint(client)
+        if served and client.model not in served:
+            log(f"warning: {client.base_url} lists models {served}, not {client.model!r}; requests may fail",
+                file=sys.stderr)
+    return client
 
 
 # ------------------------------------------------------------------------------------------ the checkpoint
