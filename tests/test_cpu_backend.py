@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -151,3 +152,63 @@ def test_server_takes_the_trainers_weights(tiny_model):
     state.pop(next(iter(state)))
     with pytest.raises(RuntimeError, match="does not match the model: missing"):
         server.update_weights(state, global_steps=5)
+
+
+_REWARD_MODEL_MANAGER = """
+import json, os, sys
+os.environ["VERL_PLATFORM"] = "cpu"
+import ray, verl
+from hydra import compose, initialize_config_dir
+from verl.experimental.reward_loop.reward_model import RewardModelManager
+from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
+
+recipes, trm = sys.argv[1], sys.argv[2]
+with initialize_config_dir(config_dir=recipes, version_base=None):
+    config = compose("sophiavl_r1_tiny_cpu", overrides=[f"reward.reward_model.model_path={trm}"])
+ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, runtime_env={"env_vars": {"VERL_PLATFORM": "cpu"}})
+try:
+    manager = RewardModelManager(config.reward.reward_model, resource_pool=None)  # standalone: its own pool
+except Exception as e:
+    print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+    sys.exit(0)
+client = ThinkingRewardClient(f"http://{manager.router_address}/v1", trm, timeout_s=120)
+item = ThinkingRewardItem("What is 2 + 3?", "<think>2 + 3 = 5 because addition.</think><answer>5</answer>")
+print(json.dumps({"router": manager.router_address, "replicas": manager.server_addresses,
+                  "scores": client.score_sync([item, item])}))
+ray.shutdown()
+"""
+
+
+def _reward_model_manager(trm: str) -> dict:
+    """verl's RewardModelManager (standalone, in its own Ray session) on the tiny CPU recipe with ``trm`` served."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", _REWARD_MODEL_MANAGER, os.path.join(root, "recipes", "sophiavl_r1"),
+                             trm], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_verls_reward_model_manager_serves_the_trm_behind_its_router_on_cpu():
+    """Hosting mode A's machinery alone: verl builds the CPU backend's replica as a reward model, which serves the
+    SFT-trained TRM over HTTP; verl's router forwards the Table-4 request to it and the reply parses."""
+    from sophiavl_verl.tools.audit import default_cache_dir
+    from sophiavl_verl.tools.trm_sft import make_embedded_trm
+
+    found = _reward_model_manager(make_embedded_trm(default_cache_dir()).model_dir)
+    assert "error" not in found, found
+    (replica,) = found["replicas"]
+    assert found["router"] != replica and replica.count(":") == 1
+    assert all(0.0 <= score <= 1.0 for score in found["scores"])
+
+
+def test_a_reward_model_that_fails_to_load_is_one_line_naming_it(tmp_path):
+    from sophiavl_verl.tools.audit import default_cache_dir
+    from sophiavl_verl.tools.trm_sft import make_embedded_trm
+
+    broken = tmp_path / "trm"
+    shutil.copytree(make_embedded_trm(default_cache_dir()).model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")  # passes validation's file check, fails to load
+    found = _reward_model_manager(str(broken))
+    assert found["error"].startswith(f"RuntimeError: the reward model {broken} did not start on the CPU backend "
+                                     "(replica 0): ") and "\n" not in found["error"]
+    assert found["error"].endswith("Error while deserializing header: header too large")  # the cause, in the line

@@ -674,3 +674,42 @@ def test_padding_rows_count_in_no_failure_kind_and_no_cost(tmp_path):
             {"adv_estimator": "trust_grpo", "norm_adv_by_std_in_grpo": True, "trust_grpo": {}}))
     assert metrics["trm/failed"] == 1 and metrics["trm/failed_timeout"] == 1
     assert metrics["trm/http_requests"] == requests == 2 and metrics["trm/bytes_sent"] == received
+
+
+def test_hosting_mode_a_router_that_cannot_reach_its_replica_stops_before_training(tmp_path):
+    """verl's own router in front of a replica address where nothing listens: building verl's RewardLoopWorker (in
+    the TaskRunner, before the first step) fails with one line naming the router, not with a run of NaN rewards."""
+    import multiprocessing
+    import socket
+
+    from verl.experimental.reward_loop.router.naive_router import run_router
+
+    from sophiavl_verl.tools.local_server import free_port
+
+    dead, port = free_port(), free_port()
+    router = multiprocessing.Process(target=run_router, args=("127.0.0.1", port, [f"http://127.0.0.1:{dead}"]),
+                                     daemon=True)
+    router.start()
+    try:
+        deadline = time.monotonic() + 60
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert time.monotonic() < deadline and router.is_alive(), "verl's router did not start"
+            time.sleep(0.05)
+        tokenizer = _tokenizer_dir(tmp_path)
+        config = compose_verl_config([
+            *SMALL_RUN, f"actor_rollout_ref.model.path={tokenizer}", "algorithm.adv_estimator=trust_grpo",
+            "reward.reward_manager.name=sophiavl", "reward.reward_model.enable=True",
+            "reward.reward_model.enable_resource_pool=True", f"reward.reward_model.model_path={tokenizer}",
+            "reward.reward_model.rollout.name=vllm",
+            "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+            "+reward.reward_kwargs.timeout_s=20",
+        ])
+        started = time.monotonic()
+        with pytest.raises(RuntimeError) as error:
+            RewardLoopWorker(config, reward_router_address=f"127.0.0.1:{port}")
+        assert time.monotonic() - started < 60  # verl's router retries its upstream 3 times, 2 s apart
+    finally:
+        router.terminate()
+        router.join(10)
+    message = str(error.value)
+    assert "\n" not in message and f"router at http://127.0.0.1:{port}/v1 cannot reach the reward model" in message

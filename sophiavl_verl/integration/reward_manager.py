@@ -24,8 +24,8 @@ never a thinking reward). Validation samples (``meta_info["validate"]``, or ``ex
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
-import json
 import math
 import os
 import time
@@ -38,7 +38,7 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from sophiavl_verl.config import SPLIT_KEY, VALIDATION_SPLITS, SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl import outcome_reward_fn
 from sophiavl_verl.query_policy import thinking_reward_decision
-from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem, TRMResult
+from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem, TRMRequestError, TRMResult
 from sophiavl_verl.integration.group_board import group_board
 from sophiavl_verl.keys import (
     OUTCOME_KEY,
@@ -52,40 +52,29 @@ from sophiavl_verl.integration.validation import REWARD_MANAGER_NAME
 
 __all__ = ["SophiaVLRewardManager"]
 
-def _check_router_reaches_trm(base_url: str, model: str, timeout_s: float) -> None:
-    """Hosting mode A, before training: verl's router answers ``GET /models`` from a replica serving ``model``.
+def _check_router_reaches_trm(client: ThinkingRewardClient, model: str) -> None:
+    """Hosting mode A, before training: verl's router answers ``GET /models`` from a replica (listing ``model``).
 
     verl starts the router after its replicas reported their addresses, but never asks through it; a router
     that cannot reach a replica would otherwise fail every thinking reward of the run (counted as failures).
+    The request goes the client's one HTTP way (timeout, reply cap, redirects), on a loop of its own thread:
+    verl may be inside one already.
 
     Raises:
         RuntimeError: One line naming the router and what it answered.
     """
-    import concurrent.futures
-
-    import aiohttp
-
-    async def models() -> tuple[int, Any]:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-            async with session.get(f"{base_url}/models", allow_redirects=False) as response:
-                body = await response.content.read(2**20)
-                try:
-                    return response.status, json.loads(body)
-                except ValueError:
-                    return response.status, None
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # its own loop: verl may be inside one already
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
         try:
-            status, listing = pool.submit(asyncio.run, models()).result()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise RuntimeError(f"hosting mode A: verl's reward router at {base_url} does not answer "
-                               f"(GET /models: {type(e).__name__}: {e})") from None
-    served = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) else []
+            status, served = pool.submit(asyncio.run, client.served_models()).result()
+        except TRMRequestError as e:
+            raise RuntimeError(f"hosting mode A: verl's reward router at {client.base_url} does not answer "
+                               f"GET /models ({e})") from None
     if status != 200:
-        raise RuntimeError(f"hosting mode A: verl's reward router at {base_url} cannot reach the reward model "
+        raise RuntimeError(f"hosting mode A: verl's reward router at {client.base_url} cannot reach the reward model "
                            f"(GET /models answered HTTP {status})")
-    if served and model not in served:
-        raise RuntimeError(f"hosting mode A: the reward model behind {base_url} serves {served}, not {model!r}")
+    if served and model not in served:  # a warning: a server may accept more names than it lists
+        print(f"[sophiavl] warning: the reward model behind {client.base_url} lists {served}, not {model!r}; "
+              "requests may be refused", flush=True)
 
 
 def _items(value: Any) -> list[Any]:
@@ -189,7 +178,7 @@ class SophiaVLRewardManager(RewardManagerBase):
             base_url, model, self.options, api_key=os.environ.get(self.options.trm_api_key_env)
         )
         if mode == "A":
-            _check_router_reaches_trm(self.client.base_url, model, timeout_s=self.options.timeout_s)
+            _check_router_reaches_trm(self.client, model)
         # One line per reward worker, so that a run's log says where its thinking rewards came from.
         print(f"[sophiavl] thinking reward model: hosting mode {mode} at {self.client.base_url} (model {model})",
               flush=True)
