@@ -973,7 +973,7 @@ def test_credentials_in_the_trm_url_are_never_shown(tmp_path, capsys, caplog):
     url = f"http://trm-user:hunter2-pass@127.0.0.1:{_free_port()}/v1"
     with pytest.raises(ValueError) as info:
         ThinkingRewardClient(url, "trm", api_key="sk-x")
-    assert "hunter2" not in str(info.value) and "pass" not in str(info.value)
+    assert "hunter2" not in str(info.value) and "-pass" not in str(info.value) and "trm-user" not in str(info.value)
     rc = main(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path), "--no-progress"])
     out, err = capsys.readouterr()
     assert rc != 0 and "hunter2" not in out + err + caplog.text
