@@ -26,6 +26,7 @@ from PIL import Image
 from fault_injection import FaultInjectionServer
 from paper_reference import TIE_TOLERANCE
 
+from sophiavl_verl.errors import AuditError
 from sophiavl_verl.tools.audit import EMBEDDED_SAMPLE
 from sophiavl_verl.tools.cli import main
 
@@ -977,3 +978,21 @@ def test_credentials_in_the_trm_url_are_never_shown(tmp_path, capsys, caplog):
     rc = main(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path), "--no-progress"])
     out, err = capsys.readouterr()
     assert rc != 0 and "hunter2" not in out + err + caplog.text
+
+
+def test_nan_in_a_dump_column_the_audit_does_not_read_is_accepted_but_not_in_the_ones_it_reads(verl_dumps, tmp_path):
+    """verl's rollout dumps write a missing thinking reward as NaN (Python's json): the audit of a run's own dumps
+    must read them; a non-finite number in what the audit reads (here the outcome score) is still refused."""
+    from sophiavl_verl.tools.audit.inputs import load_verl_dump
+
+    rows = [json.loads(line) for line in verl_dumps.v1.read_text().splitlines()]
+    dump = tmp_path / "rollouts"
+    dump.mkdir()
+    (dump / "1.jsonl").write_text("".join(json.dumps({**row, "sophiavl_thinking_reward": math.nan}) + "\n"
+                                          for row in rows))
+    groups, info = load_verl_dump(dump, problem_type="numerical")
+    assert info["rows"] == len(rows) and groups
+    rows[3]["score"] = math.inf
+    (dump / "1.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(AuditError, match=rf"{dump / '1.jsonl'}:4: score is Infinity; JSON numbers must be finite"):
+        load_verl_dump(dump, problem_type="numerical")

@@ -56,6 +56,7 @@ __all__ = [
     "build_rl_prompt",
     "find_data_files",
     "finite_json",
+    "non_finite_at",
     "prepare_rl",
     "prepare_trm",
 ]
@@ -194,13 +195,13 @@ class _NonFinite:
         self.text = text
 
 
-def _non_finite_at(value: Any) -> tuple[list[str | int], str] | None:
+def non_finite_at(value: Any) -> tuple[list[str | int], str] | None:
     """The field path (keys and list indexes) and text of the first :class:`_NonFinite` in ``value``."""
     if isinstance(value, _NonFinite):
         return [], value.text
     children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, child in children:
-        found = _non_finite_at(child)
+        found = non_finite_at(child)
         if found is not None:
             return [key, *found[0]], found[1]
     return None
@@ -221,7 +222,7 @@ def finite_json(text: str) -> tuple[Any, tuple[list[str | int], str] | None]:
     """
     seen = []
     value = json.loads(text, parse_constant=lambda name: seen.append(name) or _NonFinite(name))
-    return value, _non_finite_at(value) if seen else None
+    return value, non_finite_at(value) if seen else None
 
 
 def describe_field(path: Sequence[str | int]) -> str:
