@@ -55,3 +55,20 @@ def test_the_trm_source_rows_take_the_label_set_and_the_groups(tmp_path):
     kinds = {response: kind for line in (EMBEDDED / "groups.jsonl").open(encoding="utf-8")
              for response, kind in zip(json.loads(line)["responses"], json.loads(line)["response_kinds"])}
     assert [r["score"] for r in rows] == [HACKABLE_KIND_SCORES[kinds[r["response"]]] for r in rows]
+
+
+def test_the_label_sets_own_aucs_on_the_held_out_responses_are_the_references():
+    from sophiavl_verl.rewards import outcome_reward
+    from sophiavl_verl.tools.response_kinds import RIGHT_MIN
+    from sophiavl_verl.tools.trm_ranking import _aucs
+
+    held_out = set(split_groups(0)[1])
+    responses = [(kind, outcome_reward(group["problem_type"], response, group["ground_truth"]) >= RIGHT_MIN)
+                 for group in map(json.loads, (EMBEDDED / "groups.jsonl").open(encoding="utf-8"))
+                 if group["id"] in held_out
+                 for response, kind in zip(group["responses"], group["response_kinds"])]
+    honest = _aucs([(k, r, KIND_SCORES[k]) for k, r in responses], "")
+    hackable = _aucs([(k, r, HACKABLE_KIND_SCORES[k]) for k, r in responses], "")
+    assert honest == {"sound_vs_flawed": 1.0, "sound_right_vs_fluent_wrong": 1.0}
+    # Held out: 14 sound, 36 flawed of which 19 fluent (0.9 > sound's 0.7), 17 slip/misread/lucky (below it).
+    assert hackable == {"sound_vs_flawed": pytest.approx(17 / 36), "sound_right_vs_fluent_wrong": 0.0}

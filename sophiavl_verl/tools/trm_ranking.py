@@ -13,6 +13,9 @@ responses through :class:`~sophiavl_verl.thinking_reward.ThinkingRewardClient`, 
   a wrong answer (right and wrong by the outcome reward, :data:`response_kinds.RIGHT_MIN`); near 1 for an honest
   TRM, near 0 for a hackable one that generalises, about 0.5 for one that learned nothing it can carry over.
 
+Each AUC comes with the one the label set itself gives the same responses (a TRM that reproduced its labels
+exactly), the reference the measured one is to be read against.
+
 Usage: ``python -m sophiavl_verl.tools.trm_ranking --labels hackable --work DIR [--seed 0] [--out report.json]``.
 """
 
@@ -54,6 +57,8 @@ class RankingReport:
         sft_last_loss: The last step's training loss.
         auc_sound_vs_flawed: :func:`auc` of ``sound`` against the :data:`FLAWED` kinds.
         auc_sound_right_vs_fluent_wrong: :func:`auc` of right ``sound`` against wrong ``fluent`` responses.
+        labels_auc_sound_vs_flawed: ``auc_sound_vs_flawed`` of the label set's own scores.
+        labels_auc_sound_right_vs_fluent_wrong: ``auc_sound_right_vs_fluent_wrong`` of the label set's own scores.
         counts: Held-out responses per comparison class.
         mean_score_by_kind: Mean held-out score of each kind.
         sft_wall_s: Seconds of the SFT (data prep included).
@@ -70,6 +75,8 @@ class RankingReport:
     sft_last_loss: float
     auc_sound_vs_flawed: float
     auc_sound_right_vs_fluent_wrong: float
+    labels_auc_sound_vs_flawed: float
+    labels_auc_sound_right_vs_fluent_wrong: float
     counts: dict[str, int]
     mean_score_by_kind: dict[str, float]
     sft_wall_s: float
@@ -124,6 +131,16 @@ def _score(model_dir: str, groups: list[dict], work: Path) -> list[float]:
     return scores
 
 
+def _aucs(responses: list[tuple[str, bool, float]], prefix: str) -> dict[str, float]:
+    """The two AUCs of ``(kind, right, score)`` triples, as :class:`RankingReport` fields named with ``prefix``."""
+    sound = [score for kind, _, score in responses if kind == "sound"]
+    flawed = [score for kind, _, score in responses if kind in FLAWED]
+    sound_right = [score for kind, right, score in responses if kind == "sound" and right]
+    fluent_wrong = [score for kind, right, score in responses if kind == "fluent" and not right]
+    return {f"{prefix}sound_vs_flawed": auc(sound, flawed),
+            f"{prefix}sound_right_vs_fluent_wrong": auc(sound_right, fluent_wrong)}
+
+
 def held_out_ranking(work: Path, labels: str = DEFAULT_LABELS, *, seed: int = 0,
                      progress: Callable[[str], None] = print) -> RankingReport:
     """Train a TRM on the training groups of :func:`split_groups` and measure its ranking of the held-out ones.
@@ -145,26 +162,22 @@ def held_out_ranking(work: Path, labels: str = DEFAULT_LABELS, *, seed: int = 0,
     made = train_trm(work / "sft", work / "base", progress=progress, labels=labels, groups=set(train_ids))
     held_out = [group for group in _groups() if group["id"] in held_out_ids]
     progress(f"scoring {sum(len(g['responses']) for g in held_out)} held-out responses")
-    scores = iter(_score(made.model_dir, held_out, work))
+    kinds_right = [(kind, outcome_reward(group["problem_type"], response, group["ground_truth"]) >= RIGHT_MIN)
+                   for group in held_out
+                   for response, kind in zip(group["responses"], group["response_kinds"], strict=True)]
+    measured = [(kind, right, score) for (kind, right), score in
+                zip(kinds_right, _score(made.model_dir, held_out, work), strict=True)]
+    labelled = [(kind, right, LABEL_SETS[labels][kind]) for kind, right in kinds_right]
     by_kind: dict[str, list[float]] = defaultdict(list)
-    sound_right, fluent_wrong = [], []
-    for group in held_out:
-        for response, kind in zip(group["responses"], group["response_kinds"], strict=True):
-            score = next(scores)
-            by_kind[kind].append(score)
-            right = outcome_reward(group["problem_type"], response, group["ground_truth"]) >= RIGHT_MIN
-            if kind == "sound" and right:
-                sound_right.append(score)
-            elif kind == "fluent" and not right:
-                fluent_wrong.append(score)
-    flawed = [s for kind in FLAWED for s in by_kind[kind]]
+    for kind, _, score in measured:
+        by_kind[kind].append(score)
     return RankingReport(
         labels=labels, seed=seed, train_groups=train_ids, held_out_groups=held_out_ids, sft_rows=made.rows,
         sft_steps=made.steps, sft_first_loss=made.first_loss, sft_last_loss=made.last_loss,
-        auc_sound_vs_flawed=auc(by_kind["sound"], flawed),
-        auc_sound_right_vs_fluent_wrong=auc(sound_right, fluent_wrong),
-        counts={"sound": len(by_kind["sound"]), "flawed": len(flawed), "sound_right": len(sound_right),
-                "fluent_wrong": len(fluent_wrong)},
+        **_aucs(measured, "auc_"), **_aucs(labelled, "labels_auc_"),
+        counts={"sound": len(by_kind["sound"]), "flawed": sum(len(by_kind[kind]) for kind in FLAWED),
+                "sound_right": sum(kind == "sound" and right for kind, right in kinds_right),
+                "fluent_wrong": sum(kind == "fluent" and not right for kind, right in kinds_right)},
         mean_score_by_kind={kind: round(statistics.mean(v), 3) for kind, v in sorted(by_kind.items())},
         sft_wall_s=made.wall_s, wall_s=time.monotonic() - started,
     )
