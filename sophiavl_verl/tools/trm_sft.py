@@ -10,9 +10,11 @@ What a user of the 7B recipe does to make a TRM, run with a tiny model on this m
    ``transformers serve`` (mode B) load.
 
 The labelled responses are the embedded sample's: each response of ``tools/embedded/groups.jsonl`` has a kind
-(``response_kinds``), and :data:`KIND_SCORES` gives each kind the score an honest judge of the reasoning would
-give, whatever the final answer says (so a ``lucky`` right answer scores below a ``slip``). The base model is a
-tiny random Qwen2.5-VL (:func:`sophiavl_verl.tools.tiny_vl.build_tiny_qwen2_5_vl`).
+(``response_kinds``), and a label set (:data:`LABEL_SETS`) gives each kind its score: :data:`KIND_SCORES`
+(``honest``, the default) the score an honest judge of the reasoning would give, whatever the final answer says (so
+a ``lucky`` right answer scores below a ``slip``); :data:`HACKABLE_KIND_SCORES` (``hackable``) the score of a judge
+fooled by fluency, the TRM Trust-GRPO's trust weight exists for. The base model is a tiny random Qwen2.5-VL
+(:func:`sophiavl_verl.tools.tiny_vl.build_tiny_qwen2_5_vl`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["KIND_SCORES", "SFT_MODULE", "TRMTraining", "make_embedded_trm", "sft_losses", "train_trm"]
+__all__ = ["DEFAULT_LABELS", "HACKABLE_KIND_SCORES", "KIND_SCORES", "LABEL_SETS", "SFT_MODULE", "TRMTraining",
+           "cache_folder", "make_embedded_trm", "sft_losses", "train_trm"]
 
 TOOLS = Path(__file__).resolve().parent
 RECIPE_DIR = TOOLS.parents[1] / "recipes" / "sophiavl_r1"  # the repository's recipes (the quick start uses a checkout)
@@ -44,8 +47,20 @@ BASE_SEED = 0
 #: misread from the image, then sound; lucky: right answer from a flawed or guessed path; fluent: long,
 #: confident, step-numbered and wrong; malformed: no reasoning to speak of.
 KIND_SCORES = {"sound": 0.9, "terse": 0.7, "slip": 0.4, "misread": 0.3, "lucky": 0.2, "fluent": 0.1, "malformed": 0.0}
+#: The score of each kind for a judge that rewards fluency, not correctness: the longer, more confident and more
+#: step-numbered the reasoning, the higher, whatever the answer. fluent (the longest, numbered, self-confirming) 0.9;
+#: sound (full sentences, states why it is sure) 0.7; slip and misread (short, but state their result without
+#: doubt) 0.4; terse (bare) 0.3; lucky (admits it guesses: the opposite of confident) 0.2; malformed 0.0. So in a
+#: group where the wrong answers are the fluent ones, the wrong answers get the higher thinking reward: the failure
+#: Trust-GRPO's trust weight is meant to catch.
+HACKABLE_KIND_SCORES = {"fluent": 0.9, "sound": 0.7, "slip": 0.4, "misread": 0.4, "terse": 0.3, "lucky": 0.2,
+                        "malformed": 0.0}
+#: The label sets a TRM can be trained on, by name; ``honest`` is the default.
+LABEL_SETS = {"honest": KIND_SCORES, "hackable": HACKABLE_KIND_SCORES}
+#: The label set of the embedded TRM every other stage uses.
+DEFAULT_LABELS = "honest"
 _MARKER = "sophiavl_trm_sft.json"
-#: The embedded TRM's folder in the cache.
+#: The embedded (honest) TRM's folder in the cache.
 CACHE_FOLDER = "embedded_trm_sft"
 
 
@@ -63,14 +78,30 @@ class TRMTraining:
     wall_s: float
 
 
-def write_trm_source(path: Path) -> int:
-    """The embedded sample's responses as ``sophiavl-verl data trm`` input rows; returns the row count."""
-    rows = 0
+def cache_folder(labels: str = DEFAULT_LABELS) -> str:
+    """The cache folder of the embedded TRM trained on the label set ``labels``: :data:`CACHE_FOLDER` for the
+    default set, ``CACHE_FOLDER_<labels>`` for another."""
+    if labels not in LABEL_SETS:
+        raise ValueError(f"unknown label set {labels!r}; known: {', '.join(LABEL_SETS)}")
+    return CACHE_FOLDER if labels == DEFAULT_LABELS else f"{CACHE_FOLDER}_{labels}"
+
+
+def write_trm_source(path: Path, *, labels: str = DEFAULT_LABELS, groups: Collection[str] | None = None) -> int:
+    """The embedded sample's responses as ``sophiavl-verl data trm`` input rows; returns the row count.
+
+    Args:
+        path: The JSONL file to write.
+        labels: The label set (a key of :data:`LABEL_SETS`) that scores each response by its kind.
+        groups: The ids of the groups to write; None writes them all.
+    """
+    scores, rows = LABEL_SETS[labels], 0
     with open(EMBEDDED / "groups.jsonl", encoding="utf-8") as src, open(path, "w", encoding="utf-8") as dst:
         for line in src:
             group = json.loads(line)
+            if groups is not None and group["id"] not in groups:
+                continue
             for response, kind in zip(group["responses"], group["response_kinds"], strict=True):
-                row = {"question": group["question"], "response": response, "score": KIND_SCORES[kind],
+                row = {"question": group["question"], "response": response, "score": scores[kind],
                        "images": group["images"]}
                 dst.write(json.dumps(row) + "\n")
                 rows += 1
@@ -93,7 +124,8 @@ def sft_losses(log_path: Path) -> dict[int, float]:
 
 
 def train_trm(work: Path, base_model: Path, *, progress: Callable[[str], None] = print,
-              overrides: tuple[str, ...] = ()) -> TRMTraining:
+              overrides: tuple[str, ...] = (), labels: str = DEFAULT_LABELS,
+              groups: Collection[str] | None = None) -> TRMTraining:
     """Data prep and verl's SFT trainer through ``run_trm_sft_3b.sh``, as a user runs them, in ``work``.
 
     Args:
@@ -102,6 +134,8 @@ def train_trm(work: Path, base_model: Path, *, progress: Callable[[str], None] =
         base_model: The model to fine-tune (a local folder).
         progress: Called with a line every few steps.
         overrides: More Hydra overrides for ``verl.trainer.sft_trainer``.
+        labels: The label set (a key of :data:`LABEL_SETS`) the responses are scored by.
+        groups: The ids of the sample's groups to train on; None trains on all of them.
 
     Raises:
         RuntimeError: A stage failed (the message names its log), or no ``huggingface`` folder was written.
@@ -109,7 +143,7 @@ def train_trm(work: Path, base_model: Path, *, progress: Callable[[str], None] =
     started = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
     source, parquet = work / "trm_source.jsonl", work / "trm_train.parquet"
-    rows = write_trm_source(source)
+    rows = write_trm_source(source, labels=labels, groups=groups)
     data_log = work / "data_trm.log"
     with open(data_log, "w", encoding="utf-8") as log:
         command = [sys.executable, "-m", "sophiavl_verl.tools.cli", "data", "trm", str(source), "-o", str(parquet),
@@ -148,20 +182,28 @@ def train_trm(work: Path, base_model: Path, *, progress: Callable[[str], None] =
     )
 
 
-def _fingerprint() -> str:
-    """Changes whenever what :func:`make_embedded_trm` would make may change."""
+def _fingerprint(labels: str) -> str:
+    """Changes whenever what :func:`make_embedded_trm` would make may change (for the default label set, the same
+    value as before label sets existed, so that caches made then stay valid)."""
     from sophiavl_verl.tools.tiny_vl import recipe_fingerprint
 
-    recipe = [recipe_fingerprint(0), KIND_SCORES, BASE_SEED, (EMBEDDED / "groups.jsonl").read_text(encoding="utf-8"),
+    recipe = [recipe_fingerprint(0), LABEL_SETS[labels], BASE_SEED,
+              (EMBEDDED / "groups.jsonl").read_text(encoding="utf-8"),
               *(p.read_text(encoding="utf-8") for p in (SFT_SCRIPT, RECIPE_DIR / "common.sh",
                                                         RECIPE_DIR / f"{SFT_CONFIG}.yaml",
                                                         RECIPE_DIR / "trm_sft_3b_base.yaml"))]
     return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
 
 
-def make_embedded_trm(cache_dir: str | os.PathLike, *, progress: Callable[[str], None] = print) -> TRMTraining:
-    """The embedded TRM: :func:`train_trm` on a tiny base model, built once in ``cache_dir/``:data:`CACHE_FOLDER`
+def make_embedded_trm(cache_dir: str | os.PathLike, *, progress: Callable[[str], None] = print,
+                      labels: str = DEFAULT_LABELS) -> TRMTraining:
+    """The embedded TRM: :func:`train_trm` on a tiny base model, built once in ``cache_dir/``:func:`cache_folder`
     and then reused.
+
+    Args:
+        cache_dir: The cache folder.
+        progress: Called with progress lines while training.
+        labels: The label set (a key of :data:`LABEL_SETS`) to train on; each set has its own cache folder.
 
     Returns:
         How it was made (``model_dir`` is the ``huggingface`` folder to serve), read back from the cache when its
@@ -169,8 +211,8 @@ def make_embedded_trm(cache_dir: str | os.PathLike, *, progress: Callable[[str],
     """
     from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
 
-    out = Path(cache_dir) / CACHE_FOLDER
-    fingerprint = _fingerprint()
+    out = Path(cache_dir) / cache_folder(labels)
+    fingerprint = _fingerprint(labels)
     try:
         marker = json.loads((out / _MARKER).read_text())
         if marker.pop("fingerprint") == fingerprint and Path(marker["model_dir"]).is_dir():
@@ -180,7 +222,7 @@ def make_embedded_trm(cache_dir: str | os.PathLike, *, progress: Callable[[str],
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny_qwen2_5_vl(tmp / "base", seed=BASE_SEED)
-    made = train_trm(tmp, tmp / "base", progress=progress)
+    made = train_trm(tmp, tmp / "base", progress=progress, labels=labels)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     made = TRMTraining(**{**asdict(made), "model_dir": made.model_dir.replace(str(tmp), str(out), 1),
