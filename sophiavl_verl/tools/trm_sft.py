@@ -19,10 +19,12 @@ fooled by fluency, the TRM Trust-GRPO's trust weight exists for. The base model 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -159,15 +161,22 @@ def train_trm(work: Path, base_model: Path, *, progress: Callable[[str], None] =
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
     }
     with open(console, "w", encoding="utf-8") as log:
+        # Its own process group: torchrun and its worker go with it when this stage is interrupted.
         proc = subprocess.Popen(["bash", str(SFT_SCRIPT), *overrides], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=work)
-        said = 0
-        while proc.poll() is None:
-            time.sleep(1)
-            losses = sft_losses(log_jsonl)
-            if losses and max(losses) >= said + 20:
-                said = max(losses)
-                progress(f"  sft step {said}: loss {losses[said]:.3f}")
+                                cwd=work, start_new_session=True)
+        try:
+            said = 0
+            while proc.poll() is None:
+                time.sleep(1)
+                losses = sft_losses(log_jsonl)
+                if losses and max(losses) >= said + 20:
+                    said = max(losses)
+                    progress(f"  sft step {said}: loss {losses[said]:.3f}")
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+            raise
     if proc.returncode:
         raise RuntimeError(f"{SFT_SCRIPT.name} exited with {proc.returncode}; its output: {console}")
     losses = sft_losses(log_jsonl)
