@@ -103,8 +103,26 @@ def test_run_json_says_what_ran(main_run):
     assert trm["last_loss"] < trm["first_loss"]
     assert record["training_steps"] == [1, 2, 3] and record["final_step"] == 3 and record["trainer"] == "v1"
     assert record["hosting"]["mode"] == "A" and set(record["hosting"]["runs"]) == {"train", "resume"}
+    assert trm["labels"] == "hackable" and Path(trm["model_dir"]).parts[-4] == "embedded_trm_sft_hackable"
     report = (out / "report.md").read_text()
-    assert "hosting mode A" in report and SFT_MODULE in report
+    assert "hosting mode A" in report and SFT_MODULE in report and "labelled by the `hackable` set" in report
+
+
+def test_report_shows_the_trust_weight_on_the_runs_own_rollouts_with_kinds(main_run):
+    from sophiavl_verl.tools.response_kinds import KINDS
+
+    out, _ = main_run
+    groups = json.loads((out / "audit" / "report.json").read_text())["groups"]
+    untrusted = sorted((g for g in groups if g["mixed"] and g["untrusted"]), key=lambda g: g["gamma"])
+    section = (out / "report.md").read_text().split("## The trust weight on this run's own rollouts")[1]
+    section = section.split("\n## ")[0]
+    if not untrusted:
+        assert "No mixed group is untrusted" in section
+        return
+    assert f"{len(untrusted)} of {sum(g['mixed'] for g in groups)} mixed groups" in section
+    assert f"γ = {untrusted[0]['gamma']:.3f}" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| kind")]
+    assert len(rows) == len(untrusted[0]["responses"]) and all(row.split(" | ")[0][2:] in KINDS for row in rows)
 
 
 def test_mode_a_thinking_rewards_went_through_verls_router_to_the_replica(main_run):

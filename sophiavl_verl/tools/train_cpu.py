@@ -64,6 +64,10 @@ POLICY_MAX_RESPONSE_TOKENS = 80
 POLICY_SFT_STEPS = 400
 POLICY_LR = 1e-2
 POLICY_SEED = 1
+#: The label set of the quick start's TRM (``trm_sft.LABEL_SETS``): the hackable one, which scores fluent, confident
+#: reasoning above careful reasoning whatever the answer, so that the run's own report shows the trust weight
+#: catching groups where the TRM favours wrong answers. (The audit's default TRM is the honest one.)
+TRM_LABELS = "hackable"
 #: Hosting modes of the thinking reward model: A, verl serves it in the cluster (the recipes' default); B, an
 #: external OpenAI-compatible server (here ``transformers serve`` on 127.0.0.1).
 TRM_HOSTING_MODES = ("A", "B")
@@ -317,8 +321,8 @@ def run_tiny(run: TinyRun) -> Path:
 
     t = time.monotonic()
     _say(f"[2/{stages}] trm: the thinking reward model by the recipe's SFT path (sophiavl-verl data trm -> "
-         f"run_trm_sft_3b.sh -> verl.trainer.sft_trainer; built once, cached in {cache})")
-    trm = make_embedded_trm(cache, progress=_say)
+         f"run_trm_sft_3b.sh -> verl.trainer.sft_trainer), labels {TRM_LABELS!r}; built once, cached in {cache}")
+    trm = make_embedded_trm(cache, progress=_say, labels=TRM_LABELS)
     _say(f"  {trm.steps} SFT steps, loss {trm.first_loss:.3f} -> {trm.last_loss:.3f}: {trm.model_dir}")
     _stage(run, "trm", t)
 
@@ -395,7 +399,7 @@ def write_run_json(run: TinyRun, trm: Any, metrics_path: Path) -> Path:
     record = {
         "stages": {name: round(seconds, 1) for name, seconds in run.timings.items() if name != "total"},
         "wall_s": round(run.timings["total"], 1),
-        "trm": {**asdict(trm), "wall_s": round(trm.wall_s, 1)},
+        "trm": {**asdict(trm), "labels": TRM_LABELS, "wall_s": round(trm.wall_s, 1)},
         "hosting": {"mode": run.trm_hosting, "runs": endpoints},
         "trainer": run.trainer,
         "training_steps": steps,
@@ -409,7 +413,8 @@ def write_run_json(run: TinyRun, trm: Any, metrics_path: Path) -> Path:
 #: Columns of the per-step table of ``report.md``.
 REPORT_METRICS = (
     "critic/score/mean", "trm/requests", "trm/skipped", "trm/failed", "trust_grpo/mixed_group_frac",
-    "trust_grpo/gamma_mean", "trust_grpo/thinking_term_mean", "trust_grpo/anneal", "timing_s/step",
+    "trust_grpo/untrusted_group_frac", "trust_grpo/gamma_min", "trust_grpo/thinking_term_mean", "trust_grpo/anneal",
+    "timing_s/step",
 )
 
 
@@ -429,7 +434,8 @@ def write_report(run: TinyRun, metrics_path: Path) -> Path:
         "Wall time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings.items() if k != "total") + ".",
         "",
         f"Thinking reward model: trained by `{trm['trained_by']}` through `recipes/sophiavl_r1/run_trm_sft_3b.sh` "
-        f"(`trm_sft_tiny_cpu.yaml`) on {trm['rows']} rows of `sophiavl-verl data trm`, {trm['steps']} SFT steps, "
+        f"(`trm_sft_tiny_cpu.yaml`) on {trm['rows']} rows of `sophiavl-verl data trm` labelled by the "
+        f"`{trm['labels']}` set of `sophiavl_verl/tools/trm_sft.py`, {trm['steps']} SFT steps, "
         f"loss {trm['first_loss']:.3f} -> {trm['last_loss']:.3f} ({trm['wall_s']:.0f} s when built); served from "
         f"`{trm['model_dir']}`.",
         "",
@@ -450,6 +456,7 @@ def write_report(run: TinyRun, metrics_path: Path) -> Path:
         "",
         *[f"![{Path(p).stem}]({p})" for p in plots],
     ]
+    lines += _trust_weight_section(out / "audit" / "report.json")
     audit_md = out / "audit" / "report.md"
     if audit_md.exists():
         audit = re.sub(r"\]\((?!https?:)([^)]+\.png)\)", r"](audit/\1)", audit_md.read_text(encoding="utf-8"))
@@ -457,6 +464,39 @@ def write_report(run: TinyRun, metrics_path: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _trust_weight_section(audit_json: Path) -> list[str]:
+    """The trust weight on the run's own rollouts, from the audit: untrusted groups, and the least trusted group's
+    responses with their kinds (:func:`sophiavl_verl.tools.response_kinds.classify_response`)."""
+    from sophiavl_verl.tools.response_kinds import classify_response
+
+    if not audit_json.exists():
+        return []
+    groups = json.loads(audit_json.read_text(encoding="utf-8"))["groups"]
+    mixed = [g for g in groups if g["mixed"]]
+    untrusted = sorted((g for g in mixed if g["untrusted"]), key=lambda g: g["gamma"])
+    lines = ["", "## The trust weight on this run's own rollouts (the audit's scores)", ""]
+    if not untrusted:
+        return lines + [f"No mixed group is untrusted (of {len(mixed)} mixed groups, {len(groups)} in all): the "
+                        "thinking rewards never favoured the wrong answers of a group."]
+    lines.append(f"{len(untrusted)} of {len(mixed)} mixed groups ({len(groups)} in all) are untrusted: their wrong "
+                 "answers got the higher mean thinking reward, so γ = e^(μ_c − μ_w) < 1 scales their thinking term "
+                 "down.")
+    worst = untrusted[0]
+    lines += ["", f"The least trusted group (step {worst['step']}, {worst['problem_type']}, γ = {worst['gamma']:.3f}, "
+              f"μ_c = {worst['mu_correct']:.3f}, μ_w = {worst['mu_wrong']:.3f}), ground truth "
+              f"`{worst['ground_truth']}`, its responses by kind:", "",
+              "| kind | correct | R^t | reward | advantage | GRPO's advantage | response |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(worst["responses"], key=lambda r: -(r["thinking_reward"] if r["thinking_reward"] is not None
+                                                         else -1)):
+        kind = classify_response(r["response"], str(worst["ground_truth"]), worst["problem_type"])
+        cells = [f"{r[k]:.3f}" if isinstance(r[k], (int, float)) else "–"
+                 for k in ("thinking_reward", "reward", "advantage", "advantage_grpo")]
+        text = " ".join(r["response"].split()).replace("|", "\\|")
+        lines.append(f"| {kind} | {'yes' if r['correct'] else 'no'} | " + " | ".join(cells)
+                     + f" | {text[:90] + ('…' if len(text) > 90 else '')} |")
+    return lines
 
 
 def _hosting_sentence(name: str, endpoints: dict[str, Any]) -> str:
