@@ -6,7 +6,8 @@ recipe, stage by stage:
 1. **data**: ``sophiavl-verl data rl`` turns the embedded sample into verl parquet (train + validation), with a
    system prompt in each chat;
 2. **trm**: the thinking reward model trained by the recipe's SFT path (:mod:`sophiavl_verl.tools.trm_sft`:
-   ``sophiavl-verl data trm`` -> ``run_trm_sft_3b.sh`` -> ``verl.trainer.sft_trainer``; cached);
+   ``sophiavl-verl data trm`` -> ``run_trm_sft_3b.sh`` -> ``verl.trainer.sft_trainer``; cached) on the sample's
+   responses labelled by the hackable set (:data:`TRM_LABELS`), so that the report shows the trust weight at work;
 3. **policy**: a tiny Qwen2.5-VL, first taught the ``<think>...</think><answer>...</answer>`` format on the
    sample's responses so that sampling gives mixed groups from the first step (cached);
 4. **train**: ``python -m verl.trainer.main_ppo`` on ``recipes/sophiavl_r1/sophiavl_r1_tiny_cpu.yaml`` (the 7B
