@@ -38,7 +38,7 @@ PLOTS = ("gamma_hist.png", "thinking_by_correctness.png", "by_problem_type.png")
 
 
 def keyword_trm(*, fail_400=(), fail_503=(), fail_all=False) -> FaultInjectionServer:
-    """A fault-injecting stand-in TRM: the embedded TRM's keyword rule, failing chosen requests on purpose.
+    """A fault-injecting stand-in TRM that scores by a keyword rule, failing chosen requests on purpose.
 
     It scores with ``because`` -> 0.9, ``guess`` -> 0.1, else 0.5, and answers ``400`` (not retried by the
     client) to requests whose text contains one of ``fail_400``, ``503`` (retried, then failed) to those

@@ -322,7 +322,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     with torch.no_grad():
-        # Wider than the usual std 0.02: the fine-tune then picks up the keyword rule in a few hundred steps.
+        # Wider than the usual std 0.02: a fine-tune of this tiny model then learns in a few hundred steps.
         for module in model.modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
                 module.weight.normal_(0.0, INIT_STD)

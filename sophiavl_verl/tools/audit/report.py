@@ -331,8 +331,9 @@ def render_markdown(report: dict) -> str:
     ]
     if trm["embedded"]:
         lines += [
-            "> The embedded TRM is a tiny random Qwen2.5-VL fine-tuned on a keyword rule so that it runs on a CPU: "
-            "it exercises the real serving and scoring path, but its scores judge nothing. Audit with your own "
+            "> The embedded TRM is a tiny Qwen2.5-VL fine-tuned by verl's SFT trainer on the embedded sample's "
+            "responses labelled by their kind of reasoning, so that it runs on a CPU: it exercises the real serving "
+            "and scoring path, and has memorised those labels rather than learned to judge. Audit with your own "
             "thinking reward model (`--trm-url`, `--trm-model`) for numbers that mean something.",
             "",
         ]
