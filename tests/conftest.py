@@ -80,7 +80,9 @@ def embedded_trm_server():
 def verl_router():
     """verl 0.9.1's own reward-model router (``run_router`` in a child process, as ``launch_router_process``
     starts it) in front of a fault-injection server: call it with the server's script; it returns the router's
-    ``host:port`` (what verl hands a reward manager in hosting mode A) and the server."""
+    ``host:port`` (what verl hands a reward manager in hosting mode A) and the server. ``upstream=`` points the router
+    at that URL instead (the server then runs unused, e.g. a dead port's URL: a router that cannot reach its
+    replica)."""
     import multiprocessing
     import socket
     import time
@@ -92,11 +94,11 @@ def verl_router():
 
     started = []
 
-    def start(script):
+    def start(script, upstream=None):
         server = FaultInjectionServer(script).__enter__()
         port = free_port()
         process = multiprocessing.Process(
-            target=run_router, args=("127.0.0.1", port, [f"http://127.0.0.1:{server.port}"]), daemon=True
+            target=run_router, args=("127.0.0.1", port, [upstream or f"http://127.0.0.1:{server.port}"]), daemon=True
         )
         process.start()
         started.append((server, process))

@@ -579,6 +579,15 @@ def test_groups_file_with_base64_images(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ bad input
 
 
+def _audited(groups: Path, out: Path, capsys) -> dict:
+    """``sophiavl-verl audit`` of a groups file against :func:`keyword_trm`; its ``report.json``."""
+    with keyword_trm() as server:
+        rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(out),
+                   "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+
+
 def _error(argv, capsys) -> str:
     assert main(argv) == 2
     return capsys.readouterr().err
@@ -662,11 +671,7 @@ def test_a_non_finite_number_names_file_line_and_field_and_a_byte_order_mark_is_
     err = _error(["audit", str(groups), "--out", str(tmp_path / "never")], capsys)
     assert err == f"sophiavl-verl audit: error: {groups}:2: ground_truth is Infinity; JSON numbers must be finite\n"
     groups.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode("utf-8"))  # as some editors save
-    with keyword_trm() as server:
-        rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model,
-                   "--out", str(tmp_path / "o"), "--no-progress"])
-    assert rc == 0, capsys.readouterr().err
-    assert len(json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))["groups"]) == 1
+    assert len(_audited(groups, tmp_path / "o", capsys)["groups"]) == 1
 
 
 @pytest.mark.parametrize("url", ["http://user:s3cr3t@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?api-version=1",
@@ -730,11 +735,7 @@ def test_lone_surrogates_in_the_input_are_written_as_replacement_characters(tmp_
     row["responses"] = [row["responses"][0] + " \udfff"] + row["responses"][1:]
     groups.write_text(json.dumps(row) + "\n", encoding="utf-8")  # json.dumps escapes them: valid JSON, valid UTF-8
     assert "\\ud800" in groups.read_text(encoding="utf-8")
-    with keyword_trm() as server:
-        rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model,
-                   "--out", str(tmp_path / "o"), "--no-progress"])
-    assert rc == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))
+    report = _audited(groups, tmp_path / "o", capsys)
     assert report["groups"][0]["question"].endswith(" \ufffd?")
     assert report["groups"][0]["responses"][0]["response"].endswith(" \ufffd")
     assert "\ufffd" in (tmp_path / "o" / "report.md").read_text(encoding="utf-8")

@@ -265,6 +265,19 @@ def test_reward_loop_worker_failing_trm_gives_nan_and_failed_status(tmp_path):
     assert {o["reward_extra_info"][TRM_STATUS_KEY] for o in outputs} == {"failed"}
 
 
+def _trust_grpo_metrics(data: DataProto) -> dict:
+    """The metrics verl's own ``compute_advantage`` logs for trust_grpo at step 1 of 10 (the estimator's report)."""
+    from verl.trainer.ppo import ray_trainer
+
+    from sophiavl_verl.integration.adapter import trainer_step
+
+    metrics: dict = {}
+    with trainer_step(global_step=1, total_training_steps=10, metrics=metrics):
+        ray_trainer.compute_advantage(data, "trust_grpo", config=OmegaConf.create(
+            {"adv_estimator": "trust_grpo", "norm_adv_by_std_in_grpo": True, "trust_grpo": {}}))
+    return metrics
+
+
 def _tokenizer_dir(tmp_path):
     from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
 
@@ -530,10 +543,6 @@ def _sophiavl_worker(tmp_path, server, *options) -> RewardLoopWorker:
 
 
 def test_reward_worker_sends_the_datasets_image_bytes_prepared_once_per_group_and_logs_the_cost(tmp_path):
-    from verl.trainer.ppo import ray_trainer
-
-    from sophiavl_verl.integration.adapter import trainer_step
-
     images = {uid: _jpeg((60 * g, 90, 160)) for g, uid in enumerate(["mixed", "all_correct"])}
     with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
         worker = _sophiavl_worker(tmp_path, server, "+reward.reward_kwargs.max_concurrency=4")
@@ -559,10 +568,7 @@ def test_reward_worker_sends_the_datasets_image_bytes_prepared_once_per_group_an
     data = DataProto.from_dict(tensors={"token_level_rewards": token_level, "response_mask": torch.ones(8, 1)},
                                non_tensors={"uid": np.array([s.non_tensor_batch["uid"][0] for s in samples]),
                                             **non_tensor})
-    metrics: dict = {}
-    with trainer_step(global_step=1, total_training_steps=10, metrics=metrics):
-        ray_trainer.compute_advantage(data, "trust_grpo", config=OmegaConf.create(
-            {"adv_estimator": "trust_grpo", "norm_adv_by_std_in_grpo": True, "trust_grpo": {}}))
+    metrics = _trust_grpo_metrics(data)
     assert metrics["trm/http_requests"] == server.requests == 8
     assert metrics["trm/bytes_sent"] == server.bytes_received
     assert metrics["trm/connections"] == server.connections and metrics["trm/image_encodes"] == 0
@@ -641,10 +647,6 @@ def test_hosting_mode_a_refused_requests_fail_fast_through_verls_worker_and_rout
 def test_padding_rows_count_in_no_failure_kind_and_no_cost(tmp_path):
     """verl pads a batch with copies of a real sample (uid ``pad<hex>``, the copy's reward extra info): they count
     in neither trm/failed_<kind> nor the cost totals (2 real rows and 1 pad gave failed_timeout 2, not 1)."""
-    from verl.trainer.ppo import ray_trainer
-
-    from sophiavl_verl.integration.adapter import trainer_step
-
     async def script(n, body):
         if BAD in body["messages"][-1]["content"][-1]["text"]:
             await asyncio.sleep(30)  # past timeout_s
@@ -668,48 +670,29 @@ def test_padding_rows_count_in_no_failure_kind_and_no_cost(tmp_path):
         tensors={"token_level_rewards": torch.tensor(outcome, dtype=torch.float32)[:, None],
                  "response_mask": torch.ones(3, 1)},
         non_tensors={"uid": np.array(uids, dtype=object), **non_tensor})
-    metrics: dict = {}
-    with trainer_step(global_step=1, total_training_steps=10, metrics=metrics):
-        ray_trainer.compute_advantage(data, "trust_grpo", config=OmegaConf.create(
-            {"adv_estimator": "trust_grpo", "norm_adv_by_std_in_grpo": True, "trust_grpo": {}}))
+    metrics = _trust_grpo_metrics(data)
     assert metrics["trm/failed"] == 1 and metrics["trm/failed_timeout"] == 1
     assert metrics["trm/http_requests"] == requests == 2 and metrics["trm/bytes_sent"] == received
 
 
-def test_hosting_mode_a_router_that_cannot_reach_its_replica_stops_before_training(tmp_path):
+def test_hosting_mode_a_router_that_cannot_reach_its_replica_stops_before_training(verl_router, tmp_path):
     """verl's own router in front of a replica address where nothing listens: building verl's RewardLoopWorker (in
     the TaskRunner, before the first step) fails with one line naming the router, not with a run of NaN rewards."""
-    import multiprocessing
-    import socket
-
-    from verl.experimental.reward_loop.router.naive_router import run_router
-
     from sophiavl_verl.tools.local_server import free_port
 
-    dead, port = free_port(), free_port()
-    router = multiprocessing.Process(target=run_router, args=("127.0.0.1", port, [f"http://127.0.0.1:{dead}"]),
-                                     daemon=True)
-    router.start()
-    try:
-        deadline = time.monotonic() + 60
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert time.monotonic() < deadline and router.is_alive(), "verl's router did not start"
-            time.sleep(0.05)
-        tokenizer = _tokenizer_dir(tmp_path)
-        config = compose_verl_config([
-            *SMALL_RUN, f"actor_rollout_ref.model.path={tokenizer}", "algorithm.adv_estimator=trust_grpo",
-            "reward.reward_manager.name=sophiavl", "reward.reward_model.enable=True",
-            "reward.reward_model.enable_resource_pool=True", f"reward.reward_model.model_path={tokenizer}",
-            "reward.reward_model.rollout.name=vllm",
-            "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
-            "+reward.reward_kwargs.timeout_s=20",
-        ])
-        started = time.monotonic()
-        with pytest.raises(RuntimeError) as error:
-            RewardLoopWorker(config, reward_router_address=f"127.0.0.1:{port}")
-        assert time.monotonic() - started < 60  # verl's router retries its upstream 3 times, 2 s apart
-    finally:
-        router.terminate()
-        router.join(10)
+    address, _ = verl_router(lambda n, body: "<answer>0.5</answer>", upstream=f"http://127.0.0.1:{free_port()}")
+    tokenizer = _tokenizer_dir(tmp_path)
+    config = compose_verl_config([
+        *SMALL_RUN, f"actor_rollout_ref.model.path={tokenizer}", "algorithm.adv_estimator=trust_grpo",
+        "reward.reward_manager.name=sophiavl", "reward.reward_model.enable=True",
+        "reward.reward_model.enable_resource_pool=True", f"reward.reward_model.model_path={tokenizer}",
+        "reward.reward_model.rollout.name=vllm",
+        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "+reward.reward_kwargs.timeout_s=20",
+    ])
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as error:
+        RewardLoopWorker(config, reward_router_address=address)
+    assert time.monotonic() - started < 60  # verl's router retries its upstream 3 times, 2 s apart
     message = str(error.value)
-    assert "\n" not in message and f"router at http://127.0.0.1:{port}/v1 cannot reach the reward model" in message
+    assert "\n" not in message and f"router at http://{address}/v1 cannot reach the reward model" in message
