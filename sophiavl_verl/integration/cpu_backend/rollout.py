@@ -6,8 +6,8 @@ the trainer's workers push new weights to the rollout through a per-worker *adap
 vLLM and SGLang need an accelerator, so on CPU this module supplies both halves:
 
 - :class:`TransformersReplica` (registered with ``RolloutReplicaRegistry``): one server actor per replica;
-- :class:`TransformersServer`: the actor; it holds the policy as an HF model and generates one request at a
-  time (``generate`` with the request's temperature / top-p / top-k, log-probs when verl asks);
+- :class:`TransformersServer`: the actor; it holds the policy as an HF model and generates the requests pending
+  at a time in one batched ``generate`` call (per temperature / top-p / top-k / length; log-probs when verl asks);
 - :class:`TransformersHTTPServer`: the actor of a replica verl starts as a *reward model* (hosting mode A,
   ``is_reward_model=True``): ``transformers serve`` behind a real OpenAI-compatible HTTP endpoint on the node's
   address, which verl's reward router forwards the reward manager's chat requests to;
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Generator, Optional
 
 import ray
@@ -42,17 +43,35 @@ def _server_name(replica_rank: int, role: str = "") -> str:
     return f"transformers_{role}{'_' if role else ''}server_{replica_rank}"
 
 
+#: How long the server waits for more requests after the last one before a batch starts (seconds).
+_GATHER_S = 0.01
+
+
+@dataclass
+class _Request:
+    """A pending ``generate`` call: its inputs and the future its caller awaits."""
+
+    prompt_ids: list[int]
+    sampling_params: dict[str, Any]
+    images: list[Any]
+    future: asyncio.Future
+
+
 class TransformersServer:
     """The rollout server of one replica (a Ray actor): the policy as an HF model, token in, token out."""
 
-    def __init__(self, model_path: str, prompt_length: int, response_length: int, trust_remote_code: bool = False):
+    def __init__(self, model_path: str, prompt_length: int, response_length: int, trust_remote_code: bool = False,
+                 max_batch_size: int = 64, seed: int | None = None):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
         from sophiavl_verl.tools.tiny_vl import install_processor_shim
 
         torch.set_num_threads(1)
+        if seed is not None:  # sampling draws from torch's global generator, as vLLM's from its seed
+            torch.manual_seed(seed)
         self.prompt_length = prompt_length
         self.response_length = response_length
+        self.max_batch_size = max_batch_size
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.is_vl = getattr(config, "vision_config", None) is not None
         model_cls = AutoModelForImageTextToText if self.is_vl else AutoModelForCausalLM
@@ -67,7 +86,8 @@ class TransformersServer:
         self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_token_id = generation.pad_token_id if generation.pad_token_id is not None else min(self.eos_token_ids)
         self.image_token_id = getattr(config, "image_token_id", None)
-        self._lock = asyncio.Lock()
+        self._pending: list[_Request] = []
+        self._batcher: asyncio.Task | None = None
         self.global_steps: int | None = None  # the trainer step of the weights; verl's metrics read it per sample
 
     async def generate(
@@ -79,45 +99,89 @@ class TransformersServer:
         video_data: Optional[list[Any]] = None,
         **kwargs: Any,
     ) -> TokenOutput:
-        """Sample one response to ``prompt_ids`` (vLLM's server signature; videos are not supported)."""
+        """Sample one response to ``prompt_ids`` (vLLM's server signature; videos are not supported).
+
+        Requests that arrive while a batch is generating wait for the next one: every pending request with the
+        same sampling parameters goes into one batched ``generate`` call (left-padded).
+        """
         if video_data:
             raise NotImplementedError("the CPU rollout backend does not support videos")
-        async with self._lock:
-            return await asyncio.to_thread(self._generate, list(prompt_ids), dict(sampling_params), image_data)
+        request = _Request(list(prompt_ids), dict(sampling_params), list(image_data or []),
+                           asyncio.get_running_loop().create_future())
+        self._pending.append(request)
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._run_batches())
+        return await request.future
 
-    def _generate(self, prompt_ids: list[int], sampling_params: dict[str, Any], images: Optional[list[Any]]) -> TokenOutput:
-        max_tokens = sampling_params.get("max_tokens", sampling_params.get("max_new_tokens"))
-        budget = min(self.response_length, self.prompt_length + self.response_length - len(prompt_ids))
-        max_tokens = max(1, min(max_tokens or budget, budget))
-        temperature = float(sampling_params.get("temperature", 1.0))
+    async def _run_batches(self) -> None:
+        """Generate the pending requests, a batch at a time, until none is left."""
+        while self._pending:
+            waiting = 0
+            while len(self._pending) != waiting:  # requests sent together arrive within a few milliseconds
+                waiting = len(self._pending)
+                await asyncio.sleep(_GATHER_S)
+            first = self._pending[0]
+            batch = [r for r in self._pending if self._batch_key(r) == self._batch_key(first)][: self.max_batch_size]
+            self._pending = [r for r in self._pending if not any(r is b for b in batch)]
+            try:
+                outputs = await asyncio.to_thread(self._generate_batch, batch)
+            except Exception as e:  # every request of the batch fails with the cause
+                for request in batch:
+                    request.future.set_exception(e)
+            else:
+                for request, output in zip(batch, outputs, strict=True):
+                    request.future.set_result(output)
+
+    def _max_tokens(self, request: _Request) -> int:
+        params = request.sampling_params
+        max_tokens = params.get("max_tokens", params.get("max_new_tokens"))
+        budget = min(self.response_length, self.prompt_length + self.response_length - len(request.prompt_ids))
+        return max(1, min(max_tokens or budget, budget))
+
+    def _batch_key(self, request: _Request) -> tuple:
+        """Requests generate together when this agrees: the sampling options one ``generate`` call takes."""
+        params = request.sampling_params
+        return (self._max_tokens(request), float(params.get("temperature", 1.0)), float(params.get("top_p", 1.0)),
+                int(params.get("top_k", -1)), bool(params.get("logprobs")))
+
+    def _generate_batch(self, batch: list[_Request]) -> list[TokenOutput]:
+        """One ``generate`` call for requests of one :meth:`_batch_key` (left-padded to the longest prompt)."""
+        max_tokens, temperature, top_p, top_k, logprobs = self._batch_key(batch[0])
         options: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": self.pad_token_id,
                                    "eos_token_id": sorted(self.eos_token_ids)}
         if temperature > 0:
-            top_k = int(sampling_params.get("top_k", -1))
-            options.update(do_sample=True, temperature=temperature, top_p=float(sampling_params.get("top_p", 1.0)),
-                           top_k=top_k if top_k > 0 else 0)
+            options.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else 0)
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long)
-        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        width = max(len(r.prompt_ids) for r in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, request in enumerate(batch):
+            input_ids[row, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids)
+            attention_mask[row, width - len(request.prompt_ids):] = 1
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        images = [image for request in batch for image in request.images]
         if images:
-            vision = self.processor.image_processor(images=list(images), return_tensors="pt")
+            vision = self.processor.image_processor(images=images, return_tensors="pt")
             inputs.update(pixel_values=vision["pixel_values"], image_grid_thw=vision["image_grid_thw"])
             inputs["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
         with torch.no_grad():
-            out = self.model.generate(**inputs, **options, return_dict_in_generate=True, output_logits=True)
-        tokens = out.sequences[0, len(prompt_ids):].tolist()
-        for end, token in enumerate(tokens):
-            if token in self.eos_token_ids:
-                tokens = tokens[: end + 1]
-                break
-        log_probs = None
-        if sampling_params.get("logprobs"):
-            logits = torch.stack(out.logits[: len(tokens)], dim=1)[0].float()
-            log_probs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
-        stop = "completed" if tokens and tokens[-1] in self.eos_token_ids else None
-        return TokenOutput(token_ids=tokens, log_probs=log_probs, stop_reason=stop,
-                           extra_fields={"global_steps": self.global_steps})
+            out = self.model.generate(**inputs, **options, return_dict_in_generate=True, output_logits=logprobs)
+        outputs = []
+        for row in range(len(batch)):
+            tokens = out.sequences[row, width:].tolist()
+            for end, token in enumerate(tokens):
+                if token in self.eos_token_ids:
+                    tokens = tokens[: end + 1]
+                    break
+            log_probs = None
+            if logprobs:
+                logits = torch.stack([step[row] for step in out.logits[: len(tokens)]]).float()
+                log_probs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+            stop = "completed" if tokens and tokens[-1] in self.eos_token_ids else None
+            outputs.append(TokenOutput(token_ids=tokens, log_probs=log_probs, stop_reason=stop,
+                                       extra_fields={"global_steps": self.global_steps}))
+        return outputs
 
     def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
         """Load the trainer's weights (HF names) of step ``global_steps``; every parameter must be covered."""
@@ -197,6 +261,8 @@ class TransformersReplica(RolloutReplica):
             prompt_length=self.config.prompt_length,
             response_length=self.config.response_length,
             trust_remote_code=self.model_config.get("trust_remote_code", False),
+            max_batch_size=self.config.max_num_seqs,
+            seed=self.config.get("seed"),
         )
         await server.wake_up.remote()  # surfaces a failed model load here, not at the first request
         self.servers = [server]
