@@ -43,14 +43,17 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sophiavl_verl.errors import InputError
 
-__all__ = ["RUN_SYSTEM_PROMPT", "TRM_HOSTING_MODES", "TinyRun", "main", "make_tiny_policy", "read_step_metrics"]
+__all__ = [
+    "RUN_SYSTEM_PROMPT", "TRM_HOSTING_MODES", "TinyRun", "hosting_overrides", "launch_main_ppo", "main", "make_tiny_policy",
+    "prepare_data", "read_step_metrics",
+]
 
 TOOLS = Path(__file__).resolve().parent
 RECIPE_DIR = TOOLS.parents[1] / "recipes" / "sophiavl_r1"  # the repository's recipes (the quick start uses a checkout)
@@ -121,8 +124,9 @@ def prepare_data(out: Path) -> tuple[Path, Path]:
     return train, train.with_name("val.parquet")
 
 
-def _policy_examples(tokenizer: Any) -> list[tuple[list[dict], list[Any], str]]:
-    """The sample's short responses, each with its chat as verl's dataset renders it (system + images + text)."""
+def _policy_examples(tokenizer: Any, max_response_tokens: int) -> list[tuple[list[dict], list[Any], str]]:
+    """The sample's responses of at most ``max_response_tokens`` tokens, each with its chat as verl's dataset renders
+    it (system + images + text)."""
     from PIL import Image
 
     from sophiavl_verl.tools.data import IMAGE_PLACEHOLDER, build_rl_prompt
@@ -139,26 +143,34 @@ def _policy_examples(tokenizer: Any) -> list[tuple[list[dict], list[Any], str]]:
         ]
         examples += [
             (messages, images, response) for response in group["responses"]
-            if len(tokenizer(response)["input_ids"]) <= POLICY_MAX_RESPONSE_TOKENS
+            if len(tokenizer(response)["input_ids"]) <= max_response_tokens
         ]
     return examples
 
 
-def make_tiny_policy(cache_dir: Path) -> Path:
-    """Stage 2: a tiny Qwen2.5-VL taught the answer format on the embedded sample (built once, then cached).
+def make_tiny_policy(cache_dir: Path, max_response_tokens: int = POLICY_MAX_RESPONSE_TOKENS,
+                     sft_steps: int = POLICY_SFT_STEPS) -> Path:
+    """Stage 3: a tiny Qwen2.5-VL taught the answer format on the embedded sample (built once, then cached).
+
+    Args:
+        cache_dir: The model cache.
+        max_response_tokens: The warm-up learns from the sample's responses of at most this many tokens (the study
+            of :mod:`sophiavl_verl.tools.study_cpu` takes longer ones, so that its policy writes every kind).
+        sft_steps: Optimizer steps of the warm-up.
 
     Returns:
-        The model folder (``cache_dir / "tiny_policy"``), rebuilt when the model code, the sample or the
-        warm-up settings change.
+        The model folder (``cache_dir / "tiny_policy"``; ``tiny_policy_<tokens>_<steps>`` for other settings),
+        rebuilt when the model code, the sample or the warm-up settings change.
     """
 
     from transformers import AutoTokenizer
 
     from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl, finetune_policy, recipe_fingerprint
 
-    out = cache_dir / "tiny_policy"
-    recipe = [recipe_fingerprint(POLICY_SFT_STEPS), (EMBEDDED / "groups.jsonl").read_text(encoding="utf-8"),
-              RUN_SYSTEM_PROMPT, POLICY_MAX_RESPONSE_TOKENS, POLICY_LR, POLICY_SEED]
+    default = (max_response_tokens, sft_steps) == (POLICY_MAX_RESPONSE_TOKENS, POLICY_SFT_STEPS)
+    out = cache_dir / ("tiny_policy" if default else f"tiny_policy_{max_response_tokens}_{sft_steps}")
+    recipe = [recipe_fingerprint(sft_steps), (EMBEDDED / "groups.jsonl").read_text(encoding="utf-8"),
+              RUN_SYSTEM_PROMPT, max_response_tokens, POLICY_LR, POLICY_SEED]
     fingerprint = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
     marker = out / "sophiavl_tiny_policy.json"
     try:
@@ -169,8 +181,8 @@ def make_tiny_policy(cache_dir: Path) -> Path:
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny_qwen2_5_vl(tmp, seed=POLICY_SEED)
-    examples = _policy_examples(AutoTokenizer.from_pretrained(tmp))
-    result = finetune_policy(tmp, examples, steps=POLICY_SFT_STEPS, lr=POLICY_LR, seed=POLICY_SEED)
+    examples = _policy_examples(AutoTokenizer.from_pretrained(tmp), max_response_tokens)
+    result = finetune_policy(tmp, examples, steps=sft_steps, lr=POLICY_LR, seed=POLICY_SEED)
     (tmp / marker.name).write_text(json.dumps({"fingerprint": fingerprint, "examples": len(examples), **result}))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -196,34 +208,44 @@ class TinyRun:
 def _run_main_ppo(run: TinyRun, name: str, total_steps: int, inputs: dict[str, str], on_step=None) -> Path:
     """``python -m verl.trainer.main_ppo`` on the tiny CPU recipe; returns its file-logger JSONL."""
     runs = run.out / "runs"
-    log_jsonl, console = runs / f"{name}.jsonl", runs / f"{name}.log"
-    command = [
-        sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(RECIPE_DIR), "--config-name", RECIPE_NAME,
+    log_jsonl = runs / f"{name}.jsonl"
+    hosting = hosting_overrides(run.trm_hosting, inputs["trm"], inputs.get("trm_url"))
+    launch_main_ppo([
+        "--config-path", str(RECIPE_DIR), "--config-name", RECIPE_NAME,
         f"data.train_files={inputs['train']}", f"data.val_files={inputs['val']}",
-        f"actor_rollout_ref.model.path={inputs['policy']}", *_hosting_overrides(run, inputs),
+        f"actor_rollout_ref.model.path={inputs['policy']}", *hosting,
         f"trainer.default_local_dir={run.out / 'checkpoints'}", f"trainer.rollout_data_dir={run.out / 'rollouts'}",
         f"trainer.total_training_steps={total_steps}", f"trainer.save_freq={run.steps}",
         f"trainer.test_freq={run.steps if run.validation else -1}",
         f"trainer.val_before_train={run.validation and name == 'train'}",
         f"trainer.use_v1={run.trainer == 'v1'}", f"hydra.run.dir={runs / name}",
         *run.overrides,
-    ]
+    ], console=runs / f"{name}.log", log_jsonl=log_jsonl, cwd=run.out, on_step=on_step)
+    return log_jsonl
+
+
+def launch_main_ppo(arguments: list[str], *, console: Path, log_jsonl: Path, cwd: Path,
+                    on_step: Callable[[int], None] | None = None) -> None:
+    """Run ``python -m verl.trainer.main_ppo <arguments>`` on the CPU platform, its output in ``console`` and verl's
+    file log in ``log_jsonl``; ``on_step`` is called once per training step as it is logged.
+
+    Raises:
+        RuntimeError: main_ppo failed; with its last error line and the console's path.
+    """
+    command = [sys.executable, "-m", "verl.trainer.main_ppo", *arguments]
     env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(log_jsonl), "HYDRA_FULL_ERROR": "1"}
     with open(console, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run.out)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         seen: set[int] = set()
         while proc.poll() is None:
             time.sleep(1)
             for step in read_step_metrics(log_jsonl) if log_jsonl.exists() else {}:
                 if step not in seen:
                     seen.add(step)
-                    _say(f"  step {step} logged")
                     if on_step is not None:
                         on_step(step)
     if proc.returncode:
-        raise RuntimeError(f"main_ppo ({name}) exited with {proc.returncode}: {_last_error(console)}; its output: "
-                           f"{console}")
-    return log_jsonl
+        raise RuntimeError(f"main_ppo exited with {proc.returncode}: {_last_error(console)}; its output: {console}")
 
 
 def _last_error(console: Path) -> str:
@@ -233,11 +255,12 @@ def _last_error(console: Path) -> str:
     return errors[-1].strip() if errors else "no error line in its output"
 
 
-def _hosting_overrides(run: TinyRun, inputs: dict[str, str]) -> list[str]:
-    """Hydra overrides of the TRM's hosting mode (the recipe's keys are mode A's, with the TRM to serve unset)."""
-    if run.trm_hosting == "A":
-        return [f"reward.reward_model.model_path={inputs['trm']}"]
-    return [f"reward.reward_kwargs.trm_base_url={inputs['trm_url']}", f"reward.reward_kwargs.trm_model={inputs['trm']}",
+def hosting_overrides(mode: str, trm: str, trm_url: str | None = None) -> list[str]:
+    """Hydra overrides of the TRM's hosting mode on the tiny CPU recipe, whose keys are mode A's with the TRM to serve
+    unset: ``trm`` is the model folder, ``trm_url`` the external server's ``/v1`` URL in mode B."""
+    if mode == "A":
+        return [f"reward.reward_model.model_path={trm}"]
+    return [f"reward.reward_kwargs.trm_base_url={trm_url}", f"reward.reward_kwargs.trm_model={trm}",
             "reward.reward_model.enable=false", "reward.reward_model.enable_resource_pool=false",
             "reward.reward_model.model_path=null"]
 
@@ -338,6 +361,7 @@ def run_tiny(run: TinyRun) -> Path:
             inputs["trm_url"] = server.base_url
 
         def outage(step: int) -> None:
+            _say(f"  step {step} logged")
             if run.trm_outage_after_step is not None and step >= run.trm_outage_after_step and server.running:
                 _say(f"  stopping the TRM server after step {step} (--trm-outage-after-step)")
                 server.stop()
