@@ -140,6 +140,40 @@ def test_server_greedy_tokens_and_log_probs_match_a_forward_pass(tiny_model):
     assert (out.stop_reason == "completed") == bool(eos_at)
 
 
+def test_server_generates_concurrent_requests_in_one_batch_each_as_if_alone(tiny_model):
+    """Requests sent together are generated in one left-padded ``generate`` call per sampling setting, and each
+    gets the tokens and log-probs it gets when sent alone (prompts of different lengths, an image in each)."""
+    from PIL import Image
+
+    server = _server(tiny_model)
+    image = Image.new("RGB", (56, 56), (200, 40, 40))
+    chats = ["Sum of bars?", "Which bar is the tallest one in this chart?", "Describe the picture in one sentence."]
+    prompts = []
+    for text in chats:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        rendered = server.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompts.append(server.processor(text=[rendered], images=[image], return_tensors="pt")["input_ids"][0].tolist())
+    assert len({len(p) for p in prompts}) == 3
+    greedy = {"temperature": 0, "logprobs": True}
+
+    async def send(prompt, params):
+        return await server.generate(prompt, params, request_id="r", image_data=[image])
+
+    alone = [asyncio.run(send(p, greedy)) for p in prompts]
+    calls = []
+    generate_batch = server._generate_batch
+    server._generate_batch = lambda batch: calls.append(len(batch)) or generate_batch(batch)
+
+    async def together():  # two sampling settings: greedy and sampled requests never share a call
+        return await asyncio.gather(*[send(p, greedy) for p in prompts], send(prompts[0], {"temperature": 1.0}))
+
+    *batched, _ = asyncio.run(together())
+    assert sorted(calls) == [1, 3]
+    for one, many in zip(alone, batched, strict=True):
+        assert many.token_ids == one.token_ids
+        assert many.log_probs == pytest.approx(one.log_probs, abs=1e-4)
+
+
 def test_server_takes_the_trainers_weights(tiny_model):
     server = _server(tiny_model)
     prompt = [5, 17, 42, 99, 7]

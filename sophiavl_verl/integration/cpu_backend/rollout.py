@@ -117,7 +117,8 @@ class TransformersServer:
         """Generate the pending requests, a batch at a time, until none is left."""
         while self._pending:
             waiting = 0
-            while len(self._pending) != waiting:  # requests sent together arrive within a few milliseconds
+            # requests sent together arrive within a few milliseconds: wait for them unless the batch is full
+            while len(self._pending) != waiting and len(self._pending) < self.max_batch_size:
                 waiting = len(self._pending)
                 await asyncio.sleep(_GATHER_S)
             first = self._pending[0]
