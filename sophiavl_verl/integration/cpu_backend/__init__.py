@@ -10,8 +10,9 @@ On the ``cpu`` platform it registers, through verl's registries:
 - the rollout backend ``transformers`` (:mod:`.rollout`): ``actor_rollout_ref.rollout.name=transformers``;
 
 and applies the narrow patches of :mod:`.patches` where verl has no extension point. What a run also needs
-in its config (Ray resources, TransferQueue units, FSDP2, eager attention): ``recipes/sophiavl_r1/
-sophiavl_r1_tiny_cpu.yaml``.
+in its config (Ray resources, TransferQueue units, FSDP2, eager attention, and :mod:`.replay_buffer`, verl's replay
+buffer polling every 50 ms instead of 2 s, plugged in through ``trainer.v1.sampler.custom_sampler``):
+``recipes/sophiavl_r1/sophiavl_r1_tiny_cpu.yaml``.
 """
 
 from __future__ import annotations
