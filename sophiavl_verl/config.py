@@ -20,9 +20,9 @@ import re
 import types
 import typing
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from sophiavl_verl.annealing import get_schedule
 from sophiavl_verl.errors import ConfigError
@@ -88,7 +88,7 @@ class TrustGRPOConfig:
                  f"must be a finite number >= 0, got {self.epsilon!r}")
 
     @classmethod
-    def from_algorithm_config(cls, algorithm: Mapping[str, Any] | None) -> "TrustGRPOConfig":
+    def from_algorithm_config(cls, algorithm: Mapping[str, Any] | None) -> TrustGRPOConfig:
         """Build from verl's ``algorithm`` config node (a DictConfig or dict); missing keys use defaults.
 
         Raises:
@@ -331,6 +331,6 @@ class SophiaVLRewardConfig:
             object.__setattr__(self, "trm_base_url", parse_trm_base_url(self.trm_base_url, f"{key}.trm_base_url"))
 
     @classmethod
-    def from_reward_config(cls, reward: Mapping[str, Any] | None) -> "SophiaVLRewardConfig":
+    def from_reward_config(cls, reward: Mapping[str, Any] | None) -> SophiaVLRewardConfig:
         """Build from verl's ``reward`` config node; unknown keys of ``reward_kwargs`` are errors."""
         return cls(**_known_options(cls, reward, "reward_kwargs", "reward.reward_kwargs"))

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 import verl  # loads the plugin through the verl.plugins entry point, as in production
 
 VERL_CONFIG_DIR = Path(verl.__file__).parent / "trainer" / "config"
@@ -87,10 +86,11 @@ def verl_router():
     import socket
     import time
 
-    from fault_injection import FaultInjectionServer
     from verl.experimental.reward_loop.router.naive_router import run_router
 
     from sophiavl_verl.tools.local_server import free_port
+
+    from fault_injection import FaultInjectionServer
 
     started = []
 

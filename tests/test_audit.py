@@ -23,12 +23,12 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from fault_injection import FaultInjectionServer
-from paper_reference import TIE_TOLERANCE
-
 from sophiavl_verl.errors import AuditError
 from sophiavl_verl.tools.audit import EMBEDDED_SAMPLE
 from sophiavl_verl.tools.cli import main
+
+from fault_injection import FaultInjectionServer
+from paper_reference import TIE_TOLERANCE
 
 SAMPLE_ROWS = [json.loads(line) for line in EMBEDDED_SAMPLE.read_text(encoding="utf-8").splitlines()]
 PLOTS = ("gamma_hist.png", "thinking_by_correctness.png", "by_problem_type.png")
@@ -466,8 +466,8 @@ def verl_dumps(tmp_path_factory, tokenizer):
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-    from sophiavl_verl.tools.data import build_rl_prompt
     from sophiavl_verl.rewards import outcome_reward
+    from sophiavl_verl.tools.data import build_rl_prompt
 
     root = tmp_path_factory.mktemp("dumps")
     dataset, inputs, outputs, gts, scores, keys = [], [], [], [], [], []

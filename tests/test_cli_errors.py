@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from fault_injection import FaultInjectionServer
-
 from sophiavl_verl.tools.cli import main
+
+from fault_injection import FaultInjectionServer
 
 NUMERIC_FLAGS = {  # flag: values a careful user would expect to be refused, with a word of the message
     "--limit": ["0", "-3", "1.5", "x"],

@@ -9,6 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from sophiavl_verl.errors import SophiaVLError
+from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
+from sophiavl_verl.tools.cli import data_main as main  # `sophiavl-verl-data`, the old name of `sophiavl-verl data`
 from sophiavl_verl.tools.data import (
     QUESTION_TEMPLATE,
     TYPE_TEMPLATE,
@@ -17,9 +20,6 @@ from sophiavl_verl.tools.data import (
     prepare_rl,
     prepare_trm,
 )
-from sophiavl_verl.errors import SophiaVLError
-from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
-from sophiavl_verl.tools.cli import data_main as main  # `sophiavl-verl-data`, the old name of `sophiavl-verl data`
 
 PIXEL_LIMIT = 5000  # --max-image-pixels of the tests: 100x100 only warns in Pillow (<= 2x), 200x200 raises
 PILLOW_LIMIT = Image.MAX_IMAGE_PIXELS
@@ -256,7 +256,6 @@ def test_missing_inputs_are_errors(tmp_path):
 
 def test_rl_text_only_reads_back_with_tokenizer_only(tmp_path, tiny_vl):
     from omegaconf import OmegaConf
-
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     source = tmp_path / "text.json"
@@ -278,7 +277,6 @@ def test_rl_text_only_reads_back_with_tokenizer_only(tmp_path, tiny_vl):
 
 def test_rl_images_read_back_through_rlhf_dataset(rl_run, tmp_path, tiny_vl, qwen_vl_utils_without_torchvision):
     from omegaconf import OmegaConf
-
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     _, out = rl_run
@@ -353,7 +351,6 @@ def test_trm_messages(trm_run):
 
 def test_trm_reads_back_through_sft_dataset(trm_run, tiny_vl, qwen_vl_utils_without_torchvision):
     from omegaconf import OmegaConf
-
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
     _, out = trm_run
@@ -373,7 +370,6 @@ def test_trm_reads_back_through_sft_dataset(trm_run, tiny_vl, qwen_vl_utils_with
 
 def test_trm_text_only_reads_back_with_tokenizer_only(tmp_path, tiny_vl):
     from omegaconf import OmegaConf
-
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
     source = tmp_path / "text.json"

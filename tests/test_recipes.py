@@ -137,7 +137,7 @@ PAPER_VALUES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def recipe(name: str, overrides: tuple[str, ...] = ()):
     """The recipe ``name`` composed by Hydra on verl's config (read-only: cached)."""
     return compose_verl_config(overrides, config_dir=RECIPES, config_name=name)
@@ -287,10 +287,11 @@ def test_official_preset_reproduces_the_authors_rewards_on_every_group():
     import torch
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-    from paper_reference import reference_advantage
     from sophiavl_verl.config import SophiaVLRewardConfig
-    from sophiavl_verl.query_policy import thinking_reward_decision
     from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY
+    from sophiavl_verl.query_policy import thinking_reward_decision
+
+    from paper_reference import reference_advantage
 
     config = recipe("official")
     policy = SophiaVLRewardConfig.from_reward_config(config.reward).query_policy

@@ -23,15 +23,16 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.utils.ray_utils import get_event_loop
 
-from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
-from fault_injection import FaultInjectionServer
-from sophiavl_verl.tools.data import prepare_rl
 from sophiavl_verl.integration.group_board import GroupOutcomeBoard
 from sophiavl_verl.integration.reward_manager import _question_and_images
+from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
 from sophiavl_verl.query_policy import thinking_reward_decision
 from sophiavl_verl.rewards import outcome_reward
 from sophiavl_verl.thinking_reward import build_reference_trm_prompt
-from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
+from sophiavl_verl.tools.data import prepare_rl
+
+from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
+from fault_injection import FaultInjectionServer
 from verl_pipeline import RewardWorkerHandle, prompt_batch, rl_dataset, score_session, session_kwargs
 
 GOOD = "<think>The bars read 3 and 4, so 3 + 4 = 7.</think><answer>7</answer>"

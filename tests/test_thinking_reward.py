@@ -17,8 +17,6 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from fault_injection import VLLM_NO_MODEL, VLLM_TOO_LONG, FaultInjectionServer
-from sophiavl_verl.tools.local_server import LocalOpenAIServer, ServerStartError, free_port
 from sophiavl_verl.thinking_reward import (
     API_KEY_ENV,
     TRM_INSTRUCTION,
@@ -27,7 +25,10 @@ from sophiavl_verl.thinking_reward import (
     build_trm_prompt,
     parse_score,
 )
+from sophiavl_verl.tools.local_server import LocalOpenAIServer, ServerStartError, free_port
 from sophiavl_verl.tools.tiny_vl import synthetic_trm_examples
+
+from fault_injection import VLLM_NO_MODEL, VLLM_TOO_LONG, FaultInjectionServer
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,13 +11,13 @@ from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo import core_algos, ray_trainer
 
+from sophiavl_verl.integration.adapter import trainer_step
 from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
 from sophiavl_verl.trust_grpo import (
     group_normalized_advantage,
     group_trust,
     trust_weighted_rewards,
 )
-from sophiavl_verl.integration.adapter import trainer_step
 
 from paper_reference import reference_advantage, reference_rewards
 

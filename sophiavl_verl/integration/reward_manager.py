@@ -35,11 +35,10 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from sophiavl_verl.config import SPLIT_KEY, VALIDATION_SPLITS, SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl import outcome_reward_fn
-from sophiavl_verl.query_policy import thinking_reward_decision
-from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem, TRMRequestError, TRMResult
+from sophiavl_verl.config import SPLIT_KEY, VALIDATION_SPLITS, SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl.integration.group_board import group_board
+from sophiavl_verl.integration.validation import REWARD_MANAGER_NAME
 from sophiavl_verl.keys import (
     OUTCOME_KEY,
     THINKING_KEY,
@@ -48,7 +47,8 @@ from sophiavl_verl.keys import (
     TRM_LATENCY_KEY,
     TRM_STATUS_KEY,
 )
-from sophiavl_verl.integration.validation import REWARD_MANAGER_NAME
+from sophiavl_verl.query_policy import thinking_reward_decision
+from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem, TRMRequestError, TRMResult
 
 __all__ = ["SophiaVLRewardManager"]
 

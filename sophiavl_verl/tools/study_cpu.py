@@ -172,9 +172,9 @@ def run_overrides(arm: Arm, seed: int, settings: Settings, inputs: dict[str, str
 
 def _kind_shares(dump: Path, dataset: Path) -> dict[str, Any]:
     """Shares of each kind among a dump's responses, and of ``sound`` among its right answers."""
+    from sophiavl_verl.rewards import outcome_reward
     from sophiavl_verl.tools.audit.inputs import load_verl_dump
     from sophiavl_verl.tools.response_kinds import KINDS, RIGHT_MIN, classify_response
-    from sophiavl_verl.rewards import outcome_reward
 
     groups, _ = load_verl_dump(dump, dataset=dataset)
     kinds, right = Counter(), Counter()
