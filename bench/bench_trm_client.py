@@ -394,7 +394,8 @@ def main() -> None:
         tokenizer_dir = build_tiny_qwen2_5_vl(Path(tmp.name) / "tokenizer")
         tokenizer = hf_tokenizer(str(tokenizer_dir))
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}})
+                 runtime_env={"env_vars": {
+                     "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}})
         worker_cls = bench_worker_class()
         from sophiavl_verl.integration import group_board
 

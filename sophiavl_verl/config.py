@@ -50,7 +50,8 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> A
 
 @dataclass(frozen=True)
 class TrustGRPOConfig:
-    """Options of the ``trust_grpo`` advantage estimator (``algorithm.trust_grpo.*``); each documented where declared."""
+    """Options of the ``trust_grpo`` advantage estimator (``algorithm.trust_grpo.*``); each documented where
+    declared."""
 
     alpha: float = option(0.3, "Weight α of the thinking reward in Eq. 5 (the paper: 0.3), a number in "
                           f"[0, {MAX_ALPHA:g}]; 0 gives exactly verl's GRPO advantages.")

@@ -57,7 +57,8 @@ def ray_with_transfer_queue():
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1, "total_storage_size": 10000}}}))
+    tq.init(OmegaConf.create(
+        {"backend": {"SimpleStorage": {"num_data_storage_units": 1, "total_storage_size": 10000}}}))
     yield ray
     tq.close()
     ray.shutdown()

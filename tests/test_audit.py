@@ -625,7 +625,8 @@ def test_unreadable_image_names_file_line_and_image(tmp_path, capsys):
 
 
 def test_the_audit_refuses_the_images_data_preparation_refuses(tmp_path, capsys):
-    """One image guard (sophiavl_verl.tools.data.ImageGuard) for both: a decompression bomb and paths out of the root."""
+    """One image guard (sophiavl_verl.tools.data.ImageGuard) for both: a decompression bomb and paths out of the
+    root."""
     from sophiavl_verl.tools.data import prepare_rl
 
     folder = tmp_path / "in"
@@ -666,8 +667,8 @@ def test_unknown_problem_type_and_malformed_json_name_file_and_line(tmp_path, ca
 def test_a_non_finite_number_names_file_line_and_field_and_a_byte_order_mark_is_accepted(tmp_path, capsys):
     groups = tmp_path / "groups.jsonl"
     row = SAMPLE_ROWS[0] | {"images": []}
-    groups.write_text(json.dumps(row) + "\n" + json.dumps(row).replace('"ground_truth": ', '"ground_truth": Infinity, "x": ')
-                      + "\n")
+    groups.write_text(json.dumps(row) + "\n"
+                      + json.dumps(row).replace('"ground_truth": ', '"ground_truth": Infinity, "x": ') + "\n")
     err = _error(["audit", str(groups), "--out", str(tmp_path / "never")], capsys)
     assert err == f"sophiavl-verl audit: error: {groups}:2: ground_truth is Infinity; JSON numbers must be finite\n"
     groups.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode("utf-8"))  # as some editors save
@@ -907,7 +908,8 @@ def test_saved_scores_are_checked_and_keyed_by_what_the_request_carries(tmp_path
     for bad in ['{"key": "x", "thinking_reward": 0.5}', '{"key": "' + "b" * 64 + '", "thinking_reward": 1.5}',
                 '{"key": "' + "b" * 64 + '", "thinking_reward": true}', "[1, 2]"]:
         path.write_text(path.read_text().splitlines()[0] + "\n" + bad + "\n")
-        err = _error(["audit", "--out", str(tmp_path), "--trm-url", "http://127.0.0.1:9/v1", "--trm-model", "m"], capsys)
+        err = _error(["audit", "--out", str(tmp_path), "--trm-url", "http://127.0.0.1:9/v1", "--trm-model", "m"],
+                     capsys)
         assert err == (f"sophiavl-verl audit: error: {path}:2: not a line of the audit's saved thinking rewards; "
                        "delete the file to score every response again\n")
 

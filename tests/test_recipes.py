@@ -80,10 +80,10 @@ TINY_SFT = "trm_sft_tiny_cpu"
 #: tiny rows, the step size a random tiny model needs, and its own run name.
 TINY_SFT_KEYS = {
     "model.path", "model.enable_gradient_checkpointing", "model.use_remove_padding",
-    "model.override_config", "model.override_config.attn_implementation", "engine.strategy", "trainer.device", "trainer.n_gpus_per_node",
-    "trainer.total_epochs", "trainer.experiment_name", "trainer.resume_mode", "data.train_files",
-    "data.train_batch_size", "data.micro_batch_size_per_gpu", "data.use_dynamic_bsz", "data.max_length",
-    "data.num_workers", "optim.lr", "optim.lr_warmup_steps_ratio",
+    "model.override_config", "model.override_config.attn_implementation", "engine.strategy",
+    "trainer.device", "trainer.n_gpus_per_node", "trainer.total_epochs", "trainer.experiment_name",
+    "trainer.resume_mode", "data.train_files", "data.train_batch_size", "data.micro_batch_size_per_gpu",
+    "data.use_dynamic_bsz", "data.max_length", "data.num_workers", "optim.lr", "optim.lr_warmup_steps_ratio",
 }
 #: The CPU smoke-run recipe (scripts/train_cpu.sh); its run-time values come from the command line.
 TINY_CPU = "sophiavl_r1_tiny_cpu"
@@ -337,8 +337,10 @@ class TestPluginValidator:
             (MAIN, "reward.reward_kwargs.query_policy=bogus", "reward.reward_kwargs.query_policy"),
             (MAIN, "+reward.reward_kwargs.trm_url=http://x:1/v1", "reward.reward_kwargs.trm_url"),
             (MAIN, "reward.custom_reward_function.path=null", "reward.custom_reward_function.path"),
-            ("sophiavl_r1_7b_external_trm", "reward.reward_kwargs.trm_base_url=ftp://x", "reward.reward_kwargs.trm_base_url"),
-            ("ablation_no_trust", "algorithm.trust_grpo.use_trust_weight=maybe", "algorithm.trust_grpo.use_trust_weight"),
+            ("sophiavl_r1_7b_external_trm", "reward.reward_kwargs.trm_base_url=ftp://x",
+             "reward.reward_kwargs.trm_base_url"),
+            ("ablation_no_trust", "algorithm.trust_grpo.use_trust_weight=maybe",
+             "algorithm.trust_grpo.use_trust_weight"),
         ],
     )
     def test_bad_option_fails_validation_naming_the_key(self, name, override, key):

@@ -172,7 +172,8 @@ def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], 
 
 
 def _reward_batch(tokenizer) -> tuple[DataProto, list[float]]:
-    """One row per response in the shape verl's agent loop hands the reward loop (see AgentLoopWorker._compute_score)."""
+    """One row per response in the shape verl's agent loop hands the reward loop (see
+    AgentLoopWorker._compute_score)."""
     prompts, responses, rows, expected_outcomes = [], [], [], []
     for g, (uid, group) in enumerate(GROUPS.items()):
         question = f"What is the sum of the two bars? (chart {g})"

@@ -518,8 +518,9 @@ def _grid_replies() -> list[str]:
     """The replies the paper's and the reference's prompts ask for, every grid value in every accepted shape."""
     values = ["0", "1", "1.0", *(f"0.{k}" for k in range(10))]
     shapes = ("<answer>{}</answer>", "<answer> {} </answer>",
-              "<think>Steps one and two hold.</think><answer>{}</answer>", "<think>ok</think>\n<answer>{}</answer>", "\\boxed{{{}}}", "\\box{{{}}}", "\\boxes{{{}}}", "{}",
-              "**{}**", "{}.", "{}\nThe reasoning is sound.", "Score: {}", "The score is {}", "<think>ok</think> {}")
+              "<think>Steps one and two hold.</think><answer>{}</answer>", "<think>ok</think>\n<answer>{}</answer>",
+              "\\boxed{{{}}}", "\\box{{{}}}", "\\boxes{{{}}}", "{}", "**{}**", "{}.", "{}\nThe reasoning is sound.",
+              "Score: {}", "The score is {}", "<think>ok</think> {}")
     return [shape.format(value) for shape in shapes for value in values]
 
 

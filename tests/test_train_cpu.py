@@ -47,7 +47,8 @@ def _train_cpu(out: Path, *args: str) -> subprocess.CompletedProcess:
 def _check(result: subprocess.CompletedProcess, out: Path) -> None:
     if result.returncode:
         logs = "".join(f"\n--- {p}\n{p.read_text()[-4000:]}" for p in sorted((out / "runs").glob("*.log")))
-        pytest.fail(f"train_cpu exited with {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}{logs}")
+        pytest.fail(f"train_cpu exited with {result.returncode}\n{result.stdout[-3000:]}\n"
+                    f"{result.stderr[-3000:]}{logs}")
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_bare_import_verl_registers_everything_in_a_fresh_process():
     result = _python(REGISTRATION_PROBE)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["sophiavl_verl.integration.estimator", "sophiavl_verl.integration.reward_manager", "True"]
+    assert result.stdout.split() == ["sophiavl_verl.integration.estimator", "sophiavl_verl.integration.reward_manager",
+                                     "True"]
 
 
 def test_verl_plugin_filter_can_exclude_us():
@@ -147,7 +148,8 @@ def test_trust_grpo_recipe_options_pass_verls_validation():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["+algorithm.trust_grpo.alpha=-1"], r"algorithm.trust_grpo.alpha must be a finite number in \[0, 1000\], got -1"),
+        (["+algorithm.trust_grpo.alpha=-1"],
+         r"algorithm.trust_grpo.alpha must be a finite number in \[0, 1000\], got -1"),
         (["+algorithm.trust_grpo.schedule=bogus"], "algorithm.trust_grpo.schedule: unknown annealing schedule 'bogus'"),
         (["+algorithm.trust_grpo.anneal_steps=0"], r"algorithm.trust_grpo.anneal_steps \(T\) must be > 0, got 0"),
         (["+algorithm.trust_grpo.alpah=0.3"], r"unknown key\(s\) algorithm.trust_grpo.alpah"),
@@ -157,7 +159,8 @@ def test_trust_grpo_recipe_options_pass_verls_validation():
         (["+reward.reward_kwargs.timeout=3"], r"unknown key\(s\) reward.reward_kwargs.timeout"),
         (["+reward.reward_kwargs.deadline_s=0"], "reward.reward_kwargs.deadline_s must be a finite number > 0, got 0"),
         (["+reward.reward_kwargs.deadline_s=inf"], "reward.reward_kwargs.deadline_s must be a finite number > 0"),
-        (["+reward.reward_kwargs.breaker_failures=-1"], "reward.reward_kwargs.breaker_failures must be an integer >= 0"),
+        (["+reward.reward_kwargs.breaker_failures=-1"],
+         "reward.reward_kwargs.breaker_failures must be an integer >= 0"),
         (["+reward.reward_kwargs.breaker_cooldown_s=-2"], "reward.reward_kwargs.breaker_cooldown_s must be a finite"),
         (["+reward.reward_kwargs.clip_scores=sometimes"], "reward.reward_kwargs.clip_scores must be true or false"),
         (["+reward.reward_kwargs.max_image_pixels=0"], "reward.reward_kwargs.max_image_pixels must be an integer >= 1"),
@@ -446,7 +449,8 @@ def test_legacy_trainer_path_values_step_and_metrics():
     data = DataProto.from_dict(
         tensors=tensors,
         non_tensors={"uid": np.array([k.split("_")[0] for k in keys], dtype=object),
-                     OUTCOME_KEY: np.array(outcome), THINKING_KEY: np.array([x for _, t in GROUPS.values() for x in t])},
+                     OUTCOME_KEY: np.array(outcome),
+                     THINKING_KEY: np.array([x for _, t in GROUPS.values() for x in t])},
     )
     config = compose_verl_config(TRUST_GRPO_RUN)
     trainer = SimpleNamespace(config=config, global_steps=4, total_training_steps=8)

@@ -14,7 +14,8 @@ training step.
 
 Query policies (``reward.reward_kwargs.query_policy``) decide which responses cost a TRM request.
 ``all`` asks for every response at once. ``skip_uniform`` and ``official`` need the outcomes of the
-whole group first, so a response waits on a :class:`~sophiavl_verl.integration.group_board.GroupOutcomeBoard` until all ``rollout.n``
+whole group first, so a response waits on a
+:class:`~sophiavl_verl.integration.group_board.GroupOutcomeBoard` until all ``rollout.n``
 responses of its prompt have their outcome, or until the board has been quiet for ``group_idle_s`` or
 ``group_wait_s`` has passed; it is then scored as one of an incomplete group (a timeout costs a request,
 never a thinking reward). Validation samples (``meta_info["validate"]``, or ``extra_info.split`` in

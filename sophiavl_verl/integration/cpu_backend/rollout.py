@@ -189,8 +189,8 @@ class TransformersServer:
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
         if unexpected or set(missing) - tied:
-            raise RuntimeError(f"rollout weight update does not match the model: missing {sorted(set(missing) - tied)[:5]},"
-                               f" unexpected {sorted(unexpected)[:5]}")
+            raise RuntimeError(f"rollout weight update does not match the model: missing "
+                               f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
         self.global_steps = global_steps
         return len(state_dict)
 
