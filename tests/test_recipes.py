@@ -269,15 +269,15 @@ def _authors_rewards(outcomes: list[float], trm_scores: list[float], step: int, 
     verl/workers/reward/custom.py, CustomRewardManager with n > 0), written out with Python floats."""
     if all(o >= 0.9 for o in outcomes) or all(o <= 0.1 for o in outcomes):
         return list(outcomes)  # no TRM request, no thinking term
-    process = [t if o >= 0.2 else 0.0 for o, t in zip(outcomes, trm_scores)]
-    correct = [p for o, p in zip(outcomes, process) if o >= 0.5]
-    wrong = [p for o, p in zip(outcomes, process) if o < 0.5]
+    process = [t if o >= 0.2 else 0.0 for o, t in zip(outcomes, trm_scores, strict=True)]
+    correct = [p for o, p in zip(outcomes, process, strict=True) if o >= 0.5]
+    wrong = [p for o, p in zip(outcomes, process, strict=True) if o < 0.5]
     mu_c = sum(correct) / len(correct) if correct else 0.0
     mu_w = sum(wrong) / len(wrong) if wrong else 0.0
     weight = math.exp(-step / T) * 0.3
     if mu_c < mu_w and correct:  # the reference keeps weight * 1 when there is no correct response
         weight *= math.exp(mu_c - mu_w)
-    return [o + weight * p for o, p in zip(outcomes, process)]
+    return [o + weight * p for o, p in zip(outcomes, process, strict=True)]
 
 
 def test_official_preset_reproduces_the_authors_rewards_on_every_group():
@@ -308,7 +308,7 @@ def test_official_preset_reproduces_the_authors_rewards_on_every_group():
         trm = np.round(rng.random(8), 1).tolist()  # what the TRM would answer, if asked
         decisions = [thinking_reward_decision(policy, o, group, config.algorithm.trust_grpo.correct_threshold)
                      for o in group]
-        thinking += [{"query": t, "zero": 0.0, "skip": math.nan}[d] for d, t in zip(decisions, trm)]
+        thinking += [{"query": t, "zero": 0.0, "skip": math.nan}[d] for d, t in zip(decisions, trm, strict=True)]
         expected += _authors_rewards(group, trm, step=700, T=config.algorithm.trust_grpo.anneal_steps)
         index += [f"g{g}"] * 8
         outcome += group

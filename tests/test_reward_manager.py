@@ -161,7 +161,7 @@ def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], 
     async def run():
         return await asyncio.gather(*(
             score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(response))])
-            for kwargs, response in zip(sessions, responses)
+            for kwargs, response in zip(sessions, responses, strict=True)
         ))
 
     finals = get_event_loop().run_until_complete(run())
@@ -241,7 +241,7 @@ def test_reward_loop_worker_scores_through_the_real_server(
     assert scores == expected_outcomes == info[OUTCOME_KEY]
     queried = [status != "skipped" for status in info[TRM_STATUS_KEY]]
     assert sum(queried) == expected_requests
-    rows = zip(names, queried, info[THINKING_KEY], info[TRM_LATENCY_KEY], expected_outcomes)
+    rows = zip(names, queried, info[THINKING_KEY], info[TRM_LATENCY_KEY], expected_outcomes, strict=True)
     for name, asked, r_t, latency, r_o in rows:
         if asked:
             assert 0.0 <= r_t <= 1.0 and latency > 0
@@ -636,7 +636,7 @@ def test_hosting_mode_a_refused_requests_fail_fast_through_verls_worker_and_rout
     responses = [response for group in GROUPS.values() for response in group]
     refused = [response == BAD for response in responses]
     assert [o["reward_score"] for o in outputs] == expected_outcomes
-    for out, bad in zip(outputs, refused):
+    for out, bad in zip(outputs, refused, strict=True):
         info = out["reward_extra_info"]
         if bad:
             assert math.isnan(info[THINKING_KEY]) and info["sophiavl_trm_failure"] == "upstream_rejected"

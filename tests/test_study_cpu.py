@@ -153,18 +153,18 @@ def test_each_arms_logged_metrics_agree_with_its_dumps(quick_study):
                                                 anneal=math.exp(-step / QUICK.steps), threshold=0.5,
                                                 uniform_groups="skip", use_trust_weight=use_trust)
             assert row["trust_grpo/anneal"] == pytest.approx(math.exp(-step / QUICK.steps), rel=1e-12)
-            terms = [r - o for r, o in zip(rewards, outcome)]
+            terms = [r - o for r, o in zip(rewards, outcome, strict=True)]
             assert row["trust_grpo/thinking_term_mean"] == pytest.approx(sum(terms) / len(terms), abs=1e-6), (arm, step)
             advantages = _verl_grpo_advantages(rewards, index)
             assert row["critic/advantages/max"] == pytest.approx(advantages.max(), abs=1e-4)
             assert row["critic/advantages/min"] == pytest.approx(advantages.min(), abs=1e-4)
             correct = defaultdict(set)
-            for r, uid in zip(rows, index):
+            for r, uid in zip(rows, index, strict=True):
                 if r["sophiavl_trm_status"] == "scored":
                     correct[uid].add(r["sophiavl_outcome_reward"] >= 0.5)
             mixed = [uid for uid, seen in correct.items() if seen == {True, False}]
             if mixed:
-                gamma_of = dict(zip(index, gammas))
+                gamma_of = dict(zip(index, gammas, strict=True))
                 assert row["trust_grpo/gamma_mean"] == pytest.approx(sum(gamma_of[u] for u in mixed) / len(mixed),
                                                                      abs=1e-6)
             else:

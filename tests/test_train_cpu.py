@@ -188,7 +188,7 @@ def test_trust_grpo_metrics_recomputed_from_the_dumps(main_run):
         anneal = math.exp(-step / T)
         rewards, gammas = reference_rewards(outcome, thinking, index, alpha=ALPHA, anneal=anneal,
                                             threshold=THRESHOLD, uniform_groups=UNIFORM)
-        terms = [r - o for r, o in zip(rewards, outcome)]
+        terms = [r - o for r, o in zip(rewards, outcome, strict=True)]
         assert row["trust_grpo/thinking_term_mean"] == pytest.approx(sum(terms) / len(terms), abs=1e-6)
         groups = _groups(rows)
         mixed = [

@@ -264,7 +264,7 @@ def _expected_advantages(alpha: float, anneal: float) -> dict[str, float]:
                                    uniform_groups="skip")
     advantages = reference_advantage(rewards, index)
     keys = [f"{uid}_{s}_0" for uid, (o, _) in GROUPS.items() for s in range(len(o))]
-    return dict(zip(keys, advantages))
+    return dict(zip(keys, advantages, strict=True))
 
 
 def test_v1_trainer_delivers_thinking_rewards_and_step_through_transfer_queue(ray_with_transfer_queue):
@@ -275,7 +275,7 @@ def test_v1_trainer_delivers_thinking_rewards_and_step_through_transfer_queue(ra
 
     keys, rows = [], []
     for uid, (outcomes, thinking) in GROUPS.items():
-        for session, (r_o, r_t) in enumerate(zip(outcomes, thinking)):
+        for session, (r_o, r_t) in enumerate(zip(outcomes, thinking, strict=True)):
             length = 3 + session  # ragged responses, as the agent loop stores them
             rm_scores = torch.zeros(length)
             rm_scores[-1] = r_o
@@ -298,7 +298,7 @@ def test_v1_trainer_delivers_thinking_rewards_and_step_through_transfer_queue(ra
     stored = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["advantages"])["advantages"]
     anneal = math.exp(-7 / 20)
     expected = _expected_advantages(alpha=0.3, anneal=anneal)
-    for key, advantages in zip(keys, stored.unbind()):
+    for key, advantages in zip(keys, stored.unbind(), strict=True):
         assert torch.allclose(advantages, torch.full_like(advantages, expected[key]), atol=1e-5), key
     assert metrics["trust_grpo/anneal"] == pytest.approx(anneal)
     assert metrics["trust_grpo/untrusted_group_frac"] == pytest.approx(0.5)
@@ -342,14 +342,14 @@ def _per_session_expectation(alpha: float, anneal: float) -> tuple[dict[str, flo
     for weighted in (False, True):
         rows = [(f"{uid}_{s}_{i}", uid, r_o, r_t)
                 for uid, s, r_o, r_t, n in sessions for i in range(n if weighted else 1)]
-        keys, index, outcome, thinking = (list(column) for column in zip(*rows))
+        keys, index, outcome, thinking = (list(column) for column in zip(*rows, strict=True))
         rewards, _ = reference_rewards(outcome, thinking, index, alpha=alpha, anneal=anneal, threshold=0.5,
                                        uniform_groups="skip")
         advantages = reference_advantage(rewards, index)
         if weighted:
             per_output = advantages
         else:
-            session_advantage = dict(zip(keys, advantages))
+            session_advantage = dict(zip(keys, advantages, strict=True))
             by_key = {f"{uid}_{s}_{i}": session_advantage[f"{uid}_{s}_0"]
                       for uid, s, _, _, n in sessions for i in range(n)}
     return by_key, per_output
@@ -377,7 +377,8 @@ def test_v1_multi_output_sessions_count_once_as_in_verls_grpo_and_padding_rows_c
         metrics: dict = {}
         PPOTrainer._compute_advantage(trainer, batch, metrics)
         stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["advantages"])["advantages"]
-        return {key: float(a[-1]) for key, a in zip(batch.keys, stored.unbind()) if not key.startswith("pad")}, metrics
+        return {key: float(a[-1]) for key, a in zip(batch.keys, stored.unbind(), strict=True)
+                if not key.startswith("pad")}, metrics
 
     # alpha = 0 is verl's GRPO, multi-output treatment included: compare with verl's own function.
     got, _ = advantages(0.0)

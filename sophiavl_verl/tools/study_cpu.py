@@ -245,7 +245,7 @@ def _run_one(arm: Arm, seed: int, settings: Settings, inputs: dict[str, str], ou
     launch_main_ppo(["--config-path", str(out / "configs"), "--config-name", arm.name, *overrides],
                     console=run_dir / "main_ppo.log", log_jsonl=run_dir / "verl.jsonl", cwd=run_dir, on_step=on_step)
     wall = time.monotonic() - started
-    step_times = [b - a for (_, a), (_, b) in zip(seen, seen[1:])]
+    step_times = [b - a for (_, a), (_, b) in zip(seen, seen[1:], strict=False)]
     result = {"arm": arm.name, "preset": arm.preset, "trm": arm.trm, "seed": seed, "fingerprint": fingerprint,
               "overrides": overrides, "wall_s": round(wall, 1),
               "median_step_s": round(statistics.median(step_times), 2) if step_times else None,
