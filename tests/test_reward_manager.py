@@ -146,7 +146,7 @@ def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], 
         Per response: its group's name, its expected R^o and the reward loop's output.
     """
     rows = []
-    for g, name in enumerate(GROUPS):
+    for g, _ in enumerate(GROUPS):
         question = f"What is the sum of the two bars? (chart {g})"
         image = "<image>" if processor is not None else ""
         rows.append(_row(g, [{"role": "user", "content": f"{image}{question}\nPlease think ..."}],

@@ -177,7 +177,9 @@ def test_refused_connection_is_retried_then_nan():
 
 
 def test_429_then_success_is_retried():
-    script = lambda n, body: web.Response(status=429, text="slow down") if n == 0 else "<answer>0.7</answer>"
+    def script(n, body):
+        return web.Response(status=429, text="slow down") if n == 0 else "<answer>0.7</answer>"
+
     with FaultInjectionServer(script) as server:
         (score,), client, _ = _score(server.base_url, max_retries=3)
         assert server.requests == 2
@@ -380,7 +382,9 @@ def test_request_body_byte_for_byte(layout):
 def test_api_key_is_sent_but_never_shown(caplog, monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     caplog.set_level(logging.DEBUG)
-    echo = lambda n, body: web.Response(status=500 if n < 2 else 400, text=f"denied key {SECRET}")
+    def echo(n, body):
+        return web.Response(status=500 if n < 2 else 400, text=f"denied key {SECRET}")
+
     with FaultInjectionServer(echo) as server:
         client = ThinkingRewardClient(server.base_url, "trm", api_key=SECRET, max_retries=1, **FAST)
         (score,) = client.score_sync([ITEM])
