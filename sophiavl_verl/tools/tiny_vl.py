@@ -444,7 +444,7 @@ def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: fl
         optimizer, lambda k: min((k + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     )
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
         picks = rng.sample(range(n), min(batch_size, n))
         batch = [memo[i] if i in memo else memo.setdefault(i, encode(examples[i])) for i in picks]
         batch = _collate(batch, pad_id)
