@@ -149,9 +149,8 @@ def make_images(n_groups: int, seed: int = 0) -> list[bytes]:
 
 
 def verl_config(tokenizer_dir: Path, base_url: str, policy: str, concurrency: int, manager: str):
-    from hydra import compose, initialize_config_dir
-
     import verl
+    from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
         return compose(config_name="ppo_trainer", overrides=[
@@ -371,10 +370,10 @@ def main() -> None:
             parser.error(f"response counts must be multiples of {GROUP_SIZE}, got {n}")
 
     import ray
+    from verl.utils import hf_tokenizer
 
     from sophiavl_verl.tools.local_server import free_port
     from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
-    from verl.utils import hf_tokenizer
 
     legacy = {name: subprocess.run(["git", "-C", str(REPO), "show", f"{args.old_commit}:sophiavl_verl/{name}.py"],
                                    check=True, capture_output=True, text=True).stdout
@@ -395,7 +394,8 @@ def main() -> None:
         tokenizer_dir = build_tiny_qwen2_5_vl(Path(tmp.name) / "tokenizer")
         tokenizer = hf_tokenizer(str(tokenizer_dir))
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}})
+                 runtime_env={"env_vars": {
+                     "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}})
         worker_cls = bench_worker_class()
         from sophiavl_verl.integration import group_board
 

@@ -173,18 +173,23 @@ def bar_group(rng: random.Random, q: int, kinds: list[str]) -> tuple[Image.Image
         lucky = [f"Bar {x} looks like about {values[x] + 1} and bar {y} about {values[y] - 1}; "
                  f"{values[x] + 1} + {values[y] - 1} = {ans}.",
                  f"Both bars are medium height, together probably around {ans}."]
-        mis = [(f"Bar {x} is {values[x]} and bar {y} reaches {values[y] + 1}, so {values[x]} + {values[y] + 1} = {ans + 1}.", ans + 1),
+        mis = [(f"Bar {x} is {values[x]} and bar {y} reaches {values[y] + 1}, "
+                f"so {values[x]} + {values[y] + 1} = {ans + 1}.", ans + 1),
                (f"Bar {x} is only {values[x] - 1}, bar {y} is {values[y]}, so the sum is {ans - 1}.", ans - 1)]
     elif qtype == 1:
         question = "How much greater is the tallest bar than the shortest bar?"
         ans = values[hi] - values[lo]
         task = "subtract the shortest bar from the tallest"
-        step = f"The tallest bar is {hi} ({values[hi]}) and the shortest is {lo} ({values[lo]}), so {values[hi]} - {values[lo]} = {ans}."
+        step = (f"The tallest bar is {hi} ({values[hi]}) and the shortest is {lo} ({values[lo]}), "
+                f"so {values[hi]} - {values[lo]} = {ans}.")
         terse = [f"max {values[hi]}, min {values[lo]}, difference {ans}.", f"{values[hi]}-{values[lo]}={ans}"]
-        lucky = [f"The bars differ quite a bit; eyeballing the gap between the tallest and shortest, it is roughly {ans}.",
+        lucky = [f"The bars differ quite a bit; eyeballing the gap between the tallest and shortest, "
+                 f"it is roughly {ans}.",
                  f"Tallest minus shortest, looks like about {ans} gridline units."]
-        mis = [(f"The tallest bar {hi} is {values[hi]}; the shortest bar {lo} reaches {values[lo] + 1}, so the difference is {ans - 1}.", ans - 1),
-               (f"The tallest bar reaches {values[hi] + 1} and the shortest is {values[lo]}, difference {ans + 1}.", ans + 1)]
+        mis = [(f"The tallest bar {hi} is {values[hi]}; the shortest bar {lo} reaches {values[lo] + 1}, "
+                f"so the difference is {ans - 1}.", ans - 1),
+               (f"The tallest bar reaches {values[hi] + 1} and the shortest is {values[lo]}, "
+                f"difference {ans + 1}.", ans + 1)]
     elif qtype == 2:
         question = "What is the total of all five bars?"
         ans = sum(values.values())
@@ -195,7 +200,8 @@ def bar_group(rng: random.Random, q: int, kinds: list[str]) -> tuple[Image.Image
                  f"Five bars of around {round(ans / 5)} each, so about {ans}."]
         mis_vals = dict(values)
         mis_vals[lo] += 1
-        mis = [(f"Reading the bars: {', '.join(f'{k} = {v}' for k, v in mis_vals.items())}. The total is {ans + 1}.", ans + 1),
+        mis = [(f"Reading the bars: {', '.join(f'{k} = {v}' for k, v in mis_vals.items())}. "
+                f"The total is {ans + 1}.", ans + 1),
                (f"Reading the bars, but bar {hi} looks one unit lower than the line: the total is {ans - 1}.", ans - 1)]
     else:
         k = sorted(values.values())[2]
@@ -207,7 +213,8 @@ def bar_group(rng: random.Random, q: int, kinds: list[str]) -> tuple[Image.Image
         terse = [f"Above {k}: {' '.join(above) if above else 'none'} -> {ans}.", f"count = {ans}"]
         lucky = [f"About half of the bars look tall, so I'd say {ans}.", f"A couple of bars stick out, so {ans}."]
         ties = [lab for lab, v in values.items() if v == k]
-        mis = [(f"Bars {', '.join(above + ties[:1])} are at or above the {k} line, so {ans + 1} bars are greater than {k}.", ans + 1),
+        mis = [(f"Bars {', '.join(above + ties[:1])} are at or above the {k} line, "
+                f"so {ans + 1} bars are greater than {k}.", ans + 1),
                (f"Only the very tallest bars count, so {max(ans - 1, 0)}.", max(ans - 1, 0))]
     slip_off = [1, -1, 2, -2]
     fluent_off = [1, -1, 2, 3, -2]
@@ -265,7 +272,8 @@ def geometry_group(rng: random.Random, q: int, kinds: list[str]) -> tuple[Image.
         question_stem = f"In triangle ABC, angle A = {a}° and angle B = {b}°. What is the measure of angle C?"
         unit = "°"
         correct, slip_v, fluent_v, mis_v = c, c + 10, c - 10, 180 - a
-        sound = f"The interior angles of a triangle add up to 180°. Angle A = {a}° and angle B = {b}°, so angle C = 180° - {a}° - {b}° = {c}°."
+        sound = (f"The interior angles of a triangle add up to 180°. Angle A = {a}° and angle B = {b}°, "
+                 f"so angle C = 180° - {a}° - {b}° = {c}°.")
         terse = f"180-{a}-{b}={c}."
         lucky = f"From the drawing, the top angle looks like roughly {c}°, so I pick that."
         slip = f"Angles sum to 180°. 180 - {a} = {180 - a}, and {180 - a} - {b} = {slip_v}."
@@ -292,7 +300,8 @@ def geometry_group(rng: random.Random, q: int, kinds: list[str]) -> tuple[Image.
         terse = f"{w}×{h}={w * h}."
         lucky = f"The rectangle looks like it holds about {w * h} unit squares, so I'd go with {w * h}."
         slip = f"Area = {w} × {h}. {w} × {h} = {slip_v}."
-        misread = f"The diagonal splits it into two triangles, so the area is {w} × {h} / 2 = {mis_v}." if mis_v == w * h // 2 else f"Area = ({w} + 1) × {h} = {mis_v}."
+        misread = (f"The diagonal splits it into two triangles, so the area is {w} × {h} / 2 = {mis_v}."
+                   if mis_v == w * h // 2 else f"Area = ({w} + 1) × {h} = {mis_v}.")
         fluent = (
             "Let me work through this methodically.\n"
             f"The figure is a rectangle with one side labelled {w} cm and the adjacent side labelled {h} cm.\n"
@@ -312,12 +321,14 @@ def geometry_group(rng: random.Random, q: int, kinds: list[str]) -> tuple[Image.
         label(d, (p0[0] - 12, (p0[1] + p2[1]) / 2), str(a), 12)
         label(d, ((p0[0] + p1[0]) / 2, p0[1] + 12), str(b), 12)
         label(d, ((p1[0] + p2[0]) / 2 + 10, (p1[1] + p2[1]) / 2 - 8), "x", 13, "red")
-        question_stem = f"In the right triangle shown, the legs are {a} and {b}. What is the length x of the hypotenuse?"
+        question_stem = (f"In the right triangle shown, the legs are {a} and {b}. "
+                         "What is the length x of the hypotenuse?")
         unit = ""
         correct, slip_v, fluent_v, mis_v = c, c + 1, a + b, c - 1
         sound = f"By the Pythagorean theorem, x² = {a}² + {b}² = {a * a} + {b * b} = {c * c}, so x = {c}."
         terse = f"sqrt({a * a}+{b * b})={c}."
-        lucky = f"It is a right triangle, and the hypotenuse is the longest side, so it should be a bit more than {b}; I'd guess {c}."
+        lucky = (f"It is a right triangle, and the hypotenuse is the longest side, so it should be a bit more "
+                 f"than {b}; I'd guess {c}.")
         slip = f"x² = {a}² + {b}² = {a * a} + {b * b} = {(c + 1) ** 2}, so x = {slip_v}."
         misread = f"x² = {b}² - {a}²... no, x is the hypotenuse, roughly {mis_v} from the figure."
         fluent = (
@@ -507,7 +518,8 @@ def scene_group(rng: random.Random, q: int, kinds: list[str]) -> tuple[Image.Ima
                 nth(right_answers, v),
             )
         if kind == "terse":
-            return wrap(nth(["House, tree, car, sky.", "Main objects: house, tree, car."], v), nth(right_answers, v + 1))
+            return wrap(nth(["House, tree, car, sky.", "Main objects: house, tree, car."], v),
+                        nth(right_answers, v + 1))
         if kind == "lucky":
             return wrap(nth(["Pictures like this usually show a house, a tree and a car, so I will describe those.",
                              "Typical suburban drawing."], v), nth(right_answers, v + 2))

@@ -54,7 +54,7 @@ def render(text: str) -> str:
         pattern = re.compile(rf"(<!-- options: {re.escape(prefix)} [^>]*-->\n)(?:.*?\n)??(<!-- /options -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"no '<!-- options: {prefix} ... -->' ... '<!-- /options -->' block")
-        text = pattern.sub(lambda m: m.group(1) + table(cls) + "\n" + m.group(2), text)
+        text = pattern.sub(lambda m, cls=cls: m.group(1) + table(cls) + "\n" + m.group(2), text)
     return text
 
 

@@ -17,7 +17,7 @@ and select it with ``algorithm.trust_grpo.schedule=step_half``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Schedule", "register_schedule", "get_schedule", "available_schedules"]
 

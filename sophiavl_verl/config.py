@@ -20,9 +20,9 @@ import re
 import types
 import typing
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from sophiavl_verl.annealing import get_schedule
 from sophiavl_verl.errors import ConfigError
@@ -50,7 +50,8 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> A
 
 @dataclass(frozen=True)
 class TrustGRPOConfig:
-    """Options of the ``trust_grpo`` advantage estimator (``algorithm.trust_grpo.*``); each documented where declared."""
+    """Options of the ``trust_grpo`` advantage estimator (``algorithm.trust_grpo.*``); each documented where
+    declared."""
 
     alpha: float = option(0.3, "Weight α of the thinking reward in Eq. 5 (the paper: 0.3), a number in "
                           f"[0, {MAX_ALPHA:g}]; 0 gives exactly verl's GRPO advantages.")
@@ -88,7 +89,7 @@ class TrustGRPOConfig:
                  f"must be a finite number >= 0, got {self.epsilon!r}")
 
     @classmethod
-    def from_algorithm_config(cls, algorithm: Mapping[str, Any] | None) -> "TrustGRPOConfig":
+    def from_algorithm_config(cls, algorithm: Mapping[str, Any] | None) -> TrustGRPOConfig:
         """Build from verl's ``algorithm`` config node (a DictConfig or dict); missing keys use defaults.
 
         Raises:
@@ -331,6 +332,6 @@ class SophiaVLRewardConfig:
             object.__setattr__(self, "trm_base_url", parse_trm_base_url(self.trm_base_url, f"{key}.trm_base_url"))
 
     @classmethod
-    def from_reward_config(cls, reward: Mapping[str, Any] | None) -> "SophiaVLRewardConfig":
+    def from_reward_config(cls, reward: Mapping[str, Any] | None) -> SophiaVLRewardConfig:
         """Build from verl's ``reward`` config node; unknown keys of ``reward_kwargs`` are errors."""
         return cls(**_known_options(cls, reward, "reward_kwargs", "reward.reward_kwargs"))

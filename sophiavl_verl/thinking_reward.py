@@ -417,7 +417,8 @@ class _ImageCache:
     def __len__(self) -> int:
         return len(self._parts)
 
-    def get(self, key: Hashable, prepare: Callable[[], _Prepared]) -> tuple[_Prepared | concurrent.futures.Future, bool]:
+    def get(self, key: Hashable,
+            prepare: Callable[[], _Prepared]) -> tuple[_Prepared | concurrent.futures.Future, bool]:
         """The prepared image of ``key`` (or the future of its preparation elsewhere), and whether this call
         prepared it."""
         with self._lock:

@@ -346,7 +346,8 @@ def _group_mean_std(scores: torch.Tensor, group: torch.Tensor, num_groups: int) 
 
     verl's GRPO statistics: a one-response group has mean 0 and std 1 (its advantage is its score).
     """
-    count = torch.zeros(num_groups, dtype=scores.dtype, device=scores.device).index_add_(0, group, torch.ones_like(scores))
+    count = torch.zeros(num_groups, dtype=scores.dtype, device=scores.device).index_add_(
+        0, group, torch.ones_like(scores))
     total = torch.zeros_like(count).index_add_(0, group, scores)
     mean = total / count.clamp_min(1.0)
     centred = scores - mean[group]

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 import verl  # loads the plugin through the verl.plugins entry point, as in production
 
 VERL_CONFIG_DIR = Path(verl.__file__).parent / "trainer" / "config"
@@ -58,7 +57,8 @@ def ray_with_transfer_queue():
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1, "total_storage_size": 10000}}}))
+    tq.init(OmegaConf.create(
+        {"backend": {"SimpleStorage": {"num_data_storage_units": 1, "total_storage_size": 10000}}}))
     yield ray
     tq.close()
     ray.shutdown()
@@ -87,10 +87,11 @@ def verl_router():
     import socket
     import time
 
-    from fault_injection import FaultInjectionServer
     from verl.experimental.reward_loop.router.naive_router import run_router
 
     from sophiavl_verl.tools.local_server import free_port
+
+    from fault_injection import FaultInjectionServer
 
     started = []
 

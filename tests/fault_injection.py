@@ -9,7 +9,6 @@ import weakref
 
 from aiohttp import web
 
-
 #: vLLM's OpenAI-server error bodies (``ErrorResponse``) for a prompt over the context length and an unknown model.
 VLLM_TOO_LONG = {"object": "error", "message": "This model's maximum context length is 32768 tokens. However, you "
                  "requested 40000 tokens (39968 in the messages, 32 in the completion).", "type": "BadRequestError",

@@ -42,5 +42,6 @@ def test_third_parties_register_schedules_by_name():
 
 
 def test_unknown_schedule_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown annealing schedule 'expo'; registered: \[.*'constant', 'cosine', 'exp', 'linear'"):
+    with pytest.raises(ValueError, match=r"unknown annealing schedule 'expo'; "
+                                         r"registered: \[.*'constant', 'cosine', 'exp', 'linear'"):
         get_schedule("expo")

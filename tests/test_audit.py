@@ -23,12 +23,12 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from fault_injection import FaultInjectionServer
-from paper_reference import TIE_TOLERANCE
-
 from sophiavl_verl.errors import AuditError
 from sophiavl_verl.tools.audit import EMBEDDED_SAMPLE
 from sophiavl_verl.tools.cli import main
+
+from fault_injection import FaultInjectionServer
+from paper_reference import TIE_TOLERANCE
 
 SAMPLE_ROWS = [json.loads(line) for line in EMBEDDED_SAMPLE.read_text(encoding="utf-8").splitlines()]
 PLOTS = ("gamma_hist.png", "thinking_by_correctness.png", "by_problem_type.png")
@@ -109,14 +109,14 @@ def check_report_numbers(report: dict) -> None:
         rs = g["responses"]
         ro = [r["outcome_reward"] for r in rs]
         rt = [r["thinking_reward"] for r in rs]
-        assert all(r["correct"] == (o >= thr) for r, o in zip(rs, ro))
+        assert all(r["correct"] == (o >= thr) for r, o in zip(rs, ro, strict=True))
         # A missing thinking reward is null with status failed/skipped, never 0 in disguise; only the
         # official policy's rule gives R^t = 0, without a request, to a response with R^o < 0.2.
         assert all((t is None) == (r["trm_status"] != "scored")
                    or (s["query_policy"] == "official" and r["trm_status"] == "skipped" and t == 0 and o < 0.2)
-                   for r, t, o in zip(rs, rt, ro))
-        mu_c = _mean([t for o, t in zip(ro, rt) if t is not None and o >= thr])
-        mu_w = _mean([t for o, t in zip(ro, rt) if t is not None and o < thr])
+                   for r, t, o in zip(rs, rt, ro, strict=True))
+        mu_c = _mean([t for o, t in zip(ro, rt, strict=True) if t is not None and o >= thr])
+        mu_w = _mean([t for o, t in zip(ro, rt, strict=True) if t is not None and o < thr])
         mixed = mu_c is not None and mu_w is not None
         if not s["use_trust_weight"]:
             gamma = 1.0  # the w/o-trust-weight ablation
@@ -129,8 +129,9 @@ def check_report_numbers(report: dict) -> None:
         assert g["mixed"] == mixed and g["untrusted"] == (mixed and gamma < 1), g["id"]
         assert _approx(g["mu_correct"], mu_c) and _approx(g["mu_wrong"], mu_w), g["id"]
         assert _approx(g["gamma"], gamma), (g["id"], g["gamma"], gamma)
-        rewards = [o + (gamma * alpha * anneal * t if t is not None else 0.0) for o, t in zip(ro, rt)]  # Eq. 5
-        for r, want in zip(rs, rewards):
+        rewards = [o + (gamma * alpha * anneal * t if t is not None else 0.0)  # Eq. 5
+                   for o, t in zip(ro, rt, strict=True)]
+        for r, want in zip(rs, rewards, strict=True):
             assert _approx(r["reward"], want), (g["id"], r["index"])
             assert _approx(r["thinking_term"], want - r["outcome_reward"], 1e-7)
 
@@ -142,7 +143,7 @@ def check_report_numbers(report: dict) -> None:
             return [(v - m) / (std + eps) for v in values]
 
         # The package computes advantages in float32, as verl does; the recomputation is float64.
-        for r, a, a0 in zip(rs, advantages(rewards), advantages(ro)):
+        for r, a, a0 in zip(rs, advantages(rewards), advantages(ro), strict=True):
             assert math.isclose(r["advantage"], a, rel_tol=1e-5, abs_tol=1e-5), (g["id"], r["index"])
             assert math.isclose(r["advantage_grpo"], a0, rel_tol=1e-5, abs_tol=1e-5), (g["id"], r["index"])
 
@@ -262,8 +263,8 @@ def test_partial_trm_failure_is_reported_as_failures_not_zeros(tmp_path, capsys)
     assert report["trm"]["failed"] == expected_failed
     assert report["trm"]["failures"] == {"http_4xx": sum("Line one:" in t for r in SAMPLE_ROWS for t in r["responses"]),
                                          "http_5xx": sum("Hmm." in t for r in SAMPLE_ROWS for t in r["responses"])}
-    for g, row in zip(report["groups"], SAMPLE_ROWS):
-        for r, text in zip(g["responses"], row["responses"]):
+    for g, row in zip(report["groups"], SAMPLE_ROWS, strict=True):
+        for r, text in zip(g["responses"], row["responses"], strict=True):
             if any(m in text for m in markers_400 + markers_503):
                 assert r["trm_status"] == "failed" and r["thinking_reward"] is None
                 assert r["thinking_term"] == 0 and r["reward"] == r["outcome_reward"]
@@ -466,8 +467,8 @@ def verl_dumps(tmp_path_factory, tokenizer):
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-    from sophiavl_verl.tools.data import build_rl_prompt
     from sophiavl_verl.rewards import outcome_reward
+    from sophiavl_verl.tools.data import build_rl_prompt
 
     root = tmp_path_factory.mktemp("dumps")
     dataset, inputs, outputs, gts, scores, keys = [], [], [], [], [], []
@@ -529,7 +530,7 @@ def test_audit_of_a_v1_dump_with_the_dataset(verl_dumps, tmp_path, capsys):
     assert inp["format"] == "verl_dump" and inp["rows"] == len(DUMP_GROUPS) * 9
     assert inp["dataset_matched_groups"] == len(DUMP_GROUPS) and inp["groups_without_images"] == 0
     assert len(report["groups"]) == len(DUMP_GROUPS)
-    for g, row in zip(report["groups"], DUMP_GROUPS):
+    for g, row in zip(report["groups"], DUMP_GROUPS, strict=True):
         assert g["problem_type"] == row["problem_type"] and g["question"] == row["question"]
         assert g["step"] == STEP and g["anneal"] == pytest.approx(math.exp(-STEP / 1500))
         # Only the final output of the multi-turn session counts, as in verl's GRPO.
@@ -625,7 +626,8 @@ def test_unreadable_image_names_file_line_and_image(tmp_path, capsys):
 
 
 def test_the_audit_refuses_the_images_data_preparation_refuses(tmp_path, capsys):
-    """One image guard (sophiavl_verl.tools.data.ImageGuard) for both: a decompression bomb and paths out of the root."""
+    """One image guard (sophiavl_verl.tools.data.ImageGuard) for both: a decompression bomb and paths out of the
+    root."""
     from sophiavl_verl.tools.data import prepare_rl
 
     folder = tmp_path / "in"
@@ -666,8 +668,8 @@ def test_unknown_problem_type_and_malformed_json_name_file_and_line(tmp_path, ca
 def test_a_non_finite_number_names_file_line_and_field_and_a_byte_order_mark_is_accepted(tmp_path, capsys):
     groups = tmp_path / "groups.jsonl"
     row = SAMPLE_ROWS[0] | {"images": []}
-    groups.write_text(json.dumps(row) + "\n" + json.dumps(row).replace('"ground_truth": ', '"ground_truth": Infinity, "x": ')
-                      + "\n")
+    groups.write_text(json.dumps(row) + "\n"
+                      + json.dumps(row).replace('"ground_truth": ', '"ground_truth": Infinity, "x": ') + "\n")
     err = _error(["audit", str(groups), "--out", str(tmp_path / "never")], capsys)
     assert err == f"sophiavl-verl audit: error: {groups}:2: ground_truth is Infinity; JSON numbers must be finite\n"
     groups.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode("utf-8"))  # as some editors save
@@ -907,7 +909,8 @@ def test_saved_scores_are_checked_and_keyed_by_what_the_request_carries(tmp_path
     for bad in ['{"key": "x", "thinking_reward": 0.5}', '{"key": "' + "b" * 64 + '", "thinking_reward": 1.5}',
                 '{"key": "' + "b" * 64 + '", "thinking_reward": true}', "[1, 2]"]:
         path.write_text(path.read_text().splitlines()[0] + "\n" + bad + "\n")
-        err = _error(["audit", "--out", str(tmp_path), "--trm-url", "http://127.0.0.1:9/v1", "--trm-model", "m"], capsys)
+        err = _error(["audit", "--out", str(tmp_path), "--trm-url", "http://127.0.0.1:9/v1", "--trm-model", "m"],
+                     capsys)
         assert err == (f"sophiavl-verl audit: error: {path}:2: not a line of the audit's saved thinking rewards; "
                        "delete the file to score every response again\n")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from fault_injection import FaultInjectionServer
-
 from sophiavl_verl.tools.cli import main
+
+from fault_injection import FaultInjectionServer
 
 NUMERIC_FLAGS = {  # flag: values a careful user would expect to be refused, with a word of the message
     "--limit": ["0", "-3", "1.5", "x"],
@@ -104,7 +104,8 @@ def test_data_is_a_subcommand_and_the_old_name_an_alias_with_the_same_result(tmp
     assert outputs["front"][1].startswith("sophiavl-verl data rl: 4 rows read from 1 file(s)")
 
 
-@pytest.mark.parametrize("argv", [["data", "rl", "{missing}", "-o", "{out}"], ["data", "trm", "{missing}", "-o", "{out}"]])
+@pytest.mark.parametrize("argv", [["data", "rl", "{missing}", "-o", "{out}"],
+                                  ["data", "trm", "{missing}", "-o", "{out}"]])
 def test_a_data_error_through_the_front_is_one_line_naming_the_subcommand(tmp_path, capsys, argv):
     missing, out = tmp_path / "missing.json", tmp_path / "o" / "x.parquet"
     argv = [a.format(missing=missing, out=out) for a in argv]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blocked_imports import blocking
-
 from sophiavl_verl.tools.cli import main
 from sophiavl_verl.tools.training_log import PlotError, parse_metrics_log
+
+from blocked_imports import blocking
 
 STEPS = [1, 2, 3, 4]
 

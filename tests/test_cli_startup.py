@@ -32,7 +32,8 @@ print(json.dumps({"status": status, "modules": sorted(sys.modules), "out": out.g
 
 
 def run_fresh(module: str, *argv: str) -> dict:
-    """``module.main(argv)`` (or ``module:function``) in a new interpreter: exit status, output, every module imported."""
+    """``module.main(argv)`` (or ``module:function``) in a new interpreter: exit status, output, every module
+    imported."""
     result = subprocess.run([sys.executable, "-c", _RUN_CLI, module, *argv], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,7 +109,8 @@ from sophiavl_verl.tools import audit, cli, data, training_log
 from sophiavl_verl.tools.audit import inputs, plots, report, scoring, settings
 rewards_, gamma = trust_grpo.trust_weighted_rewards([1.0, 0.0], [0.2, 0.8], ["a", "a"], alpha=0.3)
 assert abs(gamma[0].item() - 2.718281828459045 ** (0.2 - 0.8)) < 1e-12, gamma
-assert outcome_reward_fn.compute_score("sophiavl_r1", "<think>x</think><answer>4</answer>", "4", {"problem_type": "numerical"}) == 1.0
+assert outcome_reward_fn.compute_score("sophiavl_r1", "<think>x</think><answer>4</answer>", "4",
+                                       {"problem_type": "numerical"}) == 1.0
 assert not [m for m in sys.modules if m == "verl" or m.startswith("verl.")]
 print("ok")
 """

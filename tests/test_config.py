@@ -54,7 +54,8 @@ def test_every_option_refuses_a_value_of_another_type_naming_its_key(prefix, nam
     (TrustGRPOConfig, {"epsilon": True}, "algorithm.trust_grpo.epsilon must be a number, got True"),
     (TrustGRPOConfig, {"correct_threshold": True}, "algorithm.trust_grpo.correct_threshold must be a number"),
     (SophiaVLRewardConfig, {"trm_model": 123}, "reward.reward_kwargs.trm_model must be a string or null, got 123"),
-    (SophiaVLRewardConfig, {"trm_api_key_env": None}, "reward.reward_kwargs.trm_api_key_env must be a string, got None"),
+    (SophiaVLRewardConfig, {"trm_api_key_env": None},
+     "reward.reward_kwargs.trm_api_key_env must be a string, got None"),
     # More of the same class.
     (TrustGRPOConfig, {"anneal_steps": 2.0}, "algorithm.trust_grpo.anneal_steps must be an integer or null"),
     (TrustGRPOConfig, {"use_trust_weight": 1}, "algorithm.trust_grpo.use_trust_weight must be true or false"),

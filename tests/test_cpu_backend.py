@@ -74,7 +74,8 @@ print(get_device_name(), get_nccl_backend(), get_resource_name(), get_torch_devi
            "MASTER_PORT": str(_free_port())}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["cpu", "gloo", "GPU", "cpu", "0", "cpu:gloo", "[1.0,", "1.0,", "1.0]", "0.448"], result.stdout  # 0.448: verl's own "CPU" entry
+    assert result.stdout.split() == [  # 0.448: verl's own "CPU" entry
+        "cpu", "gloo", "GPU", "cpu", "0", "cpu:gloo", "[1.0,", "1.0,", "1.0]", "0.448"], result.stdout
 
 
 def _free_port() -> int:

@@ -9,6 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from sophiavl_verl.errors import SophiaVLError
+from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
+from sophiavl_verl.tools.cli import data_main as main  # `sophiavl-verl-data`, the old name of `sophiavl-verl data`
 from sophiavl_verl.tools.data import (
     QUESTION_TEMPLATE,
     TYPE_TEMPLATE,
@@ -17,9 +20,6 @@ from sophiavl_verl.tools.data import (
     prepare_rl,
     prepare_trm,
 )
-from sophiavl_verl.errors import SophiaVLError
-from sophiavl_verl.thinking_reward import TRM_SYSTEM_PROMPT, build_trm_prompt
-from sophiavl_verl.tools.cli import data_main as main  # `sophiavl-verl-data`, the old name of `sophiavl-verl data`
 
 PIXEL_LIMIT = 5000  # --max-image-pixels of the tests: 100x100 only warns in Pillow (<= 2x), 200x200 raises
 PILLOW_LIMIT = Image.MAX_IMAGE_PIXELS
@@ -188,7 +188,8 @@ def test_rl_strict_names_row_and_field(rl_dir, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
     source = tmp_path / "two.json"
     source.write_text(json.dumps([RL_ROWS[2][0], RL_ROWS[5][0]]))
-    with pytest.raises(DataError, match=r"^row 1 of .*two.json: field 'problem_type': unknown problem_type 'essay'") as info:
+    with pytest.raises(DataError,
+                       match=r"^row 1 of .*two.json: field 'problem_type': unknown problem_type 'essay'") as info:
         prepare_rl([source], out, strict=True)
     assert (info.value.path, info.value.row, info.value.field) == (str(source), 1, "problem_type")  # for programs
     assert isinstance(info.value, SophiaVLError)
@@ -256,7 +257,6 @@ def test_missing_inputs_are_errors(tmp_path):
 
 def test_rl_text_only_reads_back_with_tokenizer_only(tmp_path, tiny_vl):
     from omegaconf import OmegaConf
-
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     source = tmp_path / "text.json"
@@ -278,7 +278,6 @@ def test_rl_text_only_reads_back_with_tokenizer_only(tmp_path, tiny_vl):
 
 def test_rl_images_read_back_through_rlhf_dataset(rl_run, tmp_path, tiny_vl, qwen_vl_utils_without_torchvision):
     from omegaconf import OmegaConf
-
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     _, out = rl_run
@@ -353,7 +352,6 @@ def test_trm_messages(trm_run):
 
 def test_trm_reads_back_through_sft_dataset(trm_run, tiny_vl, qwen_vl_utils_without_torchvision):
     from omegaconf import OmegaConf
-
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
     _, out = trm_run
@@ -373,7 +371,6 @@ def test_trm_reads_back_through_sft_dataset(trm_run, tiny_vl, qwen_vl_utils_with
 
 def test_trm_text_only_reads_back_with_tokenizer_only(tmp_path, tiny_vl):
     from omegaconf import OmegaConf
-
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
     source = tmp_path / "text.json"
@@ -447,7 +444,8 @@ def test_a_numeric_answer_is_text_and_trm_types_are_checked(rl_dir, tmp_path):
     assert pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()[0]["reward_model"]["ground_truth"] == "4"
     source = tmp_path / "trm.jsonl"
     rows = [{"question": "Q", "response": "R", "score": 0.5}, {"question": ["Q"], "response": "R", "score": 0.5},
-            {"question": "Q", "response": {"text": "R"}, "score": 0.5}, {"question": "Q", "response": "R", "score": True}]
+            {"question": "Q", "response": {"text": "R"}, "score": 0.5},
+            {"question": "Q", "response": "R", "score": True}]
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = prepare_trm([source], tmp_path / "trm.parquet")
     assert [(r.row, r.field) for r in summary.rejected] == [(1, "question"), (2, "response"), (3, "score")]
@@ -486,7 +484,8 @@ def test_a_malformed_json_line_is_one_error_naming_file_and_line(rl_dir, tmp_pat
     if layout == "jsonl":
         bad = tmp_path / "bad.jsonl"
         bad.write_text(json.dumps(GOOD_ROW) + "\n\n" + json.dumps(GOOD_ROW) + "\n" + '{"problem": "x", oops}\n')
-        where, inputs = f"{bad}:4: not valid JSON (Expecting property name enclosed in double quotes at column 18)", [good, bad]
+        where, inputs = (f"{bad}:4: not valid JSON (Expecting property name enclosed in double quotes at column 18)",
+                         [good, bad])
     elif layout == "json":
         bad = tmp_path / "bad.json"
         bad.write_text("[\n" + json.dumps(GOOD_ROW) + ",\n" + json.dumps(GOOD_ROW)[:-1] + "\n]\n")
@@ -544,7 +543,8 @@ def test_option_and_output_errors_are_one_line_and_leave_nothing(rl_dir, tmp_pat
     argv = ["rl", str(rl_dir / "data.json"), "-o", str(out / "train.parquet"), "--image-root", str(rl_dir), *argv]
     status, printed, err = _run_cli(argv, capsys)
     lines = err.splitlines()  # a run that got to the rows also printed its progress bar
-    assert status == 2 and lines[-1].startswith(f"sophiavl-verl-data rl: error: {message}") and "Traceback" not in err, err
+    assert (status == 2 and lines[-1].startswith(f"sophiavl-verl-data rl: error: {message}")
+            and "Traceback" not in err), err
     assert sum("error" in line for line in lines) == 1
     assert _files_under(out) == [] and not list(tmp_path.glob("**/.*partial"))
 
@@ -571,7 +571,8 @@ def escape_root(tmp_path):
     Image.new("RGB", (8, 8), "blue").save(outside / "secret.png")
     (root / "images" / "link.png").symlink_to(outside / "secret.png")
     (root / "images" / "inner_link.png").symlink_to(root / "images" / "in.png")
-    return root, ["../outside/secret.png", str(outside / "secret.png"), "images/link.png", "images/../../outside/secret.png"]
+    return root, ["../outside/secret.png", str(outside / "secret.png"), "images/link.png",
+                  "images/../../outside/secret.png"]
 
 
 def test_image_paths_are_confined_to_the_image_root(escape_root, tmp_path):
@@ -626,7 +627,8 @@ def test_a_non_finite_parquet_answer_is_rejected_by_row_and_field(tmp_path):
     pd.DataFrame({"problem": ["How many?", "How many?"], "solution": [4.0, float("inf")],
                   "problem_type": ["numerical"] * 2}).to_parquet(source)
     summary = prepare_rl([source], tmp_path / "out.parquet")
-    assert [(r.row, r.field, r.reason) for r in summary.rejected] == [(1, "solution", "must be a finite number, got inf")]
+    assert [(r.row, r.field, r.reason) for r in summary.rejected] == [
+        (1, "solution", "must be a finite number, got inf")]
 
 
 @pytest.mark.parametrize("layout", ["jsonl", "json"])

@@ -43,7 +43,7 @@ def test_readme_table_says_what_the_declarations_say(prefix):
     rows = _readme_rows(prefix)
     fields = _options(DECLARED[prefix])
     assert [key for key, _, _ in rows] == [f.name for f in fields]
-    for (key, default, meaning), f in zip(rows, fields):
+    for (key, default, meaning), f in zip(rows, fields, strict=True):
         assert OmegaConf.create(f"v: {default.strip('`')}").v == f.default, key  # as a verl YAML reads it
         assert meaning == f.metadata["help"], key
 

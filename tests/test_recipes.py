@@ -80,10 +80,10 @@ TINY_SFT = "trm_sft_tiny_cpu"
 #: tiny rows, the step size a random tiny model needs, and its own run name.
 TINY_SFT_KEYS = {
     "model.path", "model.enable_gradient_checkpointing", "model.use_remove_padding",
-    "model.override_config", "model.override_config.attn_implementation", "engine.strategy", "trainer.device", "trainer.n_gpus_per_node",
-    "trainer.total_epochs", "trainer.experiment_name", "trainer.resume_mode", "data.train_files",
-    "data.train_batch_size", "data.micro_batch_size_per_gpu", "data.use_dynamic_bsz", "data.max_length",
-    "data.num_workers", "optim.lr", "optim.lr_warmup_steps_ratio",
+    "model.override_config", "model.override_config.attn_implementation", "engine.strategy",
+    "trainer.device", "trainer.n_gpus_per_node", "trainer.total_epochs", "trainer.experiment_name",
+    "trainer.resume_mode", "data.train_files", "data.train_batch_size", "data.micro_batch_size_per_gpu",
+    "data.use_dynamic_bsz", "data.max_length", "data.num_workers", "optim.lr", "optim.lr_warmup_steps_ratio",
 }
 #: The CPU smoke-run recipe (scripts/train_cpu.sh); its run-time values come from the command line.
 TINY_CPU = "sophiavl_r1_tiny_cpu"
@@ -137,7 +137,7 @@ PAPER_VALUES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def recipe(name: str, overrides: tuple[str, ...] = ()):
     """The recipe ``name`` composed by Hydra on verl's config (read-only: cached)."""
     return compose_verl_config(overrides, config_dir=RECIPES, config_name=name)
@@ -269,15 +269,15 @@ def _authors_rewards(outcomes: list[float], trm_scores: list[float], step: int, 
     verl/workers/reward/custom.py, CustomRewardManager with n > 0), written out with Python floats."""
     if all(o >= 0.9 for o in outcomes) or all(o <= 0.1 for o in outcomes):
         return list(outcomes)  # no TRM request, no thinking term
-    process = [t if o >= 0.2 else 0.0 for o, t in zip(outcomes, trm_scores)]
-    correct = [p for o, p in zip(outcomes, process) if o >= 0.5]
-    wrong = [p for o, p in zip(outcomes, process) if o < 0.5]
+    process = [t if o >= 0.2 else 0.0 for o, t in zip(outcomes, trm_scores, strict=True)]
+    correct = [p for o, p in zip(outcomes, process, strict=True) if o >= 0.5]
+    wrong = [p for o, p in zip(outcomes, process, strict=True) if o < 0.5]
     mu_c = sum(correct) / len(correct) if correct else 0.0
     mu_w = sum(wrong) / len(wrong) if wrong else 0.0
     weight = math.exp(-step / T) * 0.3
     if mu_c < mu_w and correct:  # the reference keeps weight * 1 when there is no correct response
         weight *= math.exp(mu_c - mu_w)
-    return [o + weight * p for o, p in zip(outcomes, process)]
+    return [o + weight * p for o, p in zip(outcomes, process, strict=True)]
 
 
 def test_official_preset_reproduces_the_authors_rewards_on_every_group():
@@ -287,10 +287,11 @@ def test_official_preset_reproduces_the_authors_rewards_on_every_group():
     import torch
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-    from paper_reference import reference_advantage
     from sophiavl_verl.config import SophiaVLRewardConfig
-    from sophiavl_verl.query_policy import thinking_reward_decision
     from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY
+    from sophiavl_verl.query_policy import thinking_reward_decision
+
+    from paper_reference import reference_advantage
 
     config = recipe("official")
     policy = SophiaVLRewardConfig.from_reward_config(config.reward).query_policy
@@ -307,7 +308,7 @@ def test_official_preset_reproduces_the_authors_rewards_on_every_group():
         trm = np.round(rng.random(8), 1).tolist()  # what the TRM would answer, if asked
         decisions = [thinking_reward_decision(policy, o, group, config.algorithm.trust_grpo.correct_threshold)
                      for o in group]
-        thinking += [{"query": t, "zero": 0.0, "skip": math.nan}[d] for d, t in zip(decisions, trm)]
+        thinking += [{"query": t, "zero": 0.0, "skip": math.nan}[d] for d, t in zip(decisions, trm, strict=True)]
         expected += _authors_rewards(group, trm, step=700, T=config.algorithm.trust_grpo.anneal_steps)
         index += [f"g{g}"] * 8
         outcome += group
@@ -336,8 +337,10 @@ class TestPluginValidator:
             (MAIN, "reward.reward_kwargs.query_policy=bogus", "reward.reward_kwargs.query_policy"),
             (MAIN, "+reward.reward_kwargs.trm_url=http://x:1/v1", "reward.reward_kwargs.trm_url"),
             (MAIN, "reward.custom_reward_function.path=null", "reward.custom_reward_function.path"),
-            ("sophiavl_r1_7b_external_trm", "reward.reward_kwargs.trm_base_url=ftp://x", "reward.reward_kwargs.trm_base_url"),
-            ("ablation_no_trust", "algorithm.trust_grpo.use_trust_weight=maybe", "algorithm.trust_grpo.use_trust_weight"),
+            ("sophiavl_r1_7b_external_trm", "reward.reward_kwargs.trm_base_url=ftp://x",
+             "reward.reward_kwargs.trm_base_url"),
+            ("ablation_no_trust", "algorithm.trust_grpo.use_trust_weight=maybe",
+             "algorithm.trust_grpo.use_trust_weight"),
         ],
     )
     def test_bad_option_fails_validation_naming_the_key(self, name, override, key):

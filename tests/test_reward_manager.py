@@ -23,15 +23,16 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.utils.ray_utils import get_event_loop
 
-from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
-from fault_injection import FaultInjectionServer
-from sophiavl_verl.tools.data import prepare_rl
 from sophiavl_verl.integration.group_board import GroupOutcomeBoard
 from sophiavl_verl.integration.reward_manager import _question_and_images
+from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
 from sophiavl_verl.query_policy import thinking_reward_decision
 from sophiavl_verl.rewards import outcome_reward
 from sophiavl_verl.thinking_reward import build_reference_trm_prompt
-from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
+from sophiavl_verl.tools.data import prepare_rl
+
+from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
+from fault_injection import FaultInjectionServer
 from verl_pipeline import RewardWorkerHandle, prompt_batch, rl_dataset, score_session, session_kwargs
 
 GOOD = "<think>The bars read 3 and 4, so 3 + 4 = 7.</think><answer>7</answer>"
@@ -145,7 +146,7 @@ def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], 
         Per response: its group's name, its expected R^o and the reward loop's output.
     """
     rows = []
-    for g, name in enumerate(GROUPS):
+    for g, _ in enumerate(GROUPS):
         question = f"What is the sum of the two bars? (chart {g})"
         image = "<image>" if processor is not None else ""
         rows.append(_row(g, [{"role": "user", "content": f"{image}{question}\nPlease think ..."}],
@@ -160,7 +161,7 @@ def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], 
     async def run():
         return await asyncio.gather(*(
             score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(response))])
-            for kwargs, response in zip(sessions, responses)
+            for kwargs, response in zip(sessions, responses, strict=True)
         ))
 
     finals = get_event_loop().run_until_complete(run())
@@ -171,7 +172,8 @@ def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], 
 
 
 def _reward_batch(tokenizer) -> tuple[DataProto, list[float]]:
-    """One row per response in the shape verl's agent loop hands the reward loop (see AgentLoopWorker._compute_score)."""
+    """One row per response in the shape verl's agent loop hands the reward loop (see
+    AgentLoopWorker._compute_score)."""
     prompts, responses, rows, expected_outcomes = [], [], [], []
     for g, (uid, group) in enumerate(GROUPS.items()):
         question = f"What is the sum of the two bars? (chart {g})"
@@ -239,7 +241,7 @@ def test_reward_loop_worker_scores_through_the_real_server(
     assert scores == expected_outcomes == info[OUTCOME_KEY]
     queried = [status != "skipped" for status in info[TRM_STATUS_KEY]]
     assert sum(queried) == expected_requests
-    rows = zip(names, queried, info[THINKING_KEY], info[TRM_LATENCY_KEY], expected_outcomes)
+    rows = zip(names, queried, info[THINKING_KEY], info[TRM_LATENCY_KEY], expected_outcomes, strict=True)
     for name, asked, r_t, latency, r_o in rows:
         if asked:
             assert 0.0 <= r_t <= 1.0 and latency > 0
@@ -634,7 +636,7 @@ def test_hosting_mode_a_refused_requests_fail_fast_through_verls_worker_and_rout
     responses = [response for group in GROUPS.values() for response in group]
     refused = [response == BAD for response in responses]
     assert [o["reward_score"] for o in outputs] == expected_outcomes
-    for out, bad in zip(outputs, refused):
+    for out, bad in zip(outputs, refused, strict=True):
         info = out["reward_extra_info"]
         if bad:
             assert math.isnan(info[THINKING_KEY]) and info["sophiavl_trm_failure"] == "upstream_rejected"

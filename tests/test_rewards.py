@@ -189,7 +189,6 @@ def test_rewards_stay_in_unit_interval():
 
 def _verl_loaded_compute_score(**reward_kwargs):
     from omegaconf import OmegaConf
-
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
     config = OmegaConf.create(

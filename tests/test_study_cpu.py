@@ -42,7 +42,8 @@ def _flat(config) -> dict:
 INPUTS = ("data.train_files=/d/t.parquet", "data.val_files=/d/v.parquet", "actor_rollout_ref.model.path=/m")
 
 
-@pytest.mark.parametrize("arm_name", ["grpo", "trust_grpo_hackable", "no_trust_hackable", "no_trust_no_anneal_hackable"])
+@pytest.mark.parametrize("arm_name",
+                         ["grpo", "trust_grpo_hackable", "no_trust_hackable", "no_trust_no_anneal_hackable"])
 def test_an_arm_is_its_preset_with_the_tiny_cpu_recipes_keys_only(arm_name, tmp_path):
     """Against the preset as shipped, an arm's config differs only where the tiny CPU recipe sets a key (to the tiny
     recipe's value) or, where both set it, where the preset's value wins."""
@@ -79,7 +80,8 @@ def quick_study(tmp_path_factory):
                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     if result.returncode:
         logs = "".join(f"\n--- {p}\n{p.read_text()[-4000:]}" for p in sorted(out.glob("runs/*/*/main_ppo.log")))
-        pytest.fail(f"study_cpu exited with {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}{logs}")
+        pytest.fail(f"study_cpu exited with {result.returncode}\n{result.stdout[-3000:]}\n"
+                    f"{result.stderr[-3000:]}{logs}")
     return out, result, json.loads((out / "study.json").read_text())
 
 
@@ -96,7 +98,8 @@ def _logged(out: Path, arm: str) -> dict[int, dict]:
 
 
 def _dump(out: Path, arm: str, step: int) -> list[dict]:
-    return [json.loads(line) for line in (out / "runs" / arm / "seed1" / "rollouts" / f"{step}.jsonl").read_text().splitlines()]
+    return [json.loads(line)
+            for line in (out / "runs" / arm / "seed1" / "rollouts" / f"{step}.jsonl").read_text().splitlines()]
 
 
 def _prompt(row: dict) -> str:
@@ -128,7 +131,8 @@ def test_outputs_progress_and_resume(quick_study, tmp_path):
     again = subprocess.run([sys.executable, "-m", "sophiavl_verl.tools.study_cpu", "--out", str(out), "--quick"],
                            capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "main_ppo exited" not in again.stdout and json.loads((out / "study.json").read_text())["runs"] == study["runs"]
+    assert ("main_ppo exited" not in again.stdout
+            and json.loads((out / "study.json").read_text())["runs"] == study["runs"])
 
 
 def test_each_arms_logged_metrics_agree_with_its_dumps(quick_study):
@@ -145,22 +149,24 @@ def test_each_arms_logged_metrics_agree_with_its_dumps(quick_study):
             thinking = [math.nan if r["sophiavl_thinking_reward"] is None else r["sophiavl_thinking_reward"]
                         for r in rows]
             index = [_prompt(r) for r in rows]
-            rewards, gammas = reference_rewards(outcome, thinking, index, alpha=1.0, anneal=math.exp(-step / QUICK.steps),
-                                                threshold=0.5, uniform_groups="skip", use_trust_weight=use_trust)
+            rewards, gammas = reference_rewards(outcome, thinking, index, alpha=1.0,
+                                                anneal=math.exp(-step / QUICK.steps), threshold=0.5,
+                                                uniform_groups="skip", use_trust_weight=use_trust)
             assert row["trust_grpo/anneal"] == pytest.approx(math.exp(-step / QUICK.steps), rel=1e-12)
-            terms = [r - o for r, o in zip(rewards, outcome)]
+            terms = [r - o for r, o in zip(rewards, outcome, strict=True)]
             assert row["trust_grpo/thinking_term_mean"] == pytest.approx(sum(terms) / len(terms), abs=1e-6), (arm, step)
             advantages = _verl_grpo_advantages(rewards, index)
             assert row["critic/advantages/max"] == pytest.approx(advantages.max(), abs=1e-4)
             assert row["critic/advantages/min"] == pytest.approx(advantages.min(), abs=1e-4)
             correct = defaultdict(set)
-            for r, uid in zip(rows, index):
+            for r, uid in zip(rows, index, strict=True):
                 if r["sophiavl_trm_status"] == "scored":
                     correct[uid].add(r["sophiavl_outcome_reward"] >= 0.5)
             mixed = [uid for uid, seen in correct.items() if seen == {True, False}]
             if mixed:
-                gamma_of = dict(zip(index, gammas))
-                assert row["trust_grpo/gamma_mean"] == pytest.approx(sum(gamma_of[u] for u in mixed) / len(mixed), abs=1e-6)
+                gamma_of = dict(zip(index, gammas, strict=True))
+                assert row["trust_grpo/gamma_mean"] == pytest.approx(sum(gamma_of[u] for u in mixed) / len(mixed),
+                                                                     abs=1e-6)
             else:
                 assert "trust_grpo/gamma_mean" not in row
     assert all(run["steps"][str(s)]["train_kinds"]["responses"] == 32 for run in study["runs"]

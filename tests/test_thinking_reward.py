@@ -17,8 +17,6 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from fault_injection import VLLM_NO_MODEL, VLLM_TOO_LONG, FaultInjectionServer
-from sophiavl_verl.tools.local_server import LocalOpenAIServer, ServerStartError, free_port
 from sophiavl_verl.thinking_reward import (
     API_KEY_ENV,
     TRM_INSTRUCTION,
@@ -27,7 +25,10 @@ from sophiavl_verl.thinking_reward import (
     build_trm_prompt,
     parse_score,
 )
+from sophiavl_verl.tools.local_server import LocalOpenAIServer, ServerStartError, free_port
 from sophiavl_verl.tools.tiny_vl import synthetic_trm_examples
+
+from fault_injection import VLLM_NO_MODEL, VLLM_TOO_LONG, FaultInjectionServer
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -176,7 +177,9 @@ def test_refused_connection_is_retried_then_nan():
 
 
 def test_429_then_success_is_retried():
-    script = lambda n, body: web.Response(status=429, text="slow down") if n == 0 else "<answer>0.7</answer>"
+    def script(n, body):
+        return web.Response(status=429, text="slow down") if n == 0 else "<answer>0.7</answer>"
+
     with FaultInjectionServer(script) as server:
         (score,), client, _ = _score(server.base_url, max_retries=3)
         assert server.requests == 2
@@ -379,7 +382,9 @@ def test_request_body_byte_for_byte(layout):
 def test_api_key_is_sent_but_never_shown(caplog, monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     caplog.set_level(logging.DEBUG)
-    echo = lambda n, body: web.Response(status=500 if n < 2 else 400, text=f"denied key {SECRET}")
+    def echo(n, body):
+        return web.Response(status=500 if n < 2 else 400, text=f"denied key {SECRET}")
+
     with FaultInjectionServer(echo) as server:
         client = ThinkingRewardClient(server.base_url, "trm", api_key=SECRET, max_retries=1, **FAST)
         (score,) = client.score_sync([ITEM])
@@ -517,8 +522,9 @@ def _grid_replies() -> list[str]:
     """The replies the paper's and the reference's prompts ask for, every grid value in every accepted shape."""
     values = ["0", "1", "1.0", *(f"0.{k}" for k in range(10))]
     shapes = ("<answer>{}</answer>", "<answer> {} </answer>",
-              "<think>Steps one and two hold.</think><answer>{}</answer>", "<think>ok</think>\n<answer>{}</answer>", "\\boxed{{{}}}", "\\box{{{}}}", "\\boxes{{{}}}", "{}",
-              "**{}**", "{}.", "{}\nThe reasoning is sound.", "Score: {}", "The score is {}", "<think>ok</think> {}")
+              "<think>Steps one and two hold.</think><answer>{}</answer>", "<think>ok</think>\n<answer>{}</answer>",
+              "\\boxed{{{}}}", "\\box{{{}}}", "\\boxes{{{}}}", "{}", "**{}**", "{}.", "{}\nThe reasoning is sound.",
+              "Score: {}", "The score is {}", "<think>ok</think> {}")
     return [shape.format(value) for shape in shapes for value in values]
 
 

@@ -47,7 +47,8 @@ def _train_cpu(out: Path, *args: str) -> subprocess.CompletedProcess:
 def _check(result: subprocess.CompletedProcess, out: Path) -> None:
     if result.returncode:
         logs = "".join(f"\n--- {p}\n{p.read_text()[-4000:]}" for p in sorted((out / "runs").glob("*.log")))
-        pytest.fail(f"train_cpu exited with {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}{logs}")
+        pytest.fail(f"train_cpu exited with {result.returncode}\n{result.stdout[-3000:]}\n"
+                    f"{result.stderr[-3000:]}{logs}")
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,7 @@ def test_trust_grpo_metrics_recomputed_from_the_dumps(main_run):
         anneal = math.exp(-step / T)
         rewards, gammas = reference_rewards(outcome, thinking, index, alpha=ALPHA, anneal=anneal,
                                             threshold=THRESHOLD, uniform_groups=UNIFORM)
-        terms = [r - o for r, o in zip(rewards, outcome)]
+        terms = [r - o for r, o in zip(rewards, outcome, strict=True)]
         assert row["trust_grpo/thinking_term_mean"] == pytest.approx(sum(terms) / len(terms), abs=1e-6)
         groups = _groups(rows)
         mixed = [

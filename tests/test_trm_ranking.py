@@ -53,7 +53,7 @@ def test_the_trm_source_rows_take_the_label_set_and_the_groups(tmp_path):
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert {r["images"][0] for r in rows} == {"images/bar_00.png", "images/scene_07.png"}
     kinds = {response: kind for line in (EMBEDDED / "groups.jsonl").open(encoding="utf-8")
-             for response, kind in zip(json.loads(line)["responses"], json.loads(line)["response_kinds"])}
+             for response, kind in zip(json.loads(line)["responses"], json.loads(line)["response_kinds"], strict=True)}
     assert [r["score"] for r in rows] == [HACKABLE_KIND_SCORES[kinds[r["response"]]] for r in rows]
 
 
@@ -66,7 +66,7 @@ def test_the_label_sets_own_aucs_on_the_held_out_responses_are_the_references():
     responses = [(kind, outcome_reward(group["problem_type"], response, group["ground_truth"]) >= RIGHT_MIN)
                  for group in map(json.loads, (EMBEDDED / "groups.jsonl").open(encoding="utf-8"))
                  if group["id"] in held_out
-                 for response, kind in zip(group["responses"], group["response_kinds"])]
+                 for response, kind in zip(group["responses"], group["response_kinds"], strict=True)]
     honest = _aucs([(k, r, KIND_SCORES[k]) for k, r in responses], "")
     hackable = _aucs([(k, r, HACKABLE_KIND_SCORES[k]) for k, r in responses], "")
     assert honest == {"sound_vs_flawed": 1.0, "sound_right_vs_fluent_wrong": 1.0}

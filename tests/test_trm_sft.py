@@ -66,7 +66,7 @@ def test_served_it_answers_the_table_4_request_and_ranks_reasoning_as_labelled(e
     for line in (EMBEDDED / "groups.jsonl").open(encoding="utf-8"):
         group = json.loads(line)
         images = [Image.open(EMBEDDED / p) for p in group["images"]]
-        for response, kind in zip(group["responses"], group["response_kinds"]):
+        for response, kind in zip(group["responses"], group["response_kinds"], strict=True):
             items.append(ThinkingRewardItem(group["question"], response, images))
             kinds.append(kind)
     client = ThinkingRewardClient(embedded_trm_server.base_url, embedded_trm_server.model, max_concurrency=4,
@@ -75,7 +75,7 @@ def test_served_it_answers_the_table_4_request_and_ranks_reasoning_as_labelled(e
     client.close()
     assert client.stats.failed == 0 and all(0.0 <= s <= 1.0 for s in scores)
     by_kind = defaultdict(list)
-    for kind, score in zip(kinds, scores):
+    for kind, score in zip(kinds, scores, strict=True):
         by_kind[kind].append(score)
     mean = {kind: statistics.mean(values) for kind, values in by_kind.items()}
     assert mean["sound"] > mean["terse"] > mean["slip"] > mean["lucky"] > mean["fluent"], mean

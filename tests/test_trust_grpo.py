@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,13 +11,13 @@ from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo import core_algos, ray_trainer
 
+from sophiavl_verl.integration.adapter import trainer_step
 from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
 from sophiavl_verl.trust_grpo import (
     group_normalized_advantage,
     group_trust,
     trust_weighted_rewards,
 )
-from sophiavl_verl.integration.adapter import trainer_step
 
 from paper_reference import reference_advantage, reference_rewards
 
@@ -192,7 +193,7 @@ def test_full_estimator_values_and_metrics():
     assert metrics["trust_grpo/mu_correct"] == pytest.approx((0.8 + 0.1) / 2)
     assert metrics["trust_grpo/mu_wrong"] == pytest.approx((0.2 + 0.6) / 2)
     assert metrics["trust_grpo/thinking_missing_frac"] == pytest.approx(1 / 12)
-    expected_term = np.mean([r - o for r, o in zip(rewards, outcome)])
+    expected_term = np.mean([r - o for r, o in zip(rewards, outcome, strict=True)])
     assert metrics["trust_grpo/thinking_term_mean"] == pytest.approx(expected_term)
     assert metrics["trm/requests"] == 8 and metrics["trm/skipped"] == 4 and metrics["trm/failed"] == 1
     assert metrics["trm/latency_p50_s"] == pytest.approx(0.45)
@@ -370,7 +371,8 @@ def test_bf16_token_rewards_are_read_exactly_never_rounded_to_bf16():
     scores = [sum(float(x) for x in row) for row in data.batch["token_level_rewards"].tolist()]
     rewards, _ = reference_rewards(outcome, thinking, index, alpha=0.3, anneal=1.0, threshold=0.5,
                                    uniform_groups="skip")
-    rewards = [s + (r - o) for s, r, o in zip(scores, rewards, outcome)]  # the thinking term on the bf16 score
+    # the thinking term on the bf16 score
+    rewards = [s + (r - o) for s, r, o in zip(scores, rewards, outcome, strict=True)]
     expected = torch.tensor(reference_advantage(rewards, index), dtype=torch.float32)
     torch.testing.assert_close(out.batch["advantages"][:, 0].float(), expected, rtol=0, atol=2e-6)
 

@@ -16,11 +16,12 @@ import torch
 from verl import DataProto
 from verl.trainer.ppo import ray_trainer
 
+from sophiavl_verl.config import ConfigError
+from sophiavl_verl.integration.adapter import METRICS_META_KEY, _wrap_legacy_fit, fetch_reward_extra_info, trainer_step
+from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_STATUS_KEY
+
 from conftest import SMALL_RUN, TRUST_GRPO_RUN, compose_verl_config, run_verl_validation
 from paper_reference import reference_advantage, reference_rewards
-from sophiavl_verl.config import ConfigError
-from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_STATUS_KEY
-from sophiavl_verl.integration.adapter import METRICS_META_KEY, _wrap_legacy_fit, fetch_reward_extra_info, trainer_step
 
 REGISTRATION_PROBE = """
 import verl
@@ -42,7 +43,8 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_bare_import_verl_registers_everything_in_a_fresh_process():
     result = _python(REGISTRATION_PROBE)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["sophiavl_verl.integration.estimator", "sophiavl_verl.integration.reward_manager", "True"]
+    assert result.stdout.split() == ["sophiavl_verl.integration.estimator", "sophiavl_verl.integration.reward_manager",
+                                     "True"]
 
 
 def test_verl_plugin_filter_can_exclude_us():
@@ -146,7 +148,8 @@ def test_trust_grpo_recipe_options_pass_verls_validation():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["+algorithm.trust_grpo.alpha=-1"], r"algorithm.trust_grpo.alpha must be a finite number in \[0, 1000\], got -1"),
+        (["+algorithm.trust_grpo.alpha=-1"],
+         r"algorithm.trust_grpo.alpha must be a finite number in \[0, 1000\], got -1"),
         (["+algorithm.trust_grpo.schedule=bogus"], "algorithm.trust_grpo.schedule: unknown annealing schedule 'bogus'"),
         (["+algorithm.trust_grpo.anneal_steps=0"], r"algorithm.trust_grpo.anneal_steps \(T\) must be > 0, got 0"),
         (["+algorithm.trust_grpo.alpah=0.3"], r"unknown key\(s\) algorithm.trust_grpo.alpah"),
@@ -156,7 +159,8 @@ def test_trust_grpo_recipe_options_pass_verls_validation():
         (["+reward.reward_kwargs.timeout=3"], r"unknown key\(s\) reward.reward_kwargs.timeout"),
         (["+reward.reward_kwargs.deadline_s=0"], "reward.reward_kwargs.deadline_s must be a finite number > 0, got 0"),
         (["+reward.reward_kwargs.deadline_s=inf"], "reward.reward_kwargs.deadline_s must be a finite number > 0"),
-        (["+reward.reward_kwargs.breaker_failures=-1"], "reward.reward_kwargs.breaker_failures must be an integer >= 0"),
+        (["+reward.reward_kwargs.breaker_failures=-1"],
+         "reward.reward_kwargs.breaker_failures must be an integer >= 0"),
         (["+reward.reward_kwargs.breaker_cooldown_s=-2"], "reward.reward_kwargs.breaker_cooldown_s must be a finite"),
         (["+reward.reward_kwargs.clip_scores=sometimes"], "reward.reward_kwargs.clip_scores must be true or false"),
         (["+reward.reward_kwargs.max_image_pixels=0"], "reward.reward_kwargs.max_image_pixels must be an integer >= 1"),
@@ -260,7 +264,7 @@ def _expected_advantages(alpha: float, anneal: float) -> dict[str, float]:
                                    uniform_groups="skip")
     advantages = reference_advantage(rewards, index)
     keys = [f"{uid}_{s}_0" for uid, (o, _) in GROUPS.items() for s in range(len(o))]
-    return dict(zip(keys, advantages))
+    return dict(zip(keys, advantages, strict=True))
 
 
 def test_v1_trainer_delivers_thinking_rewards_and_step_through_transfer_queue(ray_with_transfer_queue):
@@ -271,7 +275,7 @@ def test_v1_trainer_delivers_thinking_rewards_and_step_through_transfer_queue(ra
 
     keys, rows = [], []
     for uid, (outcomes, thinking) in GROUPS.items():
-        for session, (r_o, r_t) in enumerate(zip(outcomes, thinking)):
+        for session, (r_o, r_t) in enumerate(zip(outcomes, thinking, strict=True)):
             length = 3 + session  # ragged responses, as the agent loop stores them
             rm_scores = torch.zeros(length)
             rm_scores[-1] = r_o
@@ -294,7 +298,7 @@ def test_v1_trainer_delivers_thinking_rewards_and_step_through_transfer_queue(ra
     stored = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["advantages"])["advantages"]
     anneal = math.exp(-7 / 20)
     expected = _expected_advantages(alpha=0.3, anneal=anneal)
-    for key, advantages in zip(keys, stored.unbind()):
+    for key, advantages in zip(keys, stored.unbind(), strict=True):
         assert torch.allclose(advantages, torch.full_like(advantages, expected[key]), atol=1e-5), key
     assert metrics["trust_grpo/anneal"] == pytest.approx(anneal)
     assert metrics["trust_grpo/untrusted_group_frac"] == pytest.approx(0.5)
@@ -338,14 +342,14 @@ def _per_session_expectation(alpha: float, anneal: float) -> tuple[dict[str, flo
     for weighted in (False, True):
         rows = [(f"{uid}_{s}_{i}", uid, r_o, r_t)
                 for uid, s, r_o, r_t, n in sessions for i in range(n if weighted else 1)]
-        keys, index, outcome, thinking = (list(column) for column in zip(*rows))
+        keys, index, outcome, thinking = (list(column) for column in zip(*rows, strict=True))
         rewards, _ = reference_rewards(outcome, thinking, index, alpha=alpha, anneal=anneal, threshold=0.5,
                                        uniform_groups="skip")
         advantages = reference_advantage(rewards, index)
         if weighted:
             per_output = advantages
         else:
-            session_advantage = dict(zip(keys, advantages))
+            session_advantage = dict(zip(keys, advantages, strict=True))
             by_key = {f"{uid}_{s}_{i}": session_advantage[f"{uid}_{s}_0"]
                       for uid, s, _, _, n in sessions for i in range(n)}
     return by_key, per_output
@@ -373,7 +377,8 @@ def test_v1_multi_output_sessions_count_once_as_in_verls_grpo_and_padding_rows_c
         metrics: dict = {}
         PPOTrainer._compute_advantage(trainer, batch, metrics)
         stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["advantages"])["advantages"]
-        return {key: float(a[-1]) for key, a in zip(batch.keys, stored.unbind()) if not key.startswith("pad")}, metrics
+        return {key: float(a[-1]) for key, a in zip(batch.keys, stored.unbind(), strict=True)
+                if not key.startswith("pad")}, metrics
 
     # alpha = 0 is verl's GRPO, multi-output treatment included: compare with verl's own function.
     got, _ = advantages(0.0)
@@ -445,7 +450,8 @@ def test_legacy_trainer_path_values_step_and_metrics():
     data = DataProto.from_dict(
         tensors=tensors,
         non_tensors={"uid": np.array([k.split("_")[0] for k in keys], dtype=object),
-                     OUTCOME_KEY: np.array(outcome), THINKING_KEY: np.array([x for _, t in GROUPS.values() for x in t])},
+                     OUTCOME_KEY: np.array(outcome),
+                     THINKING_KEY: np.array([x for _, t in GROUPS.values() for x in t])},
     )
     config = compose_verl_config(TRUST_GRPO_RUN)
     trainer = SimpleNamespace(config=config, global_steps=4, total_training_steps=8)

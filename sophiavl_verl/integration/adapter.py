@@ -51,9 +51,10 @@ import importlib.machinery
 import inspect
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import verl

@@ -1,9 +1,10 @@
 """Target of the ``verl.plugins`` entry point: ``import verl`` runs this in every process.
 
 It registers the ``trust_grpo`` advantage estimator and the ``sophiavl`` reward manager, installs
-the verl adapter, and, with ``VERL_PLATFORM=cpu`` only, the CPU backend. verl swallows a plugin's import error at DEBUG level;
-so that a broken install is still loud, a failure here logs an error and registers a stand-in
-``trust_grpo`` that raises with the original error, and makes a trust_grpo config fail validation.
+the verl adapter, and, with ``VERL_PLATFORM=cpu`` only, the CPU backend. verl swallows a plugin's
+import error at DEBUG level; so that a broken install is still loud, a failure here logs an error and
+registers a stand-in ``trust_grpo`` that raises with the original error, and makes a trust_grpo config
+fail validation.
 """
 
 from __future__ import annotations

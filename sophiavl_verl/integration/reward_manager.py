@@ -14,7 +14,8 @@ training step.
 
 Query policies (``reward.reward_kwargs.query_policy``) decide which responses cost a TRM request.
 ``all`` asks for every response at once. ``skip_uniform`` and ``official`` need the outcomes of the
-whole group first, so a response waits on a :class:`~sophiavl_verl.integration.group_board.GroupOutcomeBoard` until all ``rollout.n``
+whole group first, so a response waits on a
+:class:`~sophiavl_verl.integration.group_board.GroupOutcomeBoard` until all ``rollout.n``
 responses of its prompt have their outcome, or until the board has been quiet for ``group_idle_s`` or
 ``group_wait_s`` has passed; it is then scored as one of an incomplete group (a timeout costs a request,
 never a thinking reward). Validation samples (``meta_info["validate"]``, or ``extra_info.split`` in
@@ -35,11 +36,10 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from sophiavl_verl.config import SPLIT_KEY, VALIDATION_SPLITS, SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl import outcome_reward_fn
-from sophiavl_verl.query_policy import thinking_reward_decision
-from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem, TRMRequestError, TRMResult
+from sophiavl_verl.config import SPLIT_KEY, VALIDATION_SPLITS, SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl.integration.group_board import group_board
+from sophiavl_verl.integration.validation import REWARD_MANAGER_NAME
 from sophiavl_verl.keys import (
     OUTCOME_KEY,
     THINKING_KEY,
@@ -48,7 +48,8 @@ from sophiavl_verl.keys import (
     TRM_LATENCY_KEY,
     TRM_STATUS_KEY,
 )
-from sophiavl_verl.integration.validation import REWARD_MANAGER_NAME
+from sophiavl_verl.query_policy import thinking_reward_decision
+from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem, TRMRequestError, TRMResult
 
 __all__ = ["SophiaVLRewardManager"]
 

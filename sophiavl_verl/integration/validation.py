@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sophiavl_verl import outcome_reward_fn
-from sophiavl_verl.integration import cpu_backend
-from sophiavl_verl.integration import adapter
 from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_trust_grpo
+from sophiavl_verl.integration import adapter, cpu_backend
 
 __all__ = ["REWARD_MANAGER_NAME", "check_reward_model_path", "validate_plugin_config"]
 

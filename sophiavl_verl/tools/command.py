@@ -50,7 +50,8 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = No
             stop servers, release locks and remove partial files. An ignored signal (nohup) stays ignored.
     """
     prog = parser.prog
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)} if unwind_signals else {}
+    previous = ({signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+                if unwind_signals else {})
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(signum, _terminate)

@@ -172,9 +172,9 @@ def run_overrides(arm: Arm, seed: int, settings: Settings, inputs: dict[str, str
 
 def _kind_shares(dump: Path, dataset: Path) -> dict[str, Any]:
     """Shares of each kind among a dump's responses, and of ``sound`` among its right answers."""
+    from sophiavl_verl.rewards import outcome_reward
     from sophiavl_verl.tools.audit.inputs import load_verl_dump
     from sophiavl_verl.tools.response_kinds import KINDS, RIGHT_MIN, classify_response
-    from sophiavl_verl.rewards import outcome_reward
 
     groups, _ = load_verl_dump(dump, dataset=dataset)
     kinds, right = Counter(), Counter()
@@ -245,7 +245,7 @@ def _run_one(arm: Arm, seed: int, settings: Settings, inputs: dict[str, str], ou
     launch_main_ppo(["--config-path", str(out / "configs"), "--config-name", arm.name, *overrides],
                     console=run_dir / "main_ppo.log", log_jsonl=run_dir / "verl.jsonl", cwd=run_dir, on_step=on_step)
     wall = time.monotonic() - started
-    step_times = [b - a for (_, a), (_, b) in zip(seen, seen[1:])]
+    step_times = [b - a for (_, a), (_, b) in zip(seen, seen[1:], strict=False)]
     result = {"arm": arm.name, "preset": arm.preset, "trm": arm.trm, "seed": seed, "fingerprint": fingerprint,
               "overrides": overrides, "wall_s": round(wall, 1),
               "median_step_s": round(statistics.median(step_times), 2) if step_times else None,

@@ -51,8 +51,8 @@ from typing import Any
 from sophiavl_verl.errors import InputError
 
 __all__ = [
-    "RUN_SYSTEM_PROMPT", "TRM_HOSTING_MODES", "TinyRun", "hosting_overrides", "launch_main_ppo", "main", "make_tiny_policy",
-    "prepare_data", "read_step_metrics",
+    "RUN_SYSTEM_PROMPT", "TRM_HOSTING_MODES", "TinyRun", "hosting_overrides", "launch_main_ppo", "main",
+    "make_tiny_policy", "prepare_data", "read_step_metrics",
 ]
 
 TOOLS = Path(__file__).resolve().parent
@@ -78,7 +78,8 @@ TRM_HOSTING_MODES = ("A", "B")
 #: The lines the run's processes print about the TRM endpoint (the manager's in every reward worker, the CPU
 #: backend's reward replica in mode A).
 _MANAGER_LINE = re.compile(r"\[sophiavl\] thinking reward model: hosting mode (\w) at (\S+)")
-_REPLICA_LINE = re.compile(r"\[sophiavl\] reward model replica (\d+): transformers serve for \S+ at (\S+) \(log (\S+)\)")
+_REPLICA_LINE = re.compile(r"\[sophiavl\] reward model replica (\d+): "
+                           r"transformers serve for \S+ at (\S+) \(log (\S+)\)")
 
 
 def _recipe_anneal_steps() -> int:
@@ -318,7 +319,8 @@ def _json_default(value: Any) -> Any:
 def _cli(*args: str, log: Path) -> None:
     """Run a ``sophiavl-verl`` subcommand as a user would, its output in ``log``."""
     with open(log, "w", encoding="utf-8") as f:
-        result = subprocess.run([sys.executable, "-m", "sophiavl_verl.tools.cli", *args], stdout=f, stderr=subprocess.STDOUT)
+        result = subprocess.run([sys.executable, "-m", "sophiavl_verl.tools.cli", *args], stdout=f,
+                                stderr=subprocess.STDOUT)
     if result.returncode:
         raise RuntimeError(f"sophiavl-verl {args[0]} exited with {result.returncode}; its output: {log}")
 
@@ -512,7 +514,8 @@ def _trust_weight_section(audit_json: Path) -> list[str]:
     lines += ["", f"The least trusted group (step {worst['step']}, {worst['problem_type']}, γ = {worst['gamma']:.3f}, "
               f"μ_c = {worst['mu_correct']:.3f}, μ_w = {worst['mu_wrong']:.3f}), ground truth "
               f"`{worst['ground_truth']}`, its responses by kind:", "",
-              "| kind | correct | R^t | reward | advantage | GRPO's advantage | response |", "|---|---|---|---|---|---|---|"]
+              "| kind | correct | R^t | reward | advantage | GRPO's advantage | response |",
+              "|---|---|---|---|---|---|---|"]
     for r in sorted(worst["responses"], key=lambda r: -(r["thinking_reward"] if r["thinking_reward"] is not None
                                                          else -1)):
         kind = classify_response(r["response"], str(worst["ground_truth"]), worst["problem_type"])

@@ -188,7 +188,7 @@ def plot_training(series: dict[str, list[tuple[int, float]]], out_dir: str | os.
 
     def draw(ax, title, keys):
         for key in keys:
-            steps, values = zip(*series[key])
+            steps, values = zip(*series[key], strict=True)
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
@@ -202,7 +202,7 @@ def plot_training(series: dict[str, list[tuple[int, float]]], out_dir: str | os.
     cols = 2 if len(panels) > 1 else 1
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows), squeeze=False)
-    for ax, (stem, title, keys) in zip(axes.flat, panels):
+    for ax, (_, title, keys) in zip(axes.flat, panels, strict=False):
         draw(ax, title, keys)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")

@@ -23,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Generator, Optional
+from typing import Any
 
 import ray
 import torch
 from verl.utils.fs import copy_to_local
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
-
 
 __all__ = ["TransformersReplica", "TransformersServer", "TransformersServerAdapter"]
 
@@ -95,8 +95,8 @@ class TransformersServer:
         prompt_ids: list[int],
         sampling_params: dict[str, Any],
         request_id: str,
-        image_data: Optional[list[Any]] = None,
-        video_data: Optional[list[Any]] = None,
+        image_data: list[Any] | None = None,
+        video_data: list[Any] | None = None,
         **kwargs: Any,
     ) -> TokenOutput:
         """Sample one response to ``prompt_ids`` (vLLM's server signature; videos are not supported).
@@ -189,8 +189,8 @@ class TransformersServer:
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
         if unexpected or set(missing) - tied:
-            raise RuntimeError(f"rollout weight update does not match the model: missing {sorted(set(missing) - tied)[:5]},"
-                               f" unexpected {sorted(unexpected)[:5]}")
+            raise RuntimeError(f"rollout weight update does not match the model: missing "
+                               f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
         self.global_steps = global_steps
         return len(state_dict)
 

@@ -97,7 +97,8 @@ def run_audit(
             report is still written in that case).
         PlotError: If matplotlib (the ``plot`` extra) is missing, before any work.
     """
-    from sophiavl_verl.tools.audit import plots, report as reporting
+    from sophiavl_verl.tools.audit import plots
+    from sophiavl_verl.tools.audit import report as reporting
 
     settings = settings or AuditSettings()
     check_run_options(max_concurrency=max_concurrency, limit=limit, text_limit=text_limit)

@@ -282,10 +282,8 @@ _CHAT_RE = re.compile(r"(?:^|\n)user\n(?P<user>.*)\nassistant\s*$", re.DOTALL)
 
 def _user_content(text: str) -> str:
     """The last user turn of a decoded chat prompt (the whole text when it is not one)."""
-    match = None
-    for match in _CHAT_RE.finditer(text):
-        pass
-    user = match.group("user") if match else text
+    matches = list(_CHAT_RE.finditer(text))
+    user = matches[-1].group("user") if matches else text
     return user.rsplit("\nuser\n", 1)[1] if "\nuser\n" in user else user
 
 

@@ -78,7 +78,7 @@ def plot_audit(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
             color=CORRECT_COLOUR, label="correct")
     ax1.bar([i + width / 2 for i in x], [v if v is not None else 0 for v in w_means], width,
             color=WRONG_COLOUR, label="wrong")
-    for i, (c, w) in enumerate(zip(c_means, w_means)):
+    for i, (c, w) in enumerate(zip(c_means, w_means, strict=True)):
         for dx, v in ((-width / 2, c), (width / 2, w)):
             ax1.text(i + dx, (v or 0) + 0.01, "n/a" if v is None else f"{v:.2f}", ha="center", fontsize=8)
     ax1.set_xticks(list(x), types, rotation=15)
