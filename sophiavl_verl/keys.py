@@ -16,6 +16,7 @@ __all__ = [
     "TRM_FAILURE_KEY",
     "TRM_COST_COLUMNS",
     "PAD_UID_PATTERN",
+    "STEP_METRICS",
 ]
 
 #: Per-sample reward extra info written by the ``sophiavl`` reward manager.
@@ -35,3 +36,30 @@ TRM_COST_COLUMNS = (
     ("bytes_sent", "sophiavl_trm_bytes_sent", "trm/bytes_sent"),
 )
 
+
+#: Every metric the ``trust_grpo`` estimator logs at each training step (verl's tracker), with its meaning.
+#: ``trm/failed_<kind>`` stands for one metric per failure kind of the thinking reward client. verl's padding rows
+#: (uid ``pad<hex>``) count in none of them. docs/options.md's metrics table is generated from here.
+STEP_METRICS = {
+    "trust_grpo/gamma_mean": "mean trust weight γ over the mixed groups (a scored correct and a scored wrong response)",
+    "trust_grpo/gamma_min": "smallest γ of a mixed group",
+    "trust_grpo/untrusted_group_frac": "share of the mixed groups with γ < 1 (the TRM favoured the wrong responses)",
+    "trust_grpo/mixed_group_frac": "share of the step's groups that are mixed",
+    "trust_grpo/mu_correct": "mean over mixed groups of μ_c, the mean thinking reward of a group's correct responses",
+    "trust_grpo/mu_wrong": "mean over mixed groups of μ_w, the mean thinking reward of a group's wrong responses",
+    "trust_grpo/anneal": "the annealing factor of Eq. 5 at this step, e.g. e^(-step/T)",
+    "trust_grpo/thinking_term_mean": "mean over responses of γ · α · anneal · R^t, what the thinking reward adds",
+    "trust_grpo/thinking_missing_frac": "share of responses without a thinking reward (not asked, or the TRM failed)",
+    "trm/requests": "responses sent to the TRM",
+    "trm/skipped": "responses the query policy did not send",
+    "trm/failed": "responses whose thinking reward is missing because the TRM failed (NaN, never 0)",
+    "trm/failed_<kind>": "those failures by kind (timeout, http_5xx, unparseable, ...)",
+    "trm/latency_p50_s": "median seconds from the manager's request to a score or a failure",
+    "trm/latency_p95_s": "95th percentile of the same",
+    "trm/thinking_reward_correct_mean": "mean R^t of the scored correct responses",
+    "trm/thinking_reward_wrong_mean": "mean R^t of the scored wrong responses",
+    "trm/http_requests": "HTTP requests sent, retries included",
+    "trm/connections": "TCP connections opened",
+    "trm/image_encodes": "images decoded and re-encoded as PNG before sending (0 when the original bytes are sent)",
+    "trm/bytes_sent": "request bytes sent to the TRM",
+}
