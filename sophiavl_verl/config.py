@@ -1,8 +1,8 @@
 """Options of the plugin, documented and validated in one place.
 
 Each option is declared once, with :func:`option`: its type, its default, its doc (``metadata["help"]``) and,
-for a closed set, its allowed values (``metadata["choices"]``). The README's options tables
-(``scripts/options_tables.py``) and the audit's flags are made from these declarations. Validation checks
+for a closed set, its allowed values (``metadata["choices"]``). The options tables of docs/options.md
+(``scripts/docs_tables.py``) and the audit's flags are made from these declarations. Validation checks
 every option against its declared type first, strictly (no bool for a number, no string for a bool, null
 only where declared), then its range.
 

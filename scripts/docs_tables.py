@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Write the docs' generated tables from the declarations in the code, so that no table can drift from it.
+
+    python scripts/docs_tables.py          # rewrite every generated block of the docs
+    python scripts/docs_tables.py --check  # exit 1, naming each stale block, if a doc is not current
+
+A generated block sits between ``<!-- generated: NAME -->`` and ``<!-- /generated -->``; NAME says what fills it
+(:data:`TABLES`). ``tests/test_generated_docs.py`` runs ``--check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sophiavl_verl.config import SophiaVLRewardConfig, TrustGRPOConfig  # noqa: E402
+from sophiavl_verl.keys import STEP_METRICS  # noqa: E402
+
+
+def yaml_value(value: object) -> str:
+    """A default as a verl YAML config writes it: null, true/false, 60 (not 60.0), 1e-6."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else re.sub(r"e([+-])0*(\d)", r"e\1\2", repr(value))
+    if isinstance(value, str):
+        return f"`{value}`"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    """Markdown table cell text: not HTML, not a new cell."""
+    return text.replace("<", "&lt;").replace("|", "\\|")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def options_table(cls: type) -> str:
+    """One options class: each field's name, default (as YAML writes it) and ``metadata["help"]``."""
+    return _table(("key", "default", "meaning"), [
+        (f"`{f.name}`", yaml_value(f.default), _cell(f.metadata["help"]))
+        for f in dataclasses.fields(cls) if not f.name.startswith("_")
+    ])
+
+
+def metrics_table() -> str:
+    """``keys.STEP_METRICS``: what the estimator logs at every step."""
+    return _table(("metric", "meaning"), [(f"`{name}`", _cell(meaning)) for name, meaning in STEP_METRICS.items()])
+
+
+#: Each generated block's name -> (the doc holding it, relative to the repository, and what renders it).
+TABLES: dict[str, tuple[str, Callable[[], str]]] = {
+    "options:algorithm.trust_grpo": ("docs/options.md", lambda: options_table(TrustGRPOConfig)),
+    "options:reward.reward_kwargs": ("docs/options.md", lambda: options_table(SophiaVLRewardConfig)),
+    "metrics": ("docs/options.md", metrics_table),
+}
+
+
+def render(text: str, doc: str) -> str:
+    """``text`` (the doc ``doc``) with each of its generated blocks rewritten."""
+    for name, (where, make) in TABLES.items():
+        if where != doc:
+            continue
+        pattern = re.compile(rf"(<!-- generated: {re.escape(name)} -->\n)(?:.*?\n)??(<!-- /generated -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"{doc}: no '<!-- generated: {name} -->' ... '<!-- /generated -->' block")
+        table = make()
+        text = pattern.sub(lambda m, table=table: m.group(1) + table + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only check that every generated block is current")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the repository whose docs to check or rewrite")
+    args = parser.parse_args()
+    stale = []
+    for doc in sorted({where for where, _ in TABLES.values()}):
+        path = args.root / doc
+        current = path.read_text(encoding="utf-8")
+        wanted = render(current, doc)
+        if wanted == current:
+            continue
+        if args.check:
+            stale.append(doc)
+        else:
+            path.write_text(wanted, encoding="utf-8")
+    for doc in stale:
+        print(f"{doc}: a generated table differs from the code; run scripts/docs_tables.py", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
