@@ -22,7 +22,7 @@ from typing import Any
 from sophiavl_verl.config import SophiaVLRewardConfig, parse_trm_base_url
 from sophiavl_verl.thinking_reward._breaker import CircuitBreaker
 from sophiavl_verl.thinking_reward._failures import AttemptError, BadInput, TRMFailure
-from sophiavl_verl.thinking_reward._images import IMAGE_CACHE_BYTES, ImageCache, Prepared, bad_input_on_error, image_job
+from sophiavl_verl.thinking_reward._images import IMAGE_CACHE_BYTES, ImageCache, url_part
 from sophiavl_verl.thinking_reward._items import ThinkingRewardItem, TRMResult, check_item
 from sophiavl_verl.thinking_reward._prompt import TRM_SYSTEM_PROMPT, build_reference_trm_prompt, build_trm_prompt
 from sophiavl_verl.thinking_reward._replies import error_of, stated_score
@@ -381,11 +381,10 @@ class ThinkingRewardClient:
         return _IMAGE_TOKEN_RE.sub(lambda match: parts[int(match.group(1))], text.encode())
 
     async def _image_part(self, image: Any, result: TRMResult) -> bytes:
-        if isinstance(image, str) and image.startswith(("data:", "http://", "https://")):
-            if image.startswith("data:") and not image.startswith("data:image/"):
-                raise BadInput(f"a data: URL that is not an image ({image[:30]!r})")
-            return json.dumps(image).encode()
-        prepared, prepared_here = await asyncio.to_thread(self._prepare_image, image)
+        url = url_part(image)
+        if url is not None:
+            return url
+        prepared, prepared_here = await asyncio.to_thread(self._images.prepared, image, self.options.max_image_pixels)
         if isinstance(prepared, concurrent.futures.Future):  # another response of the group is preparing it
             prepared = await asyncio.wrap_future(prepared)
         if prepared_here:
@@ -396,11 +395,6 @@ class ThinkingRewardClient:
         else:
             self.stats.image_cache_hits += 1
         return prepared.url_json
-
-    def _prepare_image(self, image: Any) -> tuple[Prepared | concurrent.futures.Future, bool]:
-        """(in a worker thread) The image's request part from the cache, prepared there if missing."""
-        key, prepare = bad_input_on_error(image_job, image, self.options.max_image_pixels)
-        return self._images.get(key, lambda: bad_input_on_error(prepare))
 
     def _sent_images(self, item: ThinkingRewardItem) -> tuple:
         """The images the request carries: all of them, or the first only (``reference``)."""

@@ -7,6 +7,7 @@ import base64
 import concurrent.futures
 import hashlib
 import io
+import json
 import math
 import os
 import threading
@@ -95,7 +96,7 @@ def _prepare_bytes(data: bytes, max_pixels: int | None, what: str) -> Prepared:
 _PIL_LOAD_LOCK = threading.Lock()
 
 
-def image_job(image: Any, max_pixels: int | None) -> tuple[Hashable, Callable[[], Prepared]]:
+def _image_job(image: Any, max_pixels: int | None) -> tuple[Hashable, Callable[[], Prepared]]:
     """The content key of an image and the function that prepares it.
 
     Equal content gives equal keys whatever the object's identity: a group's responses reach a reward worker
@@ -118,7 +119,17 @@ def image_job(image: Any, max_pixels: int | None) -> tuple[Hashable, Callable[[]
     raise BadInput(f"an image is a {type(image).__name__}, not bytes, a PIL image, a path or a URL")
 
 
-def bad_input_on_error(function: Callable, *args: Any) -> Any:
+def url_part(image: Any) -> bytes | None:
+    """The request part of an image given as a ``data:image/...`` or ``http(s)://`` URL, sent as it is; None for an
+    image of another kind."""
+    if not (isinstance(image, str) and image.startswith(("data:", "http://", "https://"))):
+        return None
+    if image.startswith("data:") and not image.startswith("data:image/"):
+        raise BadInput(f"a data: URL that is not an image ({image[:30]!r})")
+    return json.dumps(image).encode()
+
+
+def _bad_input_on_error(function: Callable, *args: Any) -> Any:
     """``function(*args)``, any error raised as :class:`BadInput` (PIL raises many types on a broken image: the
     item fails, not the call)."""
     try:
@@ -127,8 +138,6 @@ def bad_input_on_error(function: Callable, *args: Any) -> Any:
         raise
     except Exception as exc:
         raise BadInput(f"an image cannot be read: {type(exc).__name__}: {exc}") from None
-
-
 
 
 class ImageCache:
@@ -148,6 +157,16 @@ class ImageCache:
 
     def __len__(self) -> int:
         return len(self._parts)
+
+    def prepared(self, image: Any, max_pixels: int | None) -> tuple[Prepared | concurrent.futures.Future, bool]:
+        """(in a worker thread) The request part of ``image`` from the cache, prepared here if missing, and whether
+        this call prepared it.
+
+        Raises:
+            BadInput: When the image cannot be read or is no image.
+        """
+        key, prepare = _bad_input_on_error(_image_job, image, max_pixels)
+        return self.get(key, lambda: _bad_input_on_error(prepare))
 
     def get(self, key: Hashable,
             prepare: Callable[[], Prepared]) -> tuple[Prepared | concurrent.futures.Future, bool]:
