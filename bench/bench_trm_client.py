@@ -318,6 +318,7 @@ def run_worker(args, ray, worker_cls, tokenizer, tokenizer_dir, port, images, po
 
 def client_alone(args, port: int, images: list[bytes]) -> dict:
     """The new client without verl or Ray: one score() call per response, concurrently, on one loop."""
+    from sophiavl_verl.config import SophiaVLRewardConfig
     from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
 
     items = [ThinkingRewardItem(f"question {g}", response, (bytes(data),))
@@ -326,7 +327,8 @@ def client_alone(args, port: int, images: list[bytes]) -> dict:
     async def run(client):
         return await asyncio.gather(*(client.score([item]) for item in items))
 
-    client = ThinkingRewardClient(f"http://127.0.0.1:{port}/v1", "bench", max_concurrency=args.concurrency)
+    client = ThinkingRewardClient(f"http://127.0.0.1:{port}/v1", "bench",
+                                  SophiaVLRewardConfig(max_concurrency=args.concurrency))
     server_call(port, "POST", "/reset")
     cpu = time.process_time()
     start = time.perf_counter()

@@ -195,6 +195,7 @@ os.environ["VERL_PLATFORM"] = "cpu"
 import ray, verl
 from hydra import compose, initialize_config_dir
 from verl.experimental.reward_loop.reward_model import RewardModelManager
+from sophiavl_verl.config import SophiaVLRewardConfig
 from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
 
 recipes, trm = sys.argv[1], sys.argv[2]
@@ -206,7 +207,7 @@ try:
 except Exception as e:
     print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
     sys.exit(0)
-client = ThinkingRewardClient(f"http://{manager.router_address}/v1", trm, timeout_s=120)
+client = ThinkingRewardClient(f"http://{manager.router_address}/v1", trm, SophiaVLRewardConfig(timeout_s=120))
 item = ThinkingRewardItem("What is 2 + 3?", "<think>2 + 3 = 5 because addition.</think><answer>5</answer>")
 print(json.dumps({"router": manager.router_address, "replicas": manager.server_addresses,
                   "scores": client.score_sync([item, item])}))

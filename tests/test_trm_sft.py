@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sophiavl_verl.config import SophiaVLRewardConfig
 from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
 from sophiavl_verl.tools.audit import default_cache_dir
 from sophiavl_verl.tools.trm_sft import EMBEDDED, KIND_SCORES, SFT_MODULE, make_embedded_trm, sft_losses
@@ -69,8 +70,8 @@ def test_served_it_answers_the_table_4_request_and_ranks_reasoning_as_labelled(e
         for response, kind in zip(group["responses"], group["response_kinds"], strict=True):
             items.append(ThinkingRewardItem(group["question"], response, images))
             kinds.append(kind)
-    client = ThinkingRewardClient(embedded_trm_server.base_url, embedded_trm_server.model, max_concurrency=4,
-                                  timeout_s=120)
+    client = ThinkingRewardClient(embedded_trm_server.base_url, embedded_trm_server.model,
+                                  SophiaVLRewardConfig(max_concurrency=4, timeout_s=120))
     scores = client.score_sync(items)
     client.close()
     assert client.stats.failed == 0 and all(0.0 <= s <= 1.0 for s in scores)

@@ -28,7 +28,6 @@ import asyncio
 import concurrent.futures
 import functools
 import math
-import os
 import time
 from typing import Any
 
@@ -175,9 +174,7 @@ class SophiaVLRewardManager(RewardManagerBase):
             )
         if not model:
             raise ValueError("reward.reward_kwargs.trm_model is required with reward.reward_kwargs.trm_base_url")
-        self.client = ThinkingRewardClient.from_config(
-            base_url, model, self.options, api_key=os.environ.get(self.options.trm_api_key_env)
-        )
+        self.client = ThinkingRewardClient(base_url, model, self.options)  # its key: trm_api_key_env
         if mode == "A":
             _check_router_reaches_trm(self.client, model)
         # One line per reward worker, so that a run's log says where its thinking rewards came from.

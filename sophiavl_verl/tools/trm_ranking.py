@@ -115,13 +115,15 @@ def split_groups(seed: int, held_out_per_type: int = 2) -> tuple[list[str], list
 
 def _score(model_dir: str, groups: list[dict], work: Path) -> list[float]:
     """The TRM's scores of every response of ``groups``, in order, through a real ``transformers serve``."""
+    from sophiavl_verl.config import SophiaVLRewardConfig
     from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
     from sophiavl_verl.tools.local_server import LocalOpenAIServer
 
     items = [ThinkingRewardItem(group["question"], response, [str(EMBEDDED / p) for p in group["images"]])
              for group in groups for response in group["responses"]]
     with LocalOpenAIServer(model_dir, log_path=work / "serve.log") as server:
-        client = ThinkingRewardClient(server.base_url, server.model, max_concurrency=4, timeout_s=120)
+        client = ThinkingRewardClient(server.base_url, server.model,
+                                      SophiaVLRewardConfig(max_concurrency=4, timeout_s=120))
         try:
             scores = client.score_sync(items)
         finally:

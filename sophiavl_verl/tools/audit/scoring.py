@@ -15,6 +15,7 @@ Each step calls the function training calls, with the options training reads:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -133,16 +134,9 @@ def trm_client(endpoint: dict, settings: AuditSettings, *, api_key: str | None, 
 
     if max_concurrency is None:
         max_concurrency = EMBEDDED_CONCURRENCY if endpoint["embedded"] else REMOTE_CONCURRENCY
+    options = dataclasses.replace(settings.reward, max_concurrency=max_concurrency)
     try:
-        client = ThinkingRewardClient(
-            endpoint["base_url"],
-            endpoint["model"],
-            api_key=api_key,
-            max_concurrency=max_concurrency,
-            timeout_s=settings.reward.timeout_s,
-            max_retries=settings.reward.max_retries,
-            max_reply_bytes=settings.reward.max_reply_bytes,
-        )
+        client = ThinkingRewardClient(endpoint["base_url"], endpoint["model"], options, api_key=api_key)
     except ValueError as exc:  # the other options are checked by then: the URL (its message never echoes it)
         raise AuditError(f"--trm-url: {exc}") from None
     if not endpoint["embedded"]:
