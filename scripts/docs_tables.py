@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from sophiavl_verl.config import SophiaVLRewardConfig, TrustGRPOConfig  # noqa: E402
 from sophiavl_verl.keys import STEP_METRICS  # noqa: E402
+from sophiavl_verl.thinking_reward import TRMFailure  # noqa: E402
 
 
 def yaml_value(value: object) -> str:
@@ -38,8 +39,11 @@ def yaml_value(value: object) -> str:
 
 
 def _cell(text: str) -> str:
-    """Markdown table cell text: not HTML, not a new cell."""
-    return text.replace("<", "&lt;").replace("|", "\\|")
+    """Markdown table cell text: not HTML (``<`` escaped outside code spans, where an entity would show), not a
+    new cell."""
+    parts = text.split("`")
+    parts[::2] = [part.replace("<", "&lt;") for part in parts[::2]]
+    return "`".join(parts).replace("|", "\\|")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -60,11 +64,18 @@ def metrics_table() -> str:
     return _table(("metric", "meaning"), [(f"`{name}`", _cell(meaning)) for name, meaning in STEP_METRICS.items()])
 
 
+def failure_kinds_table() -> str:
+    """``TRMFailure``: each kind of failure of a thinking-reward request, what it means, whether it is retried."""
+    return _table(("kind", "what happened", "retried"),
+                  [(f"`{kind.value}`", _cell(kind.meaning), _cell(kind.retried)) for kind in TRMFailure])
+
+
 #: Each generated block's name -> (the doc holding it, relative to the repository, and what renders it).
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "options:algorithm.trust_grpo": ("docs/options.md", lambda: options_table(TrustGRPOConfig)),
     "options:reward.reward_kwargs": ("docs/options.md", lambda: options_table(SophiaVLRewardConfig)),
     "metrics": ("docs/options.md", metrics_table),
+    "failure-kinds": ("docs/readme_thinking_reward.md", failure_kinds_table),
 }
 
 

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from sophiavl_verl.config import SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl.keys import STEP_METRICS
+from sophiavl_verl.thinking_reward import TRMFailure
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "docs_tables.py"
@@ -66,6 +67,7 @@ def test_the_generated_docs_are_current():
 @pytest.mark.parametrize("doc, line, drifted_line", [
     ("docs/options.md", "| `max_retries` | 5 |", "| `max_retries` | 3 |"),
     ("docs/options.md", "| `trm/failed` |", "| `trm/failures` |"),
+    ("docs/readme_thinking_reward.md", "| `timeout` |", "| `time_out` |"),
 ])
 def test_a_drifted_table_is_caught_and_rewritten(tmp_path, doc, line, drifted_line):
     """A copy of the docs with one drifted row: --check names the doc, a rewrite restores it."""
@@ -88,6 +90,12 @@ def test_the_metrics_table_lists_every_declared_metric_with_its_meaning():
     rows = [re.split(r"(?<!\\)\|", line)[1:-1] for line in block.splitlines()[2:]]
     assert [(name.strip().strip("`"), meaning.strip().replace("&lt;", "<")) for name, meaning in rows] == list(
         STEP_METRICS.items())
+
+
+def test_the_failure_kinds_table_lists_every_kind():
+    text = (ROOT / "docs" / "readme_thinking_reward.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- generated: failure-kinds -->\n(.*?)<!-- /generated -->", text, re.S).group(1)
+    assert [line.split("|")[1].strip().strip("`") for line in block.splitlines()[2:]] == [k.value for k in TRMFailure]
 
 
 def _tables() -> dict:
