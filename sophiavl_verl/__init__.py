@@ -7,7 +7,7 @@ The method, with no verl import (torch, numpy, aiohttp):
     rewards.py           the outcome reward R^o per problem type, and the format check
     outcome_reward_fn.py R^o as verl's custom reward function (``pkg://sophiavl_verl.outcome_reward_fn``)
     query_policy.py      which responses cost a thinking-reward request
-    thinking_reward.py   the thinking reward model R^t: its prompt (Table 4) and its HTTP client
+    thinking_reward/     the thinking reward model R^t: its prompt (Table 4) and its HTTP client
     config.py            every option, declared once (type, default, allowed values, meaning)
     keys.py              the reward extra-info keys the reward manager writes and the estimator reads
     errors.py            the one exception hierarchy
