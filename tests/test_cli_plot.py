@@ -11,12 +11,12 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from sophiavl_verl.tools.cli import main
 from sophiavl_verl.tools.training_log import PlotError, parse_metrics_log
 
-from blocked_imports import blocking
+from support.blocked_imports import blocking
+from support.images import assert_png
 
 STEPS = [1, 2, 3, 4]
 
@@ -89,13 +89,6 @@ def test_parse_metrics_log_recovers_the_logged_series(verl_logs, kind):
     assert series["training/global_step"] == [(s, float(s)) for s in STEPS]
 
 
-def _assert_png(path):
-    assert path.is_file() and path.stat().st_size > 1000, path
-    with Image.open(path) as img:
-        img.verify()
-        assert img.format == "PNG"
-
-
 @pytest.mark.parametrize("kind", ["console", "jsonl"])
 def test_plot_command_writes_pngs_and_csv(verl_logs, kind, tmp_path, capsys):
     out = tmp_path / "plots"
@@ -103,7 +96,7 @@ def test_plot_command_writes_pngs_and_csv(verl_logs, kind, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "over 4 steps (1..4)" in printed
     for stem in ("outcome_reward", "trust", "thinking", "trm_scores", "trm_latency", "trm_requests", "training_curves"):
-        _assert_png(out / f"{stem}.png")
+        assert_png(out / f"{stem}.png", min_bytes=1000)
         assert str((out / f"{stem}.png").resolve()) in printed
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -183,7 +176,7 @@ def test_plot_without_matplotlib_is_one_line_naming_the_extra(verl_logs, tmp_pat
 
 
 def test_the_audit_without_matplotlib_stops_before_any_trm_work(tmp_path):
-    from fault_injection import FaultInjectionServer
+    from support.fault_injection import FaultInjectionServer
 
     out = tmp_path / "report"
     with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as trm:

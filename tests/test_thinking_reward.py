@@ -28,7 +28,7 @@ from sophiavl_verl.thinking_reward import (
 from sophiavl_verl.tools.local_server import LocalOpenAIServer, ServerStartError, free_port
 from sophiavl_verl.tools.tiny_vl import synthetic_trm_examples
 
-from fault_injection import VLLM_NO_MODEL, VLLM_TOO_LONG, FaultInjectionServer
+from support.fault_injection import VLLM_NO_MODEL, VLLM_TOO_LONG, FaultInjectionServer
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -531,7 +531,7 @@ def _grid_replies() -> list[str]:
 def test_the_authors_replies_parse_as_their_parser_reads_them():
     """The peer check against the authors' own parser: every reply in the requested shapes gets the score theirs
     reads; where theirs takes the wrong number of an ambiguous reply, this parser finds none."""
-    from paper_reference import authors_score
+    from support.paper_reference import authors_score
 
     for reply in _grid_replies():
         assert parse_score(reply) is not None and parse_score(reply) == pytest.approx(authors_score(reply)), reply
