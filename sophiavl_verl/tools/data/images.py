@@ -15,7 +15,7 @@ from PIL import Image
 
 from sophiavl_verl.config import DEFAULT_MAX_IMAGE_BYTES
 from sophiavl_verl.errors import ImageError
-from sophiavl_verl.tools.data.rows import IMAGE_FIELDS, _image_sources, _missing, _RowError
+from sophiavl_verl.tools.data.rows import IMAGE_FIELDS, _image_sources, _present, _RowError
 
 
 @contextmanager
@@ -109,5 +109,5 @@ def _load_image(source: str | bytes, guard: ImageGuard, field_name: str) -> dict
 
 
 def _load_images(row: dict, guard: ImageGuard) -> list[dict]:
-    field_name = next((key for key in IMAGE_FIELDS if not _missing(row.get(key))), "path")
+    field_name = next((key for key, _ in _present(row, IMAGE_FIELDS)), "path")
     return [_load_image(source, guard, field_name) for source in _image_sources(row)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pyarrow as pa
 
@@ -97,12 +98,22 @@ def build_rl_prompt(question: str, problem_type: str, num_images: int = 0) -> st
     return QUESTION_TEMPLATE.format(Question=question) + TYPE_TEMPLATE[canonical_problem_type(problem_type)]
 
 
+def _required_text(row: dict, aliases: Sequence[str], what: str) -> str:
+    """The row's text (:func:`_text`); an empty one rejects the row, blaming the first alias.
+
+    Raises:
+        _RowError: If the text is empty ("empty ``what``").
+    """
+    text = _text(row, aliases)
+    if not text:
+        raise _RowError(aliases[0], f"empty {what}")
+    return text
+
+
 def _rl_record(
     row: dict, index: int, guard: ImageGuard, data_source: str, system_prompt: str | None
 ) -> tuple[dict, str]:
-    question = _text(row, RL_FIELDS["question"])
-    if not question:
-        raise _RowError("problem", "empty question")
+    question = _required_text(row, RL_FIELDS["question"], "question")
     raw_type = _text(row, RL_FIELDS["problem_type"])
     try:
         problem_type = canonical_problem_type(raw_type)
@@ -146,12 +157,8 @@ def _rl_record(
 
 
 def _trm_record(row: dict, index: int, guard: ImageGuard) -> tuple[dict, None]:
-    question = _text(row, TRM_FIELDS["question"])
-    if not question:
-        raise _RowError("question", "empty question")
-    response = _text(row, TRM_FIELDS["response"])
-    if not response:
-        raise _RowError("response", "empty response")
+    question = _required_text(row, TRM_FIELDS["question"], "question")
+    response = _required_text(row, TRM_FIELDS["response"], "response")
     raw_score = _text(row, TRM_FIELDS["score"], numbers=True)
     try:
         score = float(unwrap_answer(raw_score))

@@ -4,7 +4,7 @@ raises :class:`_RowError`, which rejects the row."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # Accepted column names, first match wins.
@@ -36,16 +36,18 @@ def _describe_value(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
+def _present(row: dict, keys: Sequence[str]) -> Iterator[tuple[str, Any]]:
+    """``(key, value)`` of each of ``keys`` that the row has a value for (not None, not NaN), in order."""
+    return ((key, row[key]) for key in keys if not _missing(row.get(key)))
+
+
 def _text(row: dict, aliases: Sequence[str], *, numbers: bool = False) -> str:
     """The first present alias's value, stripped: a string (or, with ``numbers``, an int or float as text).
 
     Raises:
         _RowError: Naming the column, when the value has another type (a list, a bool, an object, ...).
     """
-    for key in aliases:
-        value = row.get(key)
-        if _missing(value):
-            continue
+    for key, value in _present(row, aliases):
         if isinstance(value, str):
             return value.strip()
         if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -59,10 +61,7 @@ def _text(row: dict, aliases: Sequence[str], *, numbers: bool = False) -> str:
 
 def _row_id(row: dict) -> tuple[str, str | int] | None:
     """``(column, id)`` of an ``rl`` row that carries an id, else None."""
-    for key in ID_FIELDS:
-        value = row.get(key)
-        if _missing(value):
-            continue
+    for key, value in _present(row, ID_FIELDS):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -98,10 +97,7 @@ def _image_sources(row: dict) -> list[str | bytes]:
             key, f"must be an image path, a list of them, or {{'bytes', 'path'}}, got {_describe_value(value)}"
         )
 
-    for key in IMAGE_FIELDS:
-        value = row.get(key)
-        if _missing(value):
-            continue
+    for key, value in _present(row, IMAGE_FIELDS):
         values = value if isinstance(value, list | tuple) else [value]
         return [s for s in (source(key, v) for v in values) if s is not None]
     return []
