@@ -33,7 +33,7 @@ from sophiavl_verl.tools.data import prepare_rl
 
 from support.fault_injection import FaultInjectionServer
 from support.images import encoded
-from support.verl import SMALL_RUN, compose_verl_config, run_verl_validation
+from support.verl import HOSTING_MODE_A, SMALL_RUN, compose_verl_config, run_verl_validation
 from support.verl_pipeline import (
     RewardWorkerHandle,
     prompt_batch,
@@ -314,10 +314,8 @@ def test_hosting_mode_a_reaches_the_trm_through_verls_router_address(
     host_port = embedded_trm_server.base_url.removeprefix("http://").removesuffix("/v1")
     config = compose_verl_config([
         *SMALL_RUN, "actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={embedded_trm_server.model}",
-        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
-        "reward.reward_model.enable=True", "reward.reward_model.enable_resource_pool=True",
-        f"reward.reward_model.model_path={embedded_trm_server.model}", "reward.reward_model.rollout.name=vllm",
-        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl", *HOSTING_MODE_A,
+        f"reward.reward_model.model_path={embedded_trm_server.model}",
         "+reward.reward_kwargs.query_policy=all",
     ])
     run_verl_validation(config)
@@ -604,10 +602,8 @@ def test_hosting_mode_a_refused_requests_fail_fast_through_verls_worker_and_rout
     tokenizer = _tokenizer_dir(tmp_path)
     config = compose_verl_config([
         *SMALL_RUN, "actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={tokenizer}",
-        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
-        "reward.reward_model.enable=True", "reward.reward_model.enable_resource_pool=True",
-        f"reward.reward_model.model_path={tokenizer}", "reward.reward_model.rollout.name=vllm",
-        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl", *HOSTING_MODE_A,
+        f"reward.reward_model.model_path={tokenizer}",
         "+reward.reward_kwargs.query_policy=all", "+reward.reward_kwargs.max_retries=5",
     ])
     run_verl_validation(config)
@@ -668,10 +664,7 @@ def test_hosting_mode_a_router_that_cannot_reach_its_replica_stops_before_traini
     tokenizer = _tokenizer_dir(tmp_path)
     config = compose_verl_config([
         *SMALL_RUN, f"actor_rollout_ref.model.path={tokenizer}", "algorithm.adv_estimator=trust_grpo",
-        "reward.reward_manager.name=sophiavl", "reward.reward_model.enable=True",
-        "reward.reward_model.enable_resource_pool=True", f"reward.reward_model.model_path={tokenizer}",
-        "reward.reward_model.rollout.name=vllm",
-        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "reward.reward_manager.name=sophiavl", *HOSTING_MODE_A, f"reward.reward_model.model_path={tokenizer}",
         "+reward.reward_kwargs.timeout_s=20",
     ])
     started = time.monotonic()

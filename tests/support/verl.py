@@ -27,6 +27,15 @@ TRUST_GRPO_RUN = (
     "+reward.reward_kwargs.trm_model=trm",
 )
 
+#: Hosting mode A: verl serves the TRM (``reward.reward_model.model_path``) behind its reward router; the
+#: custom-function route keeps verl's reward loop off ``/classify``.
+HOSTING_MODE_A = (
+    "reward.reward_model.enable=True",
+    "reward.reward_model.enable_resource_pool=True",
+    "reward.reward_model.rollout.name=vllm",
+    "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+)
+
 
 def compose_verl_config(overrides=(), config_dir: Path = VERL_CONFIG_DIR, config_name: str = "ppo_trainer"):
     """verl's real Hydra composition of ``config_name`` with command-line style overrides."""
