@@ -1,51 +1,12 @@
-"""Shared fixtures: verl's real Hydra config, and one local Ray cluster with TransferQueue on CPU."""
+"""Fixtures shared by the test files (helpers they import live in ``tests/support/``): one local Ray cluster with
+TransferQueue on CPU, the embedded tiny TRM behind `transformers serve`, verl's reward-model router."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-import verl  # loads the plugin through the verl.plugins entry point, as in production
-
-VERL_CONFIG_DIR = Path(verl.__file__).parent / "trainer" / "config"
-
-#: Overrides that make verl's own part of ``validate_config`` pass for a small GRPO run on CPU.
-SMALL_RUN = (
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
-    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
-    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=1",
-    "actor_rollout_ref.rollout.n=8",
-    "data.train_batch_size=8",
-    "actor_rollout_ref.actor.ppo_mini_batch_size=8",
-)
-
-#: A trust_grpo run whose thinking reward model is an external endpoint (nothing is contacted).
-TRUST_GRPO_RUN = (
-    *SMALL_RUN,
-    "algorithm.adv_estimator=trust_grpo",
-    "reward.reward_manager.name=sophiavl",
-    "+reward.reward_kwargs.trm_base_url=http://127.0.0.1:9/v1",
-    "+reward.reward_kwargs.trm_model=trm",
-)
-
-
-def compose_verl_config(overrides=(), config_dir: Path = VERL_CONFIG_DIR, config_name: str = "ppo_trainer"):
-    """verl's real Hydra composition of ``config_name`` with command-line style overrides."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        return compose(config_name=config_name, overrides=list(overrides))
-
-
-def run_verl_validation(config) -> None:
-    """verl's own ``validate_config`` (wrapped by the plugin), as ``main_ppo`` calls it."""
-    import verl.utils.config as verl_config
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-
-    verl_config.validate_config(
-        config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
-    )
+import verl  # noqa: F401  (loads the plugin through the verl.plugins entry point, as in production)
 
 
 @pytest.fixture(scope="session")
@@ -84,14 +45,12 @@ def verl_router():
     at that URL instead (the server then runs unused, e.g. a dead port's URL: a router that cannot reach its
     replica)."""
     import multiprocessing
-    import socket
     import time
 
     from verl.experimental.reward_loop.router.naive_router import run_router
 
-    from sophiavl_verl.tools.local_server import free_port
-
-    from fault_injection import FaultInjectionServer
+    from support.fault_injection import FaultInjectionServer
+    from support.net import free_port, port_open
 
     started = []
 
@@ -104,12 +63,10 @@ def verl_router():
         process.start()
         started.append((server, process))
         deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return f"127.0.0.1:{port}", server
+        while not port_open(port):
             assert time.monotonic() < deadline and process.is_alive(), "verl's router did not start"
             time.sleep(0.05)
+        return f"127.0.0.1:{port}", server
 
     yield start
     for server, process in started:

@@ -11,7 +11,6 @@ import json
 import math
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,8 +26,10 @@ from sophiavl_verl.errors import AuditError
 from sophiavl_verl.tools.audit import EMBEDDED_SAMPLE
 from sophiavl_verl.tools.cli import main
 
-from fault_injection import FaultInjectionServer
-from paper_reference import TIE_TOLERANCE
+from support.fault_injection import FaultInjectionServer
+from support.images import assert_png
+from support.net import free_port, port_open
+from support.paper_reference import TIE_TOLERANCE
 
 SAMPLE_ROWS = [json.loads(line) for line in EMBEDDED_SAMPLE.read_text(encoding="utf-8").splitlines()]
 PLOTS = ("gamma_hist.png", "thinking_by_correctness.png", "by_problem_type.png")
@@ -71,25 +72,6 @@ def _sent(server: FaultInjectionServer) -> list[dict]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _assert_png(path: Path) -> None:
-    assert path.is_file() and path.stat().st_size > 2000, path
-    with Image.open(path) as img:
-        img.verify()
-        assert img.format == "PNG"
-
-
 def _mean(values):
     return sum(values) / len(values) if values else None
 
@@ -98,6 +80,11 @@ def _approx(x, y, tol=1e-9):
     if x is None or y is None:
         return x is None and y is None
     return math.isclose(x, y, rel_tol=tol, abs_tol=tol)
+
+
+def _report(out: Path) -> dict:
+    """The ``report.json`` an audit wrote to ``out``."""
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
 
 def check_report_numbers(report: dict) -> None:
@@ -190,7 +177,7 @@ def embedded_run(tmp_path_factory):
     started = time.monotonic()
     result = subprocess.run([*command, "audit", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    report = _report(out)
     return SimpleNamespace(out=out, report=report, stdout=result.stdout, stderr=result.stderr,
                            wall_s=time.monotonic() - started)
 
@@ -233,7 +220,7 @@ def test_embedded_audit_outcome_rewards_and_settings(embedded_run):
 def test_embedded_audit_writes_plots_markdown_and_stops_its_server(embedded_run):
     out, report = embedded_run.out, embedded_run.report
     for name in PLOTS:
-        _assert_png(out / name)
+        assert_png(out / name, min_bytes=2000)
         assert f"]({name})" in (out / "report.md").read_text(encoding="utf-8")
     md = (out / "report.md").read_text(encoding="utf-8")
     o = report["overall"]
@@ -243,7 +230,7 @@ def test_embedded_audit_writes_plots_markdown_and_stops_its_server(embedded_run)
     assert f"Report: {(out / 'report.md').resolve()}" in embedded_run.stdout
     assert "thinking rewards" in embedded_run.stderr  # the progress bar
     port = int(re.search(r":(\d+)/", report["trm"]["base_url"]).group(1))
-    assert not _port_open(port), "the embedded TRM server is still running after the command"
+    assert not port_open(port), "the embedded TRM server is still running after the command"
 
 
 # ------------------------------------------------------------------- partial and total TRM failure
@@ -258,7 +245,7 @@ def test_partial_trm_failure_is_reported_as_failures_not_zeros(tmp_path, capsys)
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
                    "--max-retries", "1", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     check_report_numbers(report)
     assert report["trm"]["failed"] == expected_failed
     assert report["trm"]["failures"] == {"http_4xx": sum("Line one:" in t for r in SAMPLE_ROWS for t in r["responses"]),
@@ -294,7 +281,7 @@ def test_out_of_range_trm_replies_are_failures_in_the_console_and_every_report(t
     out = capsys.readouterr().out
     assert rc == 0
     assert f"TRM failures: {expected} of 256" in out
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     assert report["trm"]["failed"] == expected and report["trm"]["failures"] == {"out_of_range": expected}
     assert report["trm"]["clipped"] == 0 and report["trm"]["bytes_sent"] == server.bytes_received
     # Every connection that carried a scoring request is the client's (the GET /v1/models check is counted apart).
@@ -311,7 +298,7 @@ def test_a_constant_trm_leaves_no_group_untrusted(tmp_path, capsys, score):
                    "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert "untrusted groups (mixed, γ < 1): 0 of " in capsys.readouterr().out
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     check_report_numbers(report)
     o = report["overall"]
     assert o["mixed_groups"] >= 20 and o["untrusted_groups"] == 0 and o["untrusted_group_frac"] == 0
@@ -325,7 +312,7 @@ def test_other_trust_grpo_settings_reach_the_math(tmp_path, capsys):
                    "--no-progress", "--alpha", "0.5", "--step", "300", "--anneal-steps", "600",
                    "--uniform-groups", "trust", "--no-norm-by-std", "--correct-threshold", "0.6"])
     assert rc == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     s = report["settings"]
     assert (s["alpha"], s["step"], s["anneal_steps"], s["uniform_groups"], s["norm_by_std"], s["correct_threshold"]) \
         == (0.5, 300, 600, "trust", False, 0.6)
@@ -342,7 +329,7 @@ def test_no_trust_weight_and_skip_uniform_query_policy(tmp_path, capsys):
                    "--no-progress", "--no-trust-weight", "--query-policy", "skip_uniform"])
         sent = server.requests
     assert rc == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     check_report_numbers(report)
     uniform = [g for g in report["groups"] if g["n_correct"] == 0 or g["n_wrong"] == 0]
     assert report["trm"]["skipped"] == sum(len(g["responses"]) for g in uniform) == 256 - sent
@@ -358,7 +345,7 @@ def test_the_official_query_policy_is_the_reward_managers_rule(tmp_path, capsys)
                    "--no-progress", "--query-policy", "official"])
         sent = [r["text"] for r in _sent(server)]
     assert rc == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     assert report["settings"]["query_policy"] == "official"
     check_report_numbers(report)
     expected_sent = 0
@@ -417,7 +404,7 @@ def test_without_anneal_steps_t_is_the_runs_total_steps(tmp_path, capsys):
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
                    "--no-progress", "--limit", "2", "--step", "150", "--total-training-steps", "300"])
     assert rc == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     assert (report["settings"]["anneal_steps"], report["settings"]["total_training_steps"]) == (300, 300)
     assert all(g["anneal"] == pytest.approx(math.exp(-0.5)) for g in report["groups"])
     check_report_numbers(report)
@@ -429,7 +416,7 @@ def test_every_trm_request_failing_is_an_error_but_the_report_is_written(tmp_pat
                    "--max-retries", "0", "--no-progress", "--limit", "2"])
     err = capsys.readouterr().err
     assert rc == 2 and "all 16 thinking reward requests" in err and "http_5xx: 16" in err
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     assert report["trm"]["failed"] == 16 and report["overall"]["thinking_reward_correct_mean"] is None
     assert all(r["thinking_reward"] is None for g in report["groups"] for r in g["responses"])
 
@@ -524,7 +511,7 @@ def test_audit_of_a_v1_dump_with_the_dataset(verl_dumps, tmp_path, capsys):
                    "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path), "--no-progress"])
         requests = _sent(server)
     assert rc == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     check_report_numbers(report)
     inp = report["input"]
     assert inp["format"] == "verl_dump" and inp["rows"] == len(DUMP_GROUPS) * 9
@@ -549,7 +536,7 @@ def test_audit_of_a_legacy_dump_without_images(verl_dumps, tmp_path, capsys):
                    "--trm-model", server.model, "--out", str(tmp_path), "--no-progress", "--step", "0"])
         requests = _sent(server)
     assert rc == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path)
     check_report_numbers(report)
     assert [g["problem_type"] for g in report["groups"]] == ["numerical", "numerical"]
     assert [g["question"] for g in report["groups"]] == [row["question"] for row in DUMP_GROUPS[:2]]
@@ -572,7 +559,7 @@ def test_groups_file_with_base64_images(tmp_path, capsys):
         requests = _sent(server)
     assert rc == 0, capsys.readouterr().err
     assert len(requests) == 16 and all(r["images"] == 1 for r in requests)
-    report = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))
+    report = _report(tmp_path / "o")
     assert [g["images"] for g in report["groups"]] == [["<base64 image>"], ["<base64 image>"]]
     check_report_numbers(report)
 
@@ -586,7 +573,7 @@ def _audited(groups: Path, out: Path, capsys) -> dict:
         rc = main(["audit", str(groups), "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(out),
                    "--no-progress"])
     assert rc == 0, capsys.readouterr().err
-    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+    return _report(out)
 
 
 def _error(argv, capsys) -> str:
@@ -652,7 +639,7 @@ def test_the_audit_refuses_the_images_data_preparation_refuses(tmp_path, capsys)
         err = _error(["audit", str(groups), "--out", str(tmp_path / "o")], capsys)
         assert message in err and err.count("\n") == 1, err
     # Opting out reads the symlinked image (the audit then stops at the unreachable TRM, after loading).
-    err = _error(["audit", str(groups), "--allow-outside-image-root", "--trm-url", f"http://127.0.0.1:{_free_port()}/v1",
+    err = _error(["audit", str(groups), "--allow-outside-image-root", "--trm-url", f"http://127.0.0.1:{free_port()}/v1",
                   "--trm-model", "m", "--out", str(tmp_path / "o")], capsys)
     assert "cannot reach the thinking reward model" in err
 
@@ -687,7 +674,7 @@ def test_a_trm_url_that_would_leak_or_misroute_is_refused_before_any_request(tmp
 
 
 def test_unreachable_trm_url_is_a_clear_error(tmp_path, capsys):
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     err = _error(["audit", "--trm-url", url, "--trm-model", "m", "--out", str(tmp_path)], capsys)
     assert f"cannot reach the thinking reward model at {url}" in err
 
@@ -718,14 +705,14 @@ def test_ctrl_c_stops_the_embedded_server(tmp_path, signum):
                 port = int(match.group(1))
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
-        assert _port_open(port)
+        assert port_open(port)
         proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130
-    assert not _port_open(port), "the embedded TRM server survived Ctrl-C"
+    assert not port_open(port), "the embedded TRM server survived Ctrl-C"
 
 
 # ------------------------------------------------------------------ the report folder and the scores
@@ -780,7 +767,7 @@ def test_the_scores_survive_a_failure_to_draw_or_build_the_report(tmp_path, caps
                    "--no-progress", "--limit", "2"])
         err = capsys.readouterr().err
         assert rc == 2 and "drawing the plots failed (RuntimeError: injected fault); every score is in" in err
-        report = json.loads((tmp_path / "a" / "report.json").read_text(encoding="utf-8"))
+        report = _report(tmp_path / "a")
         assert report["trm"]["scored"] == 16 and (tmp_path / "a" / "report.md").is_file()
 
         monkeypatch.setattr(sophiavl_verl.tools.audit.report, "build_report", broken)
@@ -856,7 +843,7 @@ def test_an_interrupted_audit_keeps_its_scores_and_the_same_command_continues(tm
         assert main(argv) == 0, capsys.readouterr().err
         resumed_run = [_sent_text(body) for body in server.bodies[len(first_run):]]
     assert "resuming: 16 thinking rewards saved in" in capsys.readouterr().err
-    resumed = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    resumed = _report(out)
     assert not checkpoint.exists()  # the report holds every score
 
     with FaultInjectionServer(lambda n, body: _keyword_score(body)) as server:
@@ -864,7 +851,7 @@ def test_an_interrupted_audit_keeps_its_scores_and_the_same_command_continues(tm
         argv[argv.index("--out") + 1] = str(tmp_path / "uninterrupted")
         assert main(argv) == 0, capsys.readouterr().err
         every_request = [_sent_text(body) for body in server.bodies]
-    uninterrupted = json.loads((tmp_path / "uninterrupted" / "report.json").read_text(encoding="utf-8"))
+    uninterrupted = _report(tmp_path / "uninterrupted")
 
     # The server saw only what was not saved: the hung request and the groups after it, each once.
     assert len(set(every_request)) == len(every_request) == 4 * group_size
@@ -975,7 +962,7 @@ def test_credentials_in_the_trm_url_are_never_shown(tmp_path, capsys, caplog):
     from sophiavl_verl.thinking_reward import ThinkingRewardClient
 
     caplog.set_level(logging.DEBUG)
-    url = f"http://trm-user:hunter2-pass@127.0.0.1:{_free_port()}/v1"
+    url = f"http://trm-user:hunter2-pass@127.0.0.1:{free_port()}/v1"
     with pytest.raises(ValueError) as info:
         ThinkingRewardClient(url, "trm", api_key="sk-x")
     assert "hunter2" not in str(info.value) and "-pass" not in str(info.value) and "trm-user" not in str(info.value)

@@ -17,7 +17,7 @@ import pytest
 
 from sophiavl_verl.tools.cli import main
 
-from fault_injection import FaultInjectionServer
+from support.fault_injection import FaultInjectionServer
 
 NUMERIC_FLAGS = {  # flag: values a careful user would expect to be refused, with a word of the message
     "--limit": ["0", "-3", "1.5", "x"],

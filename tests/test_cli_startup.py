@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from blocked_imports import blocking
+from support.blocked_imports import blocking
 
 HEAVY = ("torch", "verl", "transformers", "matplotlib", "ray", "aiohttp")
 

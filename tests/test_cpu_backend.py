@@ -13,6 +13,8 @@ import sys
 import pytest
 import torch
 
+from support.net import free_port
+
 INSPECT = r"""
 import json, os, sys
 import torch.distributed
@@ -71,21 +73,15 @@ print(get_device_name(), get_nccl_backend(), get_resource_name(), get_torch_devi
       get_torch_device().memory_allocated(), torch.distributed.get_backend(), t.tolist(), get_device_flops())
 """
     env = {**os.environ, "VERL_PLATFORM": "cpu", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}
+           "MASTER_PORT": str(free_port())}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == [  # 0.448: verl's own "CPU" entry
         "cpu", "gloo", "GPU", "cpu", "0", "cpu:gloo", "[1.0,", "1.0,", "1.0]", "0.448"], result.stdout
 
 
-def _free_port() -> int:
-    from sophiavl_verl.tools.local_server import free_port
-
-    return free_port()
-
-
 def test_cpu_rollout_without_the_cpu_platform_fails_validation_in_the_driver():
-    from conftest import TRUST_GRPO_RUN, compose_verl_config, run_verl_validation
+    from support.verl import TRUST_GRPO_RUN, compose_verl_config, run_verl_validation
 
     config = compose_verl_config([*TRUST_GRPO_RUN, "actor_rollout_ref.rollout.name=transformers"])
     with pytest.raises(ValueError, match="rollout.name=transformers .* set VERL_PLATFORM=cpu"):

@@ -11,13 +11,14 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from support.net import port_open
 
 _PARENT = """
 import json, signal, sys, time
@@ -52,12 +53,6 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @contextlib.contextmanager
 def _parent(mode: str):
     """The parent process with its running server; whatever is left of either is killed afterwards."""
@@ -68,7 +63,7 @@ def _parent(mode: str):
         line = proc.stdout.readline()
         assert line, proc.stderr.read()[-3000:]
         info = json.loads(line)
-        assert _alive(info["pid"]) and _port_open(info["port"]) and Path(info["cache"]).is_dir()
+        assert _alive(info["pid"]) and port_open(info["port"]) and Path(info["cache"]).is_dir()
         yield proc, info
     finally:
         if proc.poll() is None:
@@ -82,7 +77,7 @@ def _assert_cleaned_up(info: dict) -> None:
     while _alive(info["pid"]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(info["pid"]), "the transformers serve child outlived its parent"
-    assert not _port_open(info["port"])
+    assert not port_open(info["port"])
     assert not Path(info["cache"]).exists(), "the server's temporary HF cache folder was left behind"
     assert not Path(info["log"]).exists(), "the clean run's log file was left behind"
 
@@ -106,7 +101,7 @@ def test_an_ignored_sighup_stays_ignored():
     with _parent("nohup") as (proc, info):
         proc.send_signal(signal.SIGHUP)
         time.sleep(2)
-        assert proc.poll() is None and _alive(info["pid"]) and _port_open(info["port"])
+        assert proc.poll() is None and _alive(info["pid"]) and port_open(info["port"])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == -signal.SIGTERM
     _assert_cleaned_up(info)
@@ -118,7 +113,7 @@ def test_a_forked_child_that_ends_leaves_the_parents_server_alone():
     with _parent("fork") as (proc, info):
         child = json.loads(proc.stdout.readline())
         assert child["child_exitcode"] == -signal.SIGTERM
-        assert _alive(info["pid"]) and _port_open(info["port"]), "the child stopped the parent's server"
+        assert _alive(info["pid"]) and port_open(info["port"]), "the child stopped the parent's server"
         assert Path(info["log"]).exists() and Path(info["cache"]).is_dir()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == -signal.SIGTERM

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from blocked_imports import blocking
+from support.blocked_imports import blocking
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sophiavl_verl"
 

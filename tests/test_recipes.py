@@ -21,7 +21,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import compose_verl_config, run_verl_validation
+from support.dicts import flat
+from support.verl import compose_verl_config, run_verl_validation
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "sophiavl_r1"
@@ -147,17 +148,6 @@ def validate(config) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Disabled critic")
         run_verl_validation(config)
-
-
-def flat(config) -> dict:
-    """Dotted key -> leaf value, interpolations left as written."""
-    def walk(node, prefix):
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                yield from walk(value, f"{prefix}{key}.")
-        else:
-            yield prefix[:-1], node
-    return dict(walk(OmegaConf.to_container(config, resolve=False), ""))
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -291,7 +281,7 @@ def test_official_preset_reproduces_the_authors_rewards_on_every_group():
     from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY
     from sophiavl_verl.query_policy import thinking_reward_decision
 
-    from paper_reference import reference_advantage
+    from support.paper_reference import reference_advantage
 
     config = recipe("official")
     policy = SophiaVLRewardConfig.from_reward_config(config.reward).query_policy

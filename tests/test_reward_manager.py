@@ -31,9 +31,17 @@ from sophiavl_verl.rewards import outcome_reward
 from sophiavl_verl.thinking_reward import build_reference_trm_prompt
 from sophiavl_verl.tools.data import prepare_rl
 
-from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
-from fault_injection import FaultInjectionServer
-from verl_pipeline import RewardWorkerHandle, prompt_batch, rl_dataset, score_session, session_kwargs
+from support.fault_injection import FaultInjectionServer
+from support.images import encoded
+from support.verl import HOSTING_MODE_A, SMALL_RUN, compose_verl_config, run_verl_validation
+from support.verl_pipeline import (
+    RewardWorkerHandle,
+    prompt_batch,
+    rl_dataset,
+    score_session,
+    score_sessions,
+    session_kwargs,
+)
 
 GOOD = "<think>The bars read 3 and 4, so 3 + 4 = 7.</think><answer>7</answer>"
 BAD = "<think>Looks like about 9.</think><answer>9</answer>"
@@ -107,9 +115,7 @@ SYSTEM = "You are a careful visual reasoner."
 
 
 def _png(color: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    _image(color).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encoded(_image(color), "PNG")
 
 
 def _rl_parquet(path, rows: list[dict]) -> str:
@@ -139,7 +145,7 @@ def tiny_vl_processor(embedded_trm_server):
 
 
 def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], list[float], list[dict]]:
-    """Score GROUPS through verl's own pipeline (tests/verl_pipeline.py), one prompt per group, its sessions
+    """Score GROUPS through verl's own pipeline (tests/support/verl_pipeline.py), one prompt per group, its sessions
     answering the group's responses; with a processor each prompt has a chart image.
 
     Returns:
@@ -156,15 +162,7 @@ def _score_groups(worker, config, tmp_path, processor=None) -> tuple[list[str], 
     dataset = rl_dataset([_rl_parquet(tmp_path / "groups.parquet", rows)], config, tokenizer, processor)
     sessions = [kwargs for group in session_kwargs(prompt_batch(dataset, global_steps=1), config) for kwargs in group]
     responses = [GROUPS[list(GROUPS)[kwargs["index"]]][kwargs["session_id"]] for kwargs in sessions]
-    handle = RewardWorkerHandle(worker)
-
-    async def run():
-        return await asyncio.gather(*(
-            score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(response))])
-            for kwargs, response in zip(sessions, responses, strict=True)
-        ))
-
-    finals = get_event_loop().run_until_complete(run())
+    finals = score_sessions(RewardWorkerHandle(worker), tokenizer, zip(sessions, responses, strict=True))
     outputs = [{"reward_score": f.reward_score, "reward_extra_info": f.extra_fields["reward_extra_info"]}
                for f in finals]
     names = [list(GROUPS)[kwargs["index"]] for kwargs in sessions]
@@ -316,10 +314,8 @@ def test_hosting_mode_a_reaches_the_trm_through_verls_router_address(
     host_port = embedded_trm_server.base_url.removeprefix("http://").removesuffix("/v1")
     config = compose_verl_config([
         *SMALL_RUN, "actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={embedded_trm_server.model}",
-        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
-        "reward.reward_model.enable=True", "reward.reward_model.enable_resource_pool=True",
-        f"reward.reward_model.model_path={embedded_trm_server.model}", "reward.reward_model.rollout.name=vllm",
-        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl", *HOSTING_MODE_A,
+        f"reward.reward_model.model_path={embedded_trm_server.model}",
         "+reward.reward_kwargs.query_policy=all",
     ])
     run_verl_validation(config)
@@ -357,14 +353,7 @@ def test_multi_message_prompts_reach_the_trm_in_every_shape_verl_builds(
     dataset = rl_dataset([_rl_parquet(tmp_path / "train.parquet", rows)], config, tokenizer, tiny_vl_processor)
     sessions = session_kwargs(prompt_batch(dataset, global_steps=1), config)
     handle = RewardWorkerHandle(worker)
-
-    async def run():
-        return await asyncio.gather(*(
-            score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(GOOD))])
-            for group in sessions for kwargs in group
-        ))
-
-    finals = get_event_loop().run_until_complete(run())
+    finals = score_sessions(handle, tokenizer, [(kwargs, GOOD) for group in sessions for kwargs in group])
     assert len(finals) == 6
     for final in finals:  # each "scored" is a request the server answered
         info = final.extra_fields["reward_extra_info"]
@@ -404,16 +393,10 @@ def _validation_run(server, tmp_path, *, split: bool, meta_info: dict, idle_s: f
     dataset = rl_dataset([str(tmp_path / "val.parquet" if split else out)], config, tokenizer)
     sessions = session_kwargs(prompt_batch(dataset, global_steps=3, validate=True), config)
     assert all(len(group) == 1 for group in sessions)  # val_kwargs.n, never rollout.n
-    handle = RewardWorkerHandle(worker, meta_info)
-
-    async def run():
-        finals = asyncio.gather(*(
-            score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(GOOD))])
-            for group in sessions for kwargs in group
-        ))
-        return await asyncio.wait_for(finals, timeout=300)  # a wait on the board would last 3600 s
-
-    return [final.extra_fields["reward_extra_info"] for final in get_event_loop().run_until_complete(run())]
+    finals = score_sessions(RewardWorkerHandle(worker, meta_info), tokenizer,
+                            [(kwargs, GOOD) for group in sessions for kwargs in group],
+                            timeout_s=300)  # a wait on the board would last 3600 s
+    return [final.extra_fields["reward_extra_info"] for final in finals]
 
 
 @pytest.mark.parametrize(("split", "meta_info"), [
@@ -461,9 +444,8 @@ def test_reference_layout_sends_the_decoded_policy_prompt_and_the_first_image(
     assert decoded.startswith("system\n" + SYSTEM) and "What is the sum?" in decoded
     text_part, image_part = body["messages"][1]["content"]  # the text, then one image: the first
     assert text_part == {"type": "text", "text": build_reference_trm_prompt(decoded, GOOD, has_image=True)}
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(png)).save(buffer, format="PNG")
-    assert image_part["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    reencoded = encoded(Image.open(io.BytesIO(png)), "PNG")
+    assert image_part["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(reencoded).decode()
     assert "max_tokens" not in body
 
 
@@ -494,9 +476,7 @@ def test_multi_output_session_is_scored_on_its_final_output(embedded_trm_server,
 
 
 def _jpeg(color: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    _image(color).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+    return encoded(_image(color), "JPEG", quality=90)
 
 
 def _dataset_row(uid: str, question: str, image_bytes: bytes) -> dict:
@@ -610,7 +590,7 @@ def test_hosting_mode_a_refused_requests_fail_fast_through_verls_worker_and_rout
     500): those are NaN as upstream_rejected after two requests each, not six with backoff."""
     from aiohttp import web
 
-    from fault_injection import VLLM_TOO_LONG
+    from support.fault_injection import VLLM_TOO_LONG
 
     async def script(n, body):
         if BAD in body["messages"][-1]["content"][-1]["text"]:
@@ -622,10 +602,8 @@ def test_hosting_mode_a_refused_requests_fail_fast_through_verls_worker_and_rout
     tokenizer = _tokenizer_dir(tmp_path)
     config = compose_verl_config([
         *SMALL_RUN, "actor_rollout_ref.rollout.n=4", f"actor_rollout_ref.model.path={tokenizer}",
-        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl",
-        "reward.reward_model.enable=True", "reward.reward_model.enable_resource_pool=True",
-        f"reward.reward_model.model_path={tokenizer}", "reward.reward_model.rollout.name=vllm",
-        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "algorithm.adv_estimator=trust_grpo", "reward.reward_manager.name=sophiavl", *HOSTING_MODE_A,
+        f"reward.reward_model.model_path={tokenizer}",
         "+reward.reward_kwargs.query_policy=all", "+reward.reward_kwargs.max_retries=5",
     ])
     run_verl_validation(config)
@@ -680,16 +658,13 @@ def test_padding_rows_count_in_no_failure_kind_and_no_cost(tmp_path):
 def test_hosting_mode_a_router_that_cannot_reach_its_replica_stops_before_training(verl_router, tmp_path):
     """verl's own router in front of a replica address where nothing listens: building verl's RewardLoopWorker (in
     the TaskRunner, before the first step) fails with one line naming the router, not with a run of NaN rewards."""
-    from sophiavl_verl.tools.local_server import free_port
+    from support.net import free_port
 
     address, _ = verl_router(lambda n, body: "<answer>0.5</answer>", upstream=f"http://127.0.0.1:{free_port()}")
     tokenizer = _tokenizer_dir(tmp_path)
     config = compose_verl_config([
         *SMALL_RUN, f"actor_rollout_ref.model.path={tokenizer}", "algorithm.adv_estimator=trust_grpo",
-        "reward.reward_manager.name=sophiavl", "reward.reward_model.enable=True",
-        "reward.reward_model.enable_resource_pool=True", f"reward.reward_model.model_path={tokenizer}",
-        "reward.reward_model.rollout.name=vllm",
-        "reward.custom_reward_function.path=pkg://sophiavl_verl.outcome_reward_fn",
+        "reward.reward_manager.name=sophiavl", *HOSTING_MODE_A, f"reward.reward_model.model_path={tokenizer}",
         "+reward.reward_kwargs.timeout_s=20",
     ])
     started = time.monotonic()

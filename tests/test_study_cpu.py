@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_verl_config
-from paper_reference import reference_rewards
+from support.dicts import flat
+from support.paper_reference import reference_rewards
+from support.verl import compose_verl_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "sophiavl_r1"
@@ -25,18 +26,6 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 # ------------------------------------------------------------------------------ arm configs (no run)
-
-
-def _flat(config) -> dict:
-    from omegaconf import OmegaConf
-
-    def walk(node, prefix):  # empty mappings are no leaves: a recipe may fill one in
-        if isinstance(node, dict):
-            for key, value in node.items():
-                yield from walk(value, f"{prefix}{key}.")
-        else:
-            yield prefix[:-1], node
-    return dict(walk(OmegaConf.to_container(config, resolve=False), ""))
 
 
 INPUTS = ("data.train_files=/d/t.parquet", "data.val_files=/d/v.parquet", "actor_rollout_ref.model.path=/m")
@@ -51,10 +40,13 @@ def test_an_arm_is_its_preset_with_the_tiny_cpu_recipes_keys_only(arm_name, tmp_
 
     arm = _ARM[arm_name]
     path = arm_config(arm, tmp_path)
-    composed = _flat(compose_verl_config(INPUTS, config_dir=tmp_path, config_name=path.stem))
-    preset = _flat(compose_verl_config(INPUTS, config_dir=RECIPES, config_name=arm.preset))
-    tiny = _flat(compose_verl_config(INPUTS, config_dir=RECIPES, config_name="sophiavl_r1_tiny_cpu"))
-    base = _flat(compose_verl_config(INPUTS, config_dir=RECIPES, config_name="sophiavl_r1_7b"))  # the base, launchable
+    def leaves(config_dir, config_name):  # empty mappings are no leaves: a recipe may fill one in
+        return flat(compose_verl_config(INPUTS, config_dir=config_dir, config_name=config_name), empty_mappings=False)
+
+    composed = leaves(tmp_path, path.stem)
+    preset = leaves(RECIPES, arm.preset)
+    tiny = leaves(RECIPES, "sophiavl_r1_tiny_cpu")
+    base = leaves(RECIPES, "sophiavl_r1_7b")  # the base, launchable
     tiny_keys = {k for k in tiny if tiny[k] != base.get(k)}
     preset_keys = {k for k in preset if preset[k] != base.get(k)}
     for key in set(composed) | set(preset):

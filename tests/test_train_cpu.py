@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from paper_reference import reference_rewards
+from support.paper_reference import reference_rewards
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = OmegaConf.load(ROOT / "recipes" / "sophiavl_r1" / "sophiavl_r1_tiny_cpu.yaml")

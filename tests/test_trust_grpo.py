@@ -19,7 +19,7 @@ from sophiavl_verl.trust_grpo import (
     trust_weighted_rewards,
 )
 
-from paper_reference import reference_advantage, reference_rewards
+from support.paper_reference import reference_advantage, reference_rewards
 
 
 def random_batch(rng: np.random.Generator, *, missing: float, binary: bool, max_group: int = 10):

@@ -20,8 +20,8 @@ from sophiavl_verl.config import ConfigError
 from sophiavl_verl.integration.adapter import METRICS_META_KEY, _wrap_legacy_fit, fetch_reward_extra_info, trainer_step
 from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_STATUS_KEY
 
-from conftest import SMALL_RUN, TRUST_GRPO_RUN, compose_verl_config, run_verl_validation
-from paper_reference import reference_advantage, reference_rewards
+from support.paper_reference import reference_advantage, reference_rewards
+from support.verl import SMALL_RUN, TRUST_GRPO_RUN, compose_verl_config, run_verl_validation
 
 REGISTRATION_PROBE = """
 import verl

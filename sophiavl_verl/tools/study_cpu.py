@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -262,44 +262,32 @@ def _run_one(arm: Arm, seed: int, settings: Settings, inputs: dict[str, str], ou
 # ------------------------------------------------------------------------------------------ the claims
 
 
-#: What each figure and claim compares: (title, arms, [(label, measure)]); a measure is a function of one step's row.
-def _val_acc(row: dict) -> float | None:
-    return row.get("val_acc")
+def _at(*path: str) -> Callable[[dict], float | None]:
+    """A measure: the value at ``path`` in one step's row (keys of the row, then of its nested dicts), or None
+    where the step has none (e.g. no validation at that step)."""
+
+    def measure(row: dict) -> float | None:
+        value: Any = row
+        for key in path:
+            if key not in value:
+                return None
+            value = value[key]
+        return value
+
+    return measure
 
 
-def _val_fluent(row: dict) -> float | None:
-    return row["val_kinds"]["kinds"]["fluent"] if "val_kinds" in row else None
-
-
-def _val_sound_among_right(row: dict) -> float | None:
-    return row["val_kinds"]["sound_among_right"] if "val_kinds" in row else None
-
-
-def _train_fluent(row: dict) -> float | None:
-    return row["train_kinds"]["kinds"]["fluent"] if "train_kinds" in row else None
-
-
-def _train_sound_among_right(row: dict) -> float | None:
-    return row["train_kinds"]["sound_among_right"] if "train_kinds" in row else None
-
-
-def _gamma_mean(row: dict) -> float | None:
-    return row.get("trust_grpo/gamma_mean")
-
-
-def _untrusted(row: dict) -> float | None:
-    return row.get("trust_grpo/untrusted_group_frac")
-
-
+#: Each measure, a function of one step's row (:func:`run_metrics`).
 MEASURES = {
-    "validation accuracy": _val_acc,
-    "fluent share (validation)": _val_fluent,
-    "sound share among right answers (validation)": _val_sound_among_right,
-    "fluent share (training rollouts)": _train_fluent,
-    "sound share among right answers (training rollouts)": _train_sound_among_right,
-    "γ mean (mixed groups)": _gamma_mean,
-    "untrusted share of mixed groups": _untrusted,
+    "validation accuracy": _at("val_acc"),
+    "fluent share (validation)": _at("val_kinds", "kinds", "fluent"),
+    "sound share among right answers (validation)": _at("val_kinds", "sound_among_right"),
+    "fluent share (training rollouts)": _at("train_kinds", "kinds", "fluent"),
+    "sound share among right answers (training rollouts)": _at("train_kinds", "sound_among_right"),
+    "γ mean (mixed groups)": _at("trust_grpo/gamma_mean"),
+    "untrusted share of mixed groups": _at("trust_grpo/untrusted_group_frac"),
 }
+#: What each figure and claim compares: (title, arms, measures named in :data:`MEASURES`).
 CLAIMS = {
     "claim1": ("Claim 1, hackable TRM: without the trust weight the policy drifts toward fluent-wrong reasoning and "
                "ends below Trust-GRPO in accuracy",

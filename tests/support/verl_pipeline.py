@@ -20,6 +20,7 @@ import asyncio
 import pickle
 import types
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -123,3 +124,29 @@ async def score_session(handle: RewardWorkerHandle, kwargs: dict, outputs: list[
     ]
     await agent._compute_score(loop_outputs, kwargs=kwargs)
     return loop_outputs[-1]
+
+
+def score_sessions(
+    handle: RewardWorkerHandle, tokenizer: Any, sessions: Iterable[tuple[dict, str]], timeout_s: float | None = None
+) -> list[Any]:
+    """Score the sessions concurrently, as the agent loop's sessions run, each with one output: the prompt "Q" and
+    its response text.
+
+    Args:
+        handle: Where verl sends the reward inputs.
+        tokenizer: Encodes the prompt and the responses.
+        sessions: Each session's keyword arguments (:func:`session_kwargs`) and its response.
+        timeout_s: A bound on the whole wait (none by default).
+
+    Returns:
+        Each session's final ``AgentLoopOutput`` (:func:`score_session`), in order.
+    """
+
+    async def run():
+        finals = asyncio.gather(*(
+            score_session(handle, kwargs, [(tokenizer.encode("Q"), tokenizer.encode(response))])
+            for kwargs, response in sessions
+        ))
+        return await asyncio.wait_for(finals, timeout=timeout_s)
+
+    return get_event_loop().run_until_complete(run())
