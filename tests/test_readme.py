@@ -7,7 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
-from conftest import SMALL_RUN, compose_verl_config, run_verl_validation
+from support.verl import SMALL_RUN, compose_verl_config, run_verl_validation
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

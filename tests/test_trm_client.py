@@ -12,7 +12,7 @@ from aiohttp import web
 
 from sophiavl_verl.thinking_reward import API_KEY_ENV, ThinkingRewardClient
 
-from fault_injection import FaultInjectionServer
+from support.fault_injection import FaultInjectionServer
 from support.trm import FAST, ITEM, SECRET, make_client, score_once
 
 pytestmark = pytest.mark.timeout(600)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from sophiavl_verl.thinking_reward import ThinkingRewardItem
 
-from fault_injection import FaultInjectionServer
+from support.fault_injection import FaultInjectionServer
 from support.trm import FAST, ITEM, make_client, question_of, score_once
 
 pytestmark = pytest.mark.timeout(600)

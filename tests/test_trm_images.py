@@ -14,7 +14,7 @@ from PIL import Image
 
 from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
 
-from fault_injection import FaultInjectionServer
+from support.fault_injection import FaultInjectionServer
 from support.trm import FAST, ITEM, b64, jpeg_bytes, make_client, png_bytes, rgb_image, score_once, sent_images
 
 pytestmark = pytest.mark.timeout(600)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from sophiavl_verl.thinking_reward import TRM_INSTRUCTION, ThinkingRewardItem, build_trm_prompt, parse_score
 
-from fault_injection import FaultInjectionServer
+from support.fault_injection import FaultInjectionServer
 from support.trm import b64, png_bytes, rgb_image, score_once
 
 pytestmark = pytest.mark.timeout(600)
@@ -109,7 +109,7 @@ def _grid_replies() -> list[str]:
 def test_the_authors_replies_parse_as_their_parser_reads_them():
     """The peer check against the authors' own parser: every reply in the requested shapes gets the score theirs
     reads; where theirs takes the wrong number of an ambiguous reply, this parser finds none."""
-    from paper_reference import authors_score
+    from support.paper_reference import authors_score
 
     for reply in _grid_replies():
         assert parse_score(reply) is not None and parse_score(reply) == pytest.approx(authors_score(reply)), reply

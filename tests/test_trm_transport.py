@@ -8,7 +8,7 @@ import pytest
 
 from sophiavl_verl.thinking_reward import ThinkingRewardClient
 
-from fault_injection import FaultInjectionServer
+from support.fault_injection import FaultInjectionServer
 from support.trm import FAST, ITEM, make_client, score_once, wait_until
 
 pytestmark = pytest.mark.timeout(600)

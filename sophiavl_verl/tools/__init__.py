@@ -1,7 +1,8 @@
 """The tools around the method, apart from it: command lines, data preparation, the audit, the CPU run.
 
     cli.py          ``sophiavl-verl audit|plot|data`` (one front, one error format)
-    data.py         data preparation: SophiaVL-R1 rows -> verl RL parquet, TRM SFT parquet
+    data/           data preparation: SophiaVL-R1 rows -> verl RL parquet, TRM SFT parquet: one module per
+                    stage (inputs, rows, images, records, convert), prepare_rl / prepare_trm in __init__
     audit/          what Trust-GRPO makes of rollouts, with a real thinking reward model, on CPU: one module
                     per stage (settings, inputs, scoring, report, plots), run_audit in __init__
     training_log.py verl's metric logs read and plotted, behind ``plot``
