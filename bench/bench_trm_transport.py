@@ -30,9 +30,13 @@ import base64
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import time
+from collections.abc import AsyncIterator
+
+from bench_trm_client import wait_for_port
+
+from sophiavl_verl.tools.local_server import free_port
 
 #: CPU per response of verl's reward worker with the sophiavl manager, today's client (bench_trm_client.py, n=4096).
 WORKER_CPU_PER_RESPONSE_S = 0.0151
@@ -58,22 +62,6 @@ def serve(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, backlog=4096)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"the bench server did not open port {port}")
-
-
 def request_body(image_bytes: int) -> bytes:
     """A chat completion request as the client builds it: system message, image data URL, the prompt."""
     image = base64.b64encode(os.urandom(image_bytes)).decode()
@@ -86,6 +74,16 @@ def request_body(image_bytes: int) -> bytes:
     }).encode()
 
 
+async def _read_completion(chunks: AsyncIterator[bytes]) -> None:
+    """Read a reply as the client does, at most ``MAX_REPLY_BYTES``, and check that it is a chat completion."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > MAX_REPLY_BYTES:
+            raise RuntimeError("reply too large")
+    assert json.loads(body)["choices"][0]["message"]["content"]
+
+
 async def _with_aiohttp(url: str, body: bytes, n: int, concurrency: int) -> None:
     import aiohttp
 
@@ -96,13 +94,7 @@ async def _with_aiohttp(url: str, body: bytes, n: int, concurrency: int) -> None
 
         async def one() -> None:
             async with slots, session.post(url, data=body, timeout=aiohttp.ClientTimeout(total=60)) as response:
-                chunks, size = [], 0
-                async for chunk in response.content.iter_chunked(READ_CHUNK):
-                    size += len(chunk)
-                    if size > MAX_REPLY_BYTES:
-                        raise RuntimeError("reply too large")
-                    chunks.append(chunk)
-                assert json.loads(b"".join(chunks))["choices"][0]["message"]["content"]
+                await _read_completion(response.content.iter_chunked(READ_CHUNK))
 
         await asyncio.gather(*(one() for _ in range(n)))
 
@@ -117,13 +109,7 @@ async def _with_httpx(url: str, body: bytes, n: int, concurrency: int) -> None:
 
         async def one() -> None:
             async with slots, client.stream("POST", url, content=body) as response:
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes(READ_CHUNK):
-                    size += len(chunk)
-                    if size > MAX_REPLY_BYTES:
-                        raise RuntimeError("reply too large")
-                    chunks.append(chunk)
-                assert json.loads(b"".join(chunks))["choices"][0]["message"]["content"]
+                await _read_completion(response.aiter_bytes(READ_CHUNK))
 
         await asyncio.gather(*(one() for _ in range(n)))
 
@@ -168,11 +154,11 @@ def main() -> None:
         names.append("openai")
     except ImportError:
         print("openai is not installed: its SDK is built on httpx, so it costs at least httpx's figure")
-    port = _free_port()
+    port = free_port()
     server = multiprocessing.get_context("spawn").Process(target=serve, args=(port,), daemon=True)
     server.start()
     try:
-        _wait_for(port)
+        wait_for_port(port)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         for image_kib in (64, 1024):
             body = request_body(image_kib * 1024)
