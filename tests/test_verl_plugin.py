@@ -70,6 +70,21 @@ def test_a_ray_worker_registers_the_plugin_by_importing_verl(ray_with_transfer_q
     assert pid != os.getpid() and has_estimator and has_manager
 
 
+def test_a_gpu_process_never_imports_the_cpu_backend():
+    result = _python(
+        """
+        import sys
+        import verl
+        from omegaconf import OmegaConf
+        from sophiavl_verl.integration.validation import validate_plugin_config
+        validate_plugin_config(OmegaConf.create({"actor_rollout_ref": {"rollout": {"name": "vllm"}}}))
+        print(sorted(m for m in sys.modules if m.startswith("sophiavl_verl.integration.cpu_backend")))
+        """,
+        VERL_PLATFORM="",
+    )
+    assert result.returncode == 0 and result.stdout.split() == ["[]"], result.stdout + result.stderr
+
+
 def test_a_broken_install_is_loud_not_silent():
     # Make one of our modules unimportable: verl itself would only log it at DEBUG level.
     result = _python(
