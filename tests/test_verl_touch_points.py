@@ -109,12 +109,12 @@ def snapshots() -> dict[str, dict]:
 
 
 def test_what_the_plugin_changes_in_verl_is_exactly_the_declared_touch_points(snapshots):
-    expected = _declared(p for p in hooks.TOUCH_POINTS if p.path != "failure stand-in")
+    expected = _declared(p for p in hooks.TOUCH_POINTS if p.path not in hooks.STAND_IN_PATHS)
     assert _changed(snapshots["verl"], snapshots["plugin"]) == expected
 
 
 def test_what_a_broken_install_changes_is_exactly_the_declared_stand_ins(snapshots):
-    expected = _declared(p for p in hooks.TOUCH_POINTS if p.path == "failure stand-in")
+    expected = _declared(p for p in hooks.TOUCH_POINTS if p.path in hooks.STAND_IN_PATHS)
     assert _changed(snapshots["verl"], snapshots["broken"]) == expected
 
 
@@ -124,7 +124,7 @@ def test_every_touch_point_is_declared_once_with_a_known_kind_path_and_hook():
     kinds = {hooks.WRAP, hooks.REGISTER, hooks.REGISTRY_WRITE, hooks.SETTING, hooks.CALL}
     for point in hooks.TOUCH_POINTS:
         assert point.kind in kinds and point.why, point
-        assert point.path in (*hooks.TRAINER_PATHS, *hooks.CPU_PATHS, "failure stand-in"), point
+        assert point.path in (*hooks.TRAINER_PATHS, *hooks.CPU_PATHS, *hooks.STAND_IN_PATHS), point
         assert (point.key is not None) == (point.kind in (hooks.REGISTER, hooks.REGISTRY_WRITE, hooks.SETTING)), point
         assert (point.via is not None) == (point.kind == hooks.REGISTER), point
 

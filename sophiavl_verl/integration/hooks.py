@@ -27,13 +27,19 @@ from types import ModuleType
 from typing import Any
 
 __all__ = [
+    "CALL",
     "CPU_INSTALL",
     "CPU_PATHS",
     "PLUGIN_FAILURE",
     "PLUGIN_LOAD",
+    "REGISTER",
+    "REGISTRY_WRITE",
+    "SETTING",
+    "STAND_IN_PATHS",
     "TESTED_VERL_VERSIONS",
     "TOUCH_POINTS",
     "TRAINER_PATHS",
+    "WRAP",
     "TouchPoint",
     "check",
     "mismatches",
@@ -66,6 +72,7 @@ _SHARED, _V1, _LEGACY, _CPU, _STAND_IN = "shared", "v1", "legacy", "cpu backend"
 #: The trainer paths trust_grpo needs (a mismatch there refuses a trust_grpo launch).
 TRAINER_PATHS = (_SHARED, _V1, _LEGACY)
 CPU_PATHS = (_CPU,)
+STAND_IN_PATHS = (_STAND_IN,)
 
 
 @dataclass(frozen=True)
