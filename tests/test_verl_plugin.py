@@ -17,7 +17,10 @@ from verl import DataProto
 from verl.trainer.ppo import ray_trainer
 
 from sophiavl_verl.config import ConfigError
-from sophiavl_verl.integration.adapter import METRICS_META_KEY, _wrap_legacy_fit, fetch_reward_extra_info, trainer_step
+from sophiavl_verl.integration import trainer_step
+from sophiavl_verl.integration.advantage import METRICS_META_KEY
+from sophiavl_verl.integration.trainer_legacy import _wrap_fit as _wrap_legacy_fit
+from sophiavl_verl.integration.trainer_v1 import fetch_reward_extra_info
 from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_STATUS_KEY
 
 from support.paper_reference import reference_advantage, reference_rewards
@@ -65,6 +68,21 @@ def test_a_ray_worker_registers_the_plugin_by_importing_verl(ray_with_transfer_q
 
     pid, has_estimator, has_manager = ray.get(probe.remote())
     assert pid != os.getpid() and has_estimator and has_manager
+
+
+def test_a_gpu_process_never_imports_the_cpu_backend():
+    result = _python(
+        """
+        import sys
+        import verl
+        from omegaconf import OmegaConf
+        from sophiavl_verl.integration.validation import validate_plugin_config
+        validate_plugin_config(OmegaConf.create({"actor_rollout_ref": {"rollout": {"name": "vllm"}}}))
+        print(sorted(m for m in sys.modules if m.startswith("sophiavl_verl.integration.cpu_backend")))
+        """,
+        VERL_PLATFORM="",
+    )
+    assert result.returncode == 0 and result.stdout.split() == ["[]"], result.stdout + result.stderr
 
 
 def test_a_broken_install_is_loud_not_silent():
@@ -121,12 +139,12 @@ def test_another_verl_version_with_the_same_interfaces_is_accepted():
 
 
 @pytest.mark.parametrize(("setup", "message"), [
-    (  # a method the v1 path wraps is gone
+    (  # fault injection: a method the v1 path wraps is gone
         "import verl; verl.__version__ = '0.9.2'\n"
         "from verl.trainer.ppo.v1 import trainer_base; del trainer_base.PPOTrainer._compute_advantage",
         "verl.trainer.ppo.v1.trainer_base.PPOTrainer._compute_advantage is missing",
     ),
-    (  # a function the adapter calls by keyword changed its signature
+    (  # fault injection: a function the adapter calls by keyword lost a parameter
         "from verl.trainer.ppo import ray_trainer\n"
         "def compute_advantage(data, adv_estimator, gamma=1.0, lam=1.0, num_repeat=1, config=None): pass\n"
         "ray_trainer.compute_advantage = compute_advantage",

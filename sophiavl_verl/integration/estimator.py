@@ -5,7 +5,7 @@ the verl side: it reads R^o and R^t from the per-sample reward extra info the ``
 manager writes (:mod:`sophiavl_verl.keys`), computes the step's annealing factor from the trainer's
 step, leaves verl's padding rows out of the metrics, and reports ``trust_grpo/*`` and ``trm/*``.
 verl 0.9.1 passes none of the extra info, the step or a metrics dict to an estimator;
-:mod:`sophiavl_verl.integration.adapter` adds them.
+:mod:`sophiavl_verl.integration.advantage` adds them (``docs/verl_integration.md``).
 """
 
 from __future__ import annotations

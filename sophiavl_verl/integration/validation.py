@@ -12,7 +12,8 @@ from typing import Any
 
 from sophiavl_verl import outcome_reward_fn
 from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_trust_grpo
-from sophiavl_verl.integration import adapter, cpu_backend
+from sophiavl_verl.integration import adapter
+from sophiavl_verl.integration.backend_choice import ROLLOUT_NAME
 
 __all__ = ["REWARD_MANAGER_NAME", "check_reward_model_path", "validate_plugin_config"]
 
@@ -30,7 +31,10 @@ def validate_plugin_config(config: Any) -> None:
         ConfigError: Naming the offending key, when trust_grpo or the ``sophiavl`` reward manager is
             misconfigured or cannot run in this process.
     """
-    cpu_backend.require_registered(config)
+    if ((config.get("actor_rollout_ref") or {}).get("rollout") or {}).get("name") == ROLLOUT_NAME:
+        from sophiavl_verl.integration import cpu_backend  # only then: a GPU process never imports it
+
+        cpu_backend.require_registered(config)
     algorithm = config.get("algorithm") or {}
     reward = config.get("reward") or {}
     manager = (reward.get("reward_manager") or {}).get("name")

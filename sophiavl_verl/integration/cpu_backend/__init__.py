@@ -1,15 +1,16 @@
 """A CPU backend for verl: its own trainers, unchanged, on a machine without an accelerator.
 
 For smoke runs, CI and the quick start (``scripts/train_cpu.sh``) with tiny models. It is not a training
-backend and does not pretend to be fast. Inert unless ``VERL_PLATFORM=cpu``: :func:`install` (called by the
-plugin entry point in every process) returns at once otherwise, so a GPU user's process is unchanged.
+backend and does not pretend to be fast. Imported by the plugin entry point only when ``VERL_PLATFORM=cpu``
+(:mod:`..backend_choice`), so a GPU user's process never loads it.
 
 On the ``cpu`` platform it registers, through verl's registries:
 
 - the platform ``cpu`` (:mod:`.platform`): device ``cpu``, backend ``gloo``, Ray resource ``GPU``;
 - the rollout backend ``transformers`` (:mod:`.rollout`): ``actor_rollout_ref.rollout.name=transformers``;
 
-and applies the narrow patches of :mod:`.patches` where verl has no extension point. What a run also needs
+and applies the narrow patches of :mod:`.patches` where verl has no extension point. Each place it touches verl
+is declared in :data:`..hooks.TOUCH_POINTS` (the table in ``docs/verl_integration.md``). What a run also needs
 in its config (Ray resources, TransferQueue units, FSDP2, eager attention, and :mod:`.replay_buffer`, verl's replay
 buffer polling every 50 ms instead of 2 s, plugged in through ``trainer.v1.sampler.custom_sampler``):
 ``recipes/sophiavl_r1/sophiavl_r1_tiny_cpu.yaml``.
@@ -17,29 +18,25 @@ buffer polling every 50 ms instead of 2 s, plugged in through ``trainer.v1.sampl
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from sophiavl_verl.integration import hooks
+from sophiavl_verl.integration.backend_choice import CPU_PLATFORM, ROLLOUT_NAME, is_cpu_platform
+
 __all__ = ["CPU_PLATFORM", "ROLLOUT_NAME", "install", "is_cpu_platform", "require_registered"]
-
-#: The value of ``VERL_PLATFORM`` that selects the CPU backend.
-CPU_PLATFORM = "cpu"
-#: ``actor_rollout_ref.rollout.name`` of the CPU rollout backend.
-ROLLOUT_NAME = "transformers"
-
-
-def is_cpu_platform() -> bool:
-    """Whether this process runs on the ``cpu`` platform (``VERL_PLATFORM=cpu``)."""
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == CPU_PLATFORM
 
 
 def install() -> None:
     """Register the CPU platform and rollout backend and patch verl, on the ``cpu`` platform only.
 
+    The touch points applied here (:data:`.hooks.TOUCH_POINTS`, applied at ``CPU backend install``) are
+    guarded first: if one does not fit this verl, nothing is registered and :func:`require_registered`
+    refuses a CPU launch naming it.
+
     Raises:
         RuntimeError: The backend did not register (verl would otherwise fail later, far from the cause).
     """
-    if not is_cpu_platform():
+    if not is_cpu_platform() or hooks.check(hooks.CPU_INSTALL):
         return
     from verl.plugin.platform import PlatformRegistry, get_platform
     from verl.workers.rollout import base as rollout_base
@@ -50,9 +47,8 @@ def install() -> None:
     PlatformRegistry.register(CPU_PLATFORM)(platform.PlatformCPU)
     RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: rollout.TransformersReplica)
     # verl keeps the worker-side rollout classes in a plain dict (no register function).
-    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = (
-        f"{rollout.TransformersServerAdapter.__module__}.{rollout.TransformersServerAdapter.__name__}"
-    )
+    server = rollout.TransformersServerAdapter
+    hooks.set_item(rollout_base, "_ROLLOUT_REGISTRY", (ROLLOUT_NAME, "async"), f"{server.__module__}.{server.__name__}")
     patches.apply_process_patches()
     if not isinstance(get_platform(), platform.PlatformCPU):
         raise RuntimeError(f"VERL_PLATFORM=cpu but verl's platform is {type(get_platform()).__name__}")
@@ -83,6 +79,10 @@ def require_registered(config: Any) -> None:
             f"actor_rollout_ref.rollout.name={ROLLOUT_NAME} is sophiavl_verl's CPU rollout backend: set "
             f"VERL_PLATFORM={CPU_PLATFORM} (it is for CPU smoke runs; on GPUs use vllm or sglang)"
         )
+    found = hooks.mismatches(hooks.CPU_PATHS)
+    if found:
+        raise ConfigError(f"VERL_PLATFORM=cpu but sophiavl_verl's CPU backend does not fit this verl, so it left verl "
+                          f"unpatched: {'; '.join(found)}")
     if not _registered:
         raise ConfigError("VERL_PLATFORM=cpu but sophiavl_verl's CPU backend did not register (see the plugin's "
                            "error in the log above)")

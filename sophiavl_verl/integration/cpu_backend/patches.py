@@ -1,8 +1,8 @@
 """The narrow patches verl 0.9.1 needs on a CPU-only host, where it has no extension point.
 
-Applied only on the ``cpu`` platform (``VERL_PLATFORM=cpu``), once per process, and only on the verl
-versions in :data:`TESTED_VERL_VERSIONS`; on any other version the CPU backend refuses to start. Each
-patch names the upstream gap it bridges.
+Applied only on the ``cpu`` platform (``VERL_PLATFORM=cpu``), once per process, by
+:func:`sophiavl_verl.integration.cpu_backend.install` after the guard of :mod:`..hooks` found every touch point
+they declare in place. Each patch names the upstream gap it bridges.
 """
 
 from __future__ import annotations
@@ -13,44 +13,31 @@ import os
 import sys
 import types
 
-import verl
+import torch.distributed
 
-from sophiavl_verl.integration.adapter import when_imported
+from sophiavl_verl.integration import hooks
 
-__all__ = ["TESTED_VERL_VERSIONS", "apply_process_patches"]
+__all__ = ["apply_process_patches"]
 
-TESTED_VERL_VERSIONS = ("0.9.1",)
-
-_applied = False
+_FSDP_ENGINE = "verl.workers.engine.fsdp.transformer_impl"
 
 
 def apply_process_patches() -> None:
     """Apply every patch of this module in this process (idempotent)."""
-    global _applied
-    if _applied:
-        return
-    if verl.__version__ not in TESTED_VERL_VERSIONS:
-        raise RuntimeError(
-            f"the sophiavl_verl CPU backend is tested on verl {', '.join(TESTED_VERL_VERSIONS)} only, "
-            f"found verl {verl.__version__}"
-        )
-    _deduplicate_process_group_backend()
-    _select_fsdp_engine_on_cpu()
-    when_imported("verl.workers.engine.fsdp.transformer_impl", _unpinned_fsdp2_offload)
+    hooks.patch(torch.distributed, "init_process_group", _deduplicate_process_group_backend)
+    # verl registers its FSDP engines for devices cuda and npu only (verl/workers/engine/fsdp/transformer_impl.py);
+    # VERL_ENGINE_DEVICE is verl's own override of the device used for that lookup. The engine itself reaches the
+    # device through the platform, so it runs on CPU (FSDP2 with gloo).
+    hooks.set_item(os, "environ", "VERL_ENGINE_DEVICE", "cuda", overwrite=False)
+    hooks.on_import(_FSDP_ENGINE, lambda module: hooks.patch(module, "CPUOffloadPolicy", _unpinned_policy))
     _import_qwen_vl_utils_without_torchvision()
     _load_vl_processors_without_torchvision()
-    _applied = True
 
 
-def _deduplicate_process_group_backend() -> None:
+def _deduplicate_process_group_backend(original):
     """verl joins ``f"cpu:gloo,{device}:{backend}"`` (verl/utils/distributed.py), which is ``cpu:gloo,cpu:gloo``
     on CPU and torch rejects the duplicate; pass ``cpu:gloo`` instead. Upstream gap: no per-platform backend
     string."""
-    import torch.distributed
-
-    original = torch.distributed.init_process_group
-    if getattr(original, "_sophiavl_cpu", False):
-        return
 
     @functools.wraps(original)
     def init_process_group(*args, **kwargs):
@@ -58,27 +45,18 @@ def _deduplicate_process_group_backend() -> None:
             kwargs["backend"] = "cpu:gloo"
         return original(*args, **kwargs)
 
-    init_process_group._sophiavl_cpu = True
-    torch.distributed.init_process_group = init_process_group
+    return init_process_group
 
 
-def _select_fsdp_engine_on_cpu() -> None:
-    """verl registers its FSDP engines for devices ``cuda`` and ``npu`` only (verl/workers/engine/fsdp/
-    transformer_impl.py); ``VERL_ENGINE_DEVICE`` is verl's own override of the device used for that lookup.
-    The engine itself reaches the device through the platform, so it runs on CPU (FSDP2 with gloo)."""
-    os.environ.setdefault("VERL_ENGINE_DEVICE", "cuda")
-
-
-def _unpinned_fsdp2_offload(module: types.ModuleType) -> None:
+def _unpinned_policy(policy_cls):
     """verl's FSDP2 engine offloads forward-only models (the reference policy) with
     ``CPUOffloadPolicy(pin_memory=True)``; pinning host memory needs an accelerator, so on CPU the policy is
     built unpinned. Upstream gap: the pin flag is hard-coded."""
-    policy_cls = module.CPUOffloadPolicy
 
     def unpinned_policy(*args, **kwargs):
         return policy_cls(*args, **{**kwargs, "pin_memory": False})
 
-    module.CPUOffloadPolicy = unpinned_policy
+    return unpinned_policy
 
 
 def _import_qwen_vl_utils_without_torchvision() -> None:
