@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sophiavl_verl.config import SophiaVLRewardConfig, TrustGRPOConfig  # noqa: E402
+from sophiavl_verl.integration.hooks import touch_point_table  # noqa: E402
 from sophiavl_verl.keys import STEP_METRICS  # noqa: E402
 from sophiavl_verl.thinking_reward import TRMFailure  # noqa: E402
 
@@ -76,6 +77,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "options:reward.reward_kwargs": ("docs/options.md", lambda: options_table(SophiaVLRewardConfig)),
     "metrics": ("docs/options.md", metrics_table),
     "failure-kinds": ("docs/readme_thinking_reward.md", failure_kinds_table),
+    "verl-touch-points": ("docs/verl_integration.md", lambda: touch_point_table().rstrip("\n")),
 }
 
 

@@ -68,6 +68,8 @@ def test_the_generated_docs_are_current():
     ("docs/options.md", "| `max_retries` | 5 |", "| `max_retries` | 3 |"),
     ("docs/options.md", "| `trm/failed` |", "| `trm/failures` |"),
     ("docs/readme_thinking_reward.md", "| `timeout` |", "| `time_out` |"),
+    ("docs/verl_integration.md", "| `verl.utils.config.validate_config` | wrap | shared |",
+     "| `verl.utils.config.validate_config` | wrap | v1 |"),
 ])
 def test_a_drifted_table_is_caught_and_rewritten(tmp_path, doc, line, drifted_line):
     """A copy of the docs with one drifted row: --check names the doc, a rewrite restores it."""

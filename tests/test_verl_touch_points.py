@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -139,14 +138,6 @@ def test_an_undeclared_patch_is_refused():
 
     with pytest.raises(LookupError, match="compute_grpo_outcome_advantage.* is not declared"):
         hooks.patch(core_algos, "compute_grpo_outcome_advantage", lambda original: original)
-
-
-def test_the_docs_table_is_the_declared_list():
-    text = (ROOT / "docs" / "verl_integration.md").read_text(encoding="utf-8")
-    block = re.search(r"<!-- verl-touch-points -->\n(.*?)<!-- /verl-touch-points -->", text, re.S)
-    assert block, "docs/verl_integration.md has no <!-- verl-touch-points --> block"
-    assert block.group(1) == hooks.touch_point_table(), "regenerate it: python -c 'from sophiavl_verl.integration " \
-                                                        "import hooks; print(hooks.touch_point_table())'"
 
 
 # Fault injection: verl's RolloutReplicaRegistry.register no longer takes a loader.
