@@ -12,13 +12,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from sophiavl_verl.integration import hooks
-
-ROOT = Path(__file__).resolve().parents[1]
 
 #: Prints, as JSON, every function, class and mapping entry held by verl's modules (and by the non-verl modules
 #: of the touch points), each by where its code is defined, after importing verl's trainer modules.
