@@ -79,7 +79,7 @@ print(get_device_name(), get_nccl_backend(), get_resource_name(), get_torch_devi
 
 
 def _free_port() -> int:
-    from sophiavl_verl.tools.local_server import free_port
+    from sophiavl_verl.integration.cpu_backend.transformers_serve import free_port
 
     return free_port()
 

@@ -425,8 +425,8 @@ def run_study(out: Path, settings: Settings) -> Path:
 
     from tqdm import tqdm
 
+    from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
     from sophiavl_verl.tools.audit import default_cache_dir
-    from sophiavl_verl.tools.local_server import LocalOpenAIServer
     from sophiavl_verl.tools.train_cpu import make_tiny_policy, prepare_data
     from sophiavl_verl.tools.trm_sft import make_embedded_trm
 

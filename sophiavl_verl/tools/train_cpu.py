@@ -400,7 +400,7 @@ def run_tiny(run: TinyRun) -> Path:
 
 def _trm_server(run: TinyRun, model_dir: str, name: str):
     """The TRM behind ``transformers serve`` on 127.0.0.1 (mode B, and the audit), its log in ``runs/``."""
-    from sophiavl_verl.tools.local_server import LocalOpenAIServer
+    from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
 
     return LocalOpenAIServer(model_dir, log_path=run.out / "runs" / f"{name}.log", progress=_say)
 
