@@ -8,8 +8,6 @@ trained on the spot. The thinking reward model is fine-tuned from it by verl's o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -403,7 +401,7 @@ def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: fl
         optimizer, lambda k: min((k + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     )
     losses = []
-    for step in range(steps):
+    for _ in range(steps):
         picks = rng.sample(range(n), min(batch_size, n))
         batch = [memo[i] if i in memo else memo.setdefault(i, encode(examples[i])) for i in picks]
         batch = _collate(batch, pad_id)
@@ -417,16 +415,19 @@ def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: fl
 
 
 def recipe_fingerprint(steps: int) -> str:
-    """Changes whenever a model built and fine-tuned here may change (this code, the prompt, versions)."""
+    """Changes whenever a model built and fine-tuned here may change: this module's code (its syntax tree, so that
+    comments, docstrings and line wrapping do not retrain the cached models), the prompt, the library versions."""
     import tokenizers
     import torch
     import transformers
 
+    from sophiavl_verl.tools.model_cache import code_digest, fingerprint
+
     recipe = {
-        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "code": code_digest(__file__),
         "prompt": build_trm_prompt("{question}", "{response}"),
         "system": TRM_SYSTEM_PROMPT,
         "steps": steps,
         "versions": [transformers.__version__, tokenizers.__version__, torch.__version__],
     }
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(recipe)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -166,27 +165,21 @@ def make_tiny_policy(cache_dir: Path, max_response_tokens: int = POLICY_MAX_RESP
 
     from transformers import AutoTokenizer
 
+    from sophiavl_verl.tools.model_cache import build_once, fingerprint
     from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl, finetune_policy, recipe_fingerprint
 
     default = (max_response_tokens, sft_steps) == (POLICY_MAX_RESPONSE_TOKENS, POLICY_SFT_STEPS)
     out = cache_dir / ("tiny_policy" if default else f"tiny_policy_{max_response_tokens}_{sft_steps}")
     recipe = [recipe_fingerprint(sft_steps), (EMBEDDED / "groups.jsonl").read_text(encoding="utf-8"),
               RUN_SYSTEM_PROMPT, max_response_tokens, POLICY_LR, POLICY_SEED]
-    fingerprint = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
-    marker = out / "sophiavl_tiny_policy.json"
-    try:
-        if json.loads(marker.read_text())["fingerprint"] == fingerprint:
-            return out
-    except (OSError, ValueError, KeyError):
-        pass
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_qwen2_5_vl(tmp, seed=POLICY_SEED)
-    examples = _policy_examples(AutoTokenizer.from_pretrained(tmp), max_response_tokens)
-    result = finetune_policy(tmp, examples, steps=sft_steps, lr=POLICY_LR, seed=POLICY_SEED)
-    (tmp / marker.name).write_text(json.dumps({"fingerprint": fingerprint, "examples": len(examples), **result}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+
+    def build(folder: Path) -> dict[str, Any]:
+        build_tiny_qwen2_5_vl(folder, seed=POLICY_SEED)
+        examples = _policy_examples(AutoTokenizer.from_pretrained(folder), max_response_tokens)
+        result = finetune_policy(folder, examples, steps=sft_steps, lr=POLICY_LR, seed=POLICY_SEED)
+        return {"examples": len(examples), **result}
+
+    build_once(out, fingerprint(recipe), build, marker="sophiavl_tiny_policy.json")
     return out
 
 
