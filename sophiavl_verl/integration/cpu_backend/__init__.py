@@ -1,5 +1,8 @@
 """A CPU backend for verl: its own trainers, unchanged, on a machine without an accelerator.
 
+Ships in the package, loaded only under ``VERL_PLATFORM=cpu``; what it needs beyond the base install is the ``cpu``
+extra: ``pip install "sophiavl-verl[cpu]"`` (verl[verl-core]; ``transformers serve`` for hosting mode A).
+
 For smoke runs, CI and the quick start (``scripts/train_cpu.sh``) with tiny models. It is not a training
 backend and does not pretend to be fast. Inert unless ``VERL_PLATFORM=cpu``: :func:`install` (called by the
 plugin entry point in every process) returns at once otherwise, so a GPU user's process is unchanged.
