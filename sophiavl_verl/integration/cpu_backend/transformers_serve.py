@@ -108,7 +108,7 @@ class LocalOpenAIServer:
 
     Example::
 
-        with LocalOpenAIServer(make_embedded_trm(cache).model_dir) as server:
+        with LocalOpenAIServer("path/to/model") as server:  # e.g. the embedded TRM of tools.trm_sft
             client = ThinkingRewardClient(server.base_url, server.model)
 
     Args:
