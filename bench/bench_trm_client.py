@@ -374,7 +374,7 @@ def main() -> None:
     import ray
     from verl.utils import hf_tokenizer
 
-    from sophiavl_verl.tools.local_server import free_port
+    from sophiavl_verl.integration.cpu_backend.transformers_serve import free_port
     from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
 
     legacy = {name: subprocess.run(["git", "-C", str(REPO), "show", f"{args.old_commit}:sophiavl_verl/{name}.py"],

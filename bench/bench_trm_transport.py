@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator
 
 from bench_trm_client import wait_for_port
 
-from sophiavl_verl.tools.local_server import free_port
+from sophiavl_verl.integration.cpu_backend.transformers_serve import free_port
 
 #: CPU per response of verl's reward worker with the sophiavl manager, today's client (bench_trm_client.py, n=4096).
 WORKER_CPU_PER_RESPONSE_S = 0.0151

@@ -29,8 +29,8 @@ def ray_with_transfer_queue():
 def embedded_trm_server():
     """The embedded tiny thinking reward model (trained once by verl's SFT trainer, cached) behind a real
     `transformers serve`."""
+    from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
     from sophiavl_verl.tools.audit import default_cache_dir
-    from sophiavl_verl.tools.local_server import LocalOpenAIServer
     from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
     with LocalOpenAIServer(make_embedded_trm(default_cache_dir()).model_dir) as server:

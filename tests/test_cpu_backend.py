@@ -26,7 +26,7 @@ print(json.dumps({
     "platforms": list(PlatformRegistry.registered_names()),
     "rollouts": sorted(name for name, _ in base._ROLLOUT_REGISTRY),
     "replicas": sorted(RolloutReplicaRegistry._registry),
-    "init_process_group_patched": hasattr(torch.distributed.init_process_group, "_sophiavl_cpu"),
+    "init_process_group_patched": hasattr(torch.distributed.init_process_group, "__sophiavl_wrapped__"),
     "engine_device": os.environ.get("VERL_ENGINE_DEVICE"),
     "modules": sorted(m for m in sys.modules if m.startswith(("sophiavl_verl.integration.cpu_backend.", "qwen_vl_utils",
                                                               "torchvision"))),
@@ -86,17 +86,6 @@ def test_cpu_rollout_without_the_cpu_platform_fails_validation_in_the_driver():
     config = compose_verl_config([*TRUST_GRPO_RUN, "actor_rollout_ref.rollout.name=transformers"])
     with pytest.raises(ValueError, match="rollout.name=transformers .* set VERL_PLATFORM=cpu"):
         run_verl_validation(config)
-
-
-def test_refuses_an_untested_verl(monkeypatch):
-    import verl
-
-    from sophiavl_verl.integration.cpu_backend import patches
-
-    monkeypatch.setattr(verl, "__version__", "0.9.9")
-    monkeypatch.setattr(patches, "_applied", False)
-    with pytest.raises(RuntimeError, match=r"tested on verl 0\.9\.1 only, found verl 0\.9\.9"):
-        patches.apply_process_patches()
 
 
 @pytest.fixture(scope="module")

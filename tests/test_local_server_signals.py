@@ -23,7 +23,7 @@ from support.net import port_open
 _PARENT = """
 import json, signal, sys, time
 from sophiavl_verl.tools.audit import default_cache_dir
-from sophiavl_verl.tools.local_server import LocalOpenAIServer
+from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
 from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
 if sys.argv[1] == "nohup":

@@ -95,6 +95,17 @@ def test_only_the_integration_imports_verl_and_the_core_imports_no_tool():
         assert not outside, f"the core module {name} imports {outside}"
 
 
+def test_the_integration_imports_no_tool():
+    """Tools (command lines, the CPU run, the tiny models) build on the integration, never the other way round: the
+    plugin, its CPU backend included, is what verl loads in every process."""
+    graph = _imports()
+    wrong_way = {}
+    for name in (name for name in graph if name.startswith("sophiavl_verl.integration")):
+        if tools := sorted(t for t in graph[name] if (t + ".").startswith("sophiavl_verl.tools.")):
+            wrong_way[name] = tools
+    assert not wrong_way, f"integration modules import tools: {wrong_way}"
+
+
 def test_the_readmes_public_api_imports_without_verl():
     """The README's "Public Python API" block runs as written, on a machine where verl cannot be imported."""
     import re

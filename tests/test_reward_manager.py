@@ -138,7 +138,7 @@ def _row(index: int, messages: list[dict], images: list[bytes], question: str | 
 def tiny_vl_processor(embedded_trm_server):
     from transformers import AutoProcessor
 
-    from sophiavl_verl.tools.tiny_vl import install_processor_shim
+    from sophiavl_verl.integration.cpu_backend.processor_shim import install_processor_shim
 
     install_processor_shim()
     return AutoProcessor.from_pretrained(embedded_trm_server.model)

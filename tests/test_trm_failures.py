@@ -11,8 +11,8 @@ import time
 import pytest
 from aiohttp import web
 
+from sophiavl_verl.integration.cpu_backend.transformers_serve import free_port
 from sophiavl_verl.thinking_reward import ThinkingRewardItem, TRMFailure
-from sophiavl_verl.tools.local_server import free_port
 
 from support.fault_injection import VLLM_NO_MODEL, VLLM_TOO_LONG, FaultInjectionServer
 from support.trm import FAST, ITEM, hang, make_client, question_of, score_once, status

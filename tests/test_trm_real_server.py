@@ -7,8 +7,9 @@ import asyncio
 import aiohttp
 import pytest
 
+from sophiavl_verl.errors import ServerStartError
+from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
 from sophiavl_verl.thinking_reward import ThinkingRewardItem, build_trm_prompt
-from sophiavl_verl.tools.local_server import LocalOpenAIServer, ServerStartError
 from sophiavl_verl.tools.tiny_vl import synthetic_trm_examples
 
 from support.trm import ITEM, b64, make_client, png_bytes, rgb_image

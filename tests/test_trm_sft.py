@@ -50,7 +50,7 @@ def test_the_huggingface_folder_loads_with_transformers(trm):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from sophiavl_verl.tools.tiny_vl import install_processor_shim
+    from sophiavl_verl.integration.cpu_backend.processor_shim import install_processor_shim
 
     install_processor_shim()
     model = AutoModelForImageTextToText.from_pretrained(trm.model_dir, dtype=torch.float32)

@@ -223,7 +223,7 @@ def median_step_s(result: dict[str, Any]) -> float:
 
 def _run_one(arm: Arm, seed: int, settings: Settings, inputs: dict[str, str], out: Path, bar: Any) -> dict[str, Any]:
     """One run of ``main_ppo`` (skipped when its ``result.json`` is there with the same settings)."""
-    from sophiavl_verl.tools.train_cpu import launch_main_ppo
+    from sophiavl_verl.tools.main_ppo import launch_main_ppo
 
     run_dir = out / "runs" / arm.name / f"seed{seed}"
     overrides = run_overrides(arm, seed, settings, inputs, run_dir)
@@ -413,8 +413,8 @@ def run_study(out: Path, settings: Settings) -> Path:
 
     from tqdm import tqdm
 
+    from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
     from sophiavl_verl.tools.audit import default_cache_dir
-    from sophiavl_verl.tools.local_server import LocalOpenAIServer
     from sophiavl_verl.tools.train_cpu import make_tiny_policy, prepare_data
     from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
@@ -471,9 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = args.out.resolve()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    from sophiavl_verl.tools.train_cpu import output_folder, say_outputs
+
+    out = output_folder(args.out)
     settings = QUICK if args.quick else FULL
     marker = out / "settings.json"
     if marker.exists() and json.loads(marker.read_text(encoding="utf-8")) != json.loads(json.dumps(asdict(settings))):
@@ -481,10 +481,8 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(asdict(settings)) + "\n", encoding="utf-8")
     report = run_study(out, settings)
-    _say(f"study: {out / 'study.json'}")
-    _say(f"report: {report}")
-    for png in sorted(out.glob("*.png")):
-        _say(f"figure: {png}")
+    _say(f"done: {out}")
+    say_outputs(_say, {"study": out / "study.json", "report": report}, out.glob("*.png"))
     return 0
 
 

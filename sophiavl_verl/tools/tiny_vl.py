@@ -8,8 +8,6 @@ trained on the spot. The thinking reward model is fine-tuned from it by verl's o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -26,7 +24,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "build_tiny_qwen2_5_vl",
     "finetune_policy",
-    "install_processor_shim",
     "synthetic_trm_examples",
 ]
 
@@ -71,50 +68,6 @@ IMAGE_PIXELS = 56 * 56
 VOCAB_SIZE = 2048
 INIT_STD = 0.1
 ANSWER_TOKENS = tuple(f"<answer>{k / 10:.1f}</answer>" for k in range(11))
-
-
-def install_processor_shim() -> None:
-    """Let Qwen2/2.5-VL processors load without torchvision.
-
-    transformers 5.x maps Qwen2-VL models to ``Qwen2VLVideoProcessor``, which needs torchvision; without it,
-    ``AutoVideoProcessor.from_pretrained`` raises and so does ``AutoProcessor.from_pretrained``, even for
-    image-only use. (PyPI's torchvision is built against CUDA and breaks ``import transformers`` on the CPU
-    machines, so it cannot simply be installed.) This shim makes ``AutoVideoProcessor`` fall back to the torch-free
-    ``BaseVideoProcessor`` when torchvision is missing, and points ``transformers.BaseVideoProcessor`` (then a
-    torchvision placeholder, against which processors type-check their video processor) at that class.
-    Images keep the PIL image processor; videos are unsupported, which the thinking reward model never needs.
-
-    Idempotent; a no-op when torchvision is installed. Call it before loading a processor, in every process
-    that loads one (the ``transformers serve`` wrapper of :mod:`sophiavl_verl.tools.local_server` does).
-    """
-    import importlib
-    import sys
-
-    from transformers import processing_utils
-    from transformers.utils import is_torchvision_available
-    from transformers.video_processing_utils import BaseVideoProcessor
-
-    # import_module, not `from transformers.models.auto import ...`: the lazy package hands out a torchvision dummy.
-    video_processing_auto = importlib.import_module("transformers.models.auto.video_processing_auto")
-    auto_cls = video_processing_auto.AutoVideoProcessor
-    if is_torchvision_available() or getattr(auto_cls, "_sophiavl_shim", False):
-        return
-    # The top-level name is a torchvision dummy; processors type-check their video processor against it.
-    # processing_utils re-imports the package (`direct_transformers_import`), so patch that module object too.
-    for module in (sys.modules["transformers"], processing_utils.transformers_module):
-        module.BaseVideoProcessor = BaseVideoProcessor
-    original = auto_cls.from_pretrained.__func__
-
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        try:
-            return original(cls, pretrained_model_name_or_path, *args, **kwargs)
-        except (ValueError, ImportError) as exc:
-            if "torchvision" not in str(exc):
-                raise
-            return BaseVideoProcessor(merge_size=2, patch_size=14, temporal_patch_size=2)
-
-    auto_cls.from_pretrained = classmethod(from_pretrained)
-    auto_cls._sophiavl_shim = True
 
 
 # ------------------------------------------------------------------------------------------ toy data
@@ -252,7 +205,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     ones), plus two toy shortcuts as ordinary tokens, the whole Table-4 instruction and each reply
     ``<answer>0.x</answer>``. Vision tower: 1 block, hidden 64; images are resized to 56 x 56 pixels
     (4 image tokens each). Weights are drawn with std 0.1 (see :data:`INIT_STD`).
-    ``AutoProcessor.from_pretrained(out_dir)`` (after :func:`install_processor_shim`) and
+    ``AutoProcessor.from_pretrained(out_dir)`` (after the CPU backend's ``install_processor_shim``) and
     ``AutoModelForImageTextToText.from_pretrained(out_dir)`` load the result.
 
     Args:
@@ -272,6 +225,8 @@ def build_tiny_qwen2_5_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.video_processing_utils import BaseVideoProcessor
+
+    from sophiavl_verl.integration.cpu_backend.processor_shim import install_processor_shim
 
     install_processor_shim()
     out = Path(out_dir)
@@ -405,6 +360,8 @@ def finetune_policy(
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from sophiavl_verl.integration.cpu_backend.processor_shim import install_processor_shim
+
     install_processor_shim()
     start = time.monotonic()
     torch.manual_seed(seed)
@@ -444,7 +401,7 @@ def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: fl
         optimizer, lambda k: min((k + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     )
     losses = []
-    for step in range(steps):
+    for _ in range(steps):
         picks = rng.sample(range(n), min(batch_size, n))
         batch = [memo[i] if i in memo else memo.setdefault(i, encode(examples[i])) for i in picks]
         batch = _collate(batch, pad_id)
@@ -458,16 +415,19 @@ def _train(model, examples: list, encode, *, steps: int, batch_size: int, lr: fl
 
 
 def recipe_fingerprint(steps: int) -> str:
-    """Changes whenever a model built and fine-tuned here may change (this code, the prompt, versions)."""
+    """Changes whenever a model built and fine-tuned here may change: this module's code (its syntax tree, so that
+    comments, docstrings and line wrapping do not retrain the cached models), the prompt, the library versions."""
     import tokenizers
     import torch
     import transformers
 
+    from sophiavl_verl.tools.model_cache import code_digest, fingerprint
+
     recipe = {
-        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "code": code_digest(__file__),
         "prompt": build_trm_prompt("{question}", "{response}"),
         "system": TRM_SYSTEM_PROMPT,
         "steps": steps,
         "versions": [transformers.__version__, tokenizers.__version__, torch.__version__],
     }
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(recipe)

@@ -35,24 +35,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sophiavl_verl.errors import InputError
+from sophiavl_verl.tools.main_ppo import launch_main_ppo, read_step_metrics, trm_endpoints
 
 __all__ = [
-    "RUN_SYSTEM_PROMPT", "TRM_HOSTING_MODES", "TinyRun", "hosting_overrides", "launch_main_ppo", "main",
-    "make_tiny_policy", "prepare_data", "read_step_metrics",
+    "RUN_SYSTEM_PROMPT", "TRM_HOSTING_MODES", "TinyRun", "hosting_overrides", "main", "make_tiny_policy",
+    "prepare_data",
 ]
 
 TOOLS = Path(__file__).resolve().parent
@@ -75,11 +74,6 @@ TRM_LABELS = "hackable"
 #: Hosting modes of the thinking reward model: A, verl serves it in the cluster (the recipes' default); B, an
 #: external OpenAI-compatible server (here ``transformers serve`` on 127.0.0.1).
 TRM_HOSTING_MODES = ("A", "B")
-#: The lines the run's processes print about the TRM endpoint (the manager's in every reward worker, the CPU
-#: backend's reward replica in mode A).
-_MANAGER_LINE = re.compile(r"\[sophiavl\] thinking reward model: hosting mode (\w) at (\S+)")
-_REPLICA_LINE = re.compile(r"\[sophiavl\] reward model replica (\d+): "
-                           r"transformers serve for \S+ at (\S+) \(log (\S+)\)")
 
 
 def _recipe_anneal_steps() -> int:
@@ -166,27 +160,21 @@ def make_tiny_policy(cache_dir: Path, max_response_tokens: int = POLICY_MAX_RESP
 
     from transformers import AutoTokenizer
 
+    from sophiavl_verl.tools.model_cache import build_once, fingerprint
     from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl, finetune_policy, recipe_fingerprint
 
     default = (max_response_tokens, sft_steps) == (POLICY_MAX_RESPONSE_TOKENS, POLICY_SFT_STEPS)
     out = cache_dir / ("tiny_policy" if default else f"tiny_policy_{max_response_tokens}_{sft_steps}")
     recipe = [recipe_fingerprint(sft_steps), (EMBEDDED / "groups.jsonl").read_text(encoding="utf-8"),
               RUN_SYSTEM_PROMPT, max_response_tokens, POLICY_LR, POLICY_SEED]
-    fingerprint = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
-    marker = out / "sophiavl_tiny_policy.json"
-    try:
-        if json.loads(marker.read_text())["fingerprint"] == fingerprint:
-            return out
-    except (OSError, ValueError, KeyError):
-        pass
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_qwen2_5_vl(tmp, seed=POLICY_SEED)
-    examples = _policy_examples(AutoTokenizer.from_pretrained(tmp), max_response_tokens)
-    result = finetune_policy(tmp, examples, steps=sft_steps, lr=POLICY_LR, seed=POLICY_SEED)
-    (tmp / marker.name).write_text(json.dumps({"fingerprint": fingerprint, "examples": len(examples), **result}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+
+    def build(folder: Path) -> dict[str, Any]:
+        build_tiny_qwen2_5_vl(folder, seed=POLICY_SEED)
+        examples = _policy_examples(AutoTokenizer.from_pretrained(folder), max_response_tokens)
+        result = finetune_policy(folder, examples, steps=sft_steps, lr=POLICY_LR, seed=POLICY_SEED)
+        return {"examples": len(examples), **result}
+
+    build_once(out, fingerprint(recipe), build, marker="sophiavl_tiny_policy.json")
     return out
 
 
@@ -225,37 +213,6 @@ def _run_main_ppo(run: TinyRun, name: str, total_steps: int, inputs: dict[str, s
     return log_jsonl
 
 
-def launch_main_ppo(arguments: list[str], *, console: Path, log_jsonl: Path, cwd: Path,
-                    on_step: Callable[[int], None] | None = None) -> None:
-    """Run ``python -m verl.trainer.main_ppo <arguments>`` on the CPU platform, its output in ``console`` and verl's
-    file log in ``log_jsonl``; ``on_step`` is called once per training step as it is logged.
-
-    Raises:
-        RuntimeError: main_ppo failed; with its last error line and the console's path.
-    """
-    command = [sys.executable, "-m", "verl.trainer.main_ppo", *arguments]
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_FILE_LOGGER_PATH": str(log_jsonl), "HYDRA_FULL_ERROR": "1"}
-    with open(console, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        seen: set[int] = set()
-        while proc.poll() is None:
-            time.sleep(1)
-            for step in read_step_metrics(log_jsonl) if log_jsonl.exists() else {}:
-                if step not in seen:
-                    seen.add(step)
-                    if on_step is not None:
-                        on_step(step)
-    if proc.returncode:
-        raise RuntimeError(f"main_ppo exited with {proc.returncode}: {_last_error(console)}; its output: {console}")
-
-
-def _last_error(console: Path) -> str:
-    """The last ``SomethingError: message`` line of a log (the cause under Ray's and Hydra's tracebacks)."""
-    errors = re.findall(r"^\S*?(\w+(?:Error|Exception): .+)$", console.read_text(encoding="utf-8", errors="replace"),
-                        flags=re.M)
-    return errors[-1].strip() if errors else "no error line in its output"
-
-
 def hosting_overrides(mode: str, trm: str, trm_url: str | None = None) -> list[str]:
     """Hydra overrides of the TRM's hosting mode on the tiny CPU recipe, whose keys are mode A's with the TRM to serve
     unset: ``trm`` is the model folder, ``trm_url`` the external server's ``/v1`` URL in mode B."""
@@ -264,38 +221,6 @@ def hosting_overrides(mode: str, trm: str, trm_url: str | None = None) -> list[s
     return [f"reward.reward_kwargs.trm_base_url={trm_url}", f"reward.reward_kwargs.trm_model={trm}",
             "reward.reward_model.enable=false", "reward.reward_model.enable_resource_pool=false",
             "reward.reward_model.model_path=null"]
-
-
-def trm_endpoints(console: Path) -> dict[str, Any]:
-    """What a ``main_ppo`` console log says of the TRM's endpoints: ``{"manager": {mode, base_url}, "replicas":
-    [{rank, address, log}]}`` (the manager's line is printed by every reward worker; they agree)."""
-    text = console.read_text(encoding="utf-8", errors="replace") if console.exists() else ""
-    managers = set(_MANAGER_LINE.findall(text))
-    if len(managers) > 1:
-        raise RuntimeError(f"reward workers used different TRM endpoints {sorted(managers)}; see {console}")
-    replicas = {int(rank): {"rank": int(rank), "address": address, "log": log}
-                for rank, address, log in _REPLICA_LINE.findall(text)}
-    manager = None
-    if managers:
-        ((mode, base_url),) = managers
-        manager = {"mode": mode, "base_url": base_url}
-    return {"manager": manager, "replicas": [replicas[k] for k in sorted(replicas)]}
-
-
-def read_step_metrics(path: Path) -> dict[int, dict[str, Any]]:
-    """The training steps of a verl file-logger JSONL: ``{step: metrics}`` (rows with training metrics only)."""
-    steps: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line still being written
-            if "training/global_step" in row["data"]:
-                steps[int(row["step"])] = row["data"]
-    return steps
 
 
 def _merge_metrics(run: TinyRun, logs: list[Path]) -> Path:
@@ -400,7 +325,7 @@ def run_tiny(run: TinyRun) -> Path:
 
 def _trm_server(run: TinyRun, model_dir: str, name: str):
     """The TRM behind ``transformers serve`` on 127.0.0.1 (mode B, and the audit), its log in ``runs/``."""
-    from sophiavl_verl.tools.local_server import LocalOpenAIServer
+    from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
 
     return LocalOpenAIServer(model_dir, log_path=run.out / "runs" / f"{name}.log", progress=_say)
 
@@ -584,10 +509,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(parser, argv[:split])
 
 
-def _run(args: argparse.Namespace) -> int:
-    out = args.out.resolve()
+def output_folder(path: Path) -> Path:
+    """``--out`` made absolute; an :class:`InputError` when it names something other than a folder."""
+    out = path.resolve()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
+    return out
+
+
+def say_outputs(say: Callable[[str], None], outputs: dict[str, Path], figures: Iterable[Path]) -> None:
+    """What a command wrote, one ``say`` line each with the labels aligned: ``outputs``, then every figure."""
+    lines = [*outputs.items(), *(("figure", png) for png in sorted(figures))]
+    width = max(len(label) for label, _ in lines) + 1
+    for label, path in lines:
+        say(f"  {label + ':':<{width}} {path}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = output_folder(args.out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out} is not empty (a fresh folder keeps runs apart: verl would resume from it)")
     if args.trm_outage_after_step is not None and args.trm_hosting != "B":
@@ -597,11 +536,8 @@ def _run(args: argparse.Namespace) -> int:
                   trm_hosting=args.trm_hosting, audit=not args.no_audit, overrides=args.overrides)
     report = run_tiny(run)
     _say(f"done in {run.timings['total']:.0f} s")
-    _say(f"  run:     {out / 'run.json'}")
-    _say(f"  metrics: {out / 'metrics.jsonl'}")
-    _say(f"  report:  {report}")
-    for png in sorted(out.glob("**/*.png")):
-        _say(f"  plot:    {png}")
+    say_outputs(_say, {"run": out / "run.json", "metrics": out / "metrics.jsonl", "report": report},
+                out.glob("**/*.png"))
     return 0
 
 

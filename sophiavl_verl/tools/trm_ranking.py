@@ -3,9 +3,9 @@
 :func:`held_out_ranking` splits the embedded sample's groups (:func:`split_groups`: the same number held out of
 each task type, by a seeded draw), trains a TRM on the other groups' responses with :func:`trm_sft.train_trm` (the
 real ``sophiavl-verl data trm`` -> ``run_trm_sft_3b.sh`` -> verl SFT path) and one label set, serves it with a real
-``transformers serve`` (:class:`~sophiavl_verl.tools.local_server.LocalOpenAIServer`), scores the held-out groups'
-responses through :class:`~sophiavl_verl.thinking_reward.ThinkingRewardClient`, and reports two AUCs
-(:func:`auc`):
+``transformers serve`` (:class:`~sophiavl_verl.integration.cpu_backend.transformers_serve.LocalOpenAIServer`),
+scores the held-out groups' responses through :class:`~sophiavl_verl.thinking_reward.ThinkingRewardClient`, and
+reports two AUCs (:func:`auc`):
 
 * ``sound_vs_flawed``: that a ``sound`` response scores above a flawed one (``slip``, ``misread``, ``lucky``,
   ``fluent``); an honest TRM that generalises is near 1;
@@ -116,8 +116,8 @@ def split_groups(seed: int, held_out_per_type: int = 2) -> tuple[list[str], list
 def _score(model_dir: str, groups: list[dict], work: Path) -> list[float]:
     """The TRM's scores of every response of ``groups``, in order, through a real ``transformers serve``."""
     from sophiavl_verl.config import SophiaVLRewardConfig
+    from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
     from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
-    from sophiavl_verl.tools.local_server import LocalOpenAIServer
 
     items = [ThinkingRewardItem(group["question"], response, [str(EMBEDDED / p) for p in group["images"]])
              for group in groups for response in group["responses"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from sophiavl_verl.tools.local_server import free_port
+from sophiavl_verl.integration.cpu_backend.transformers_serve import free_port
 
 __all__ = ["free_port", "port_open"]
 

@@ -1,5 +1,8 @@
 """A CPU backend for verl: its own trainers, unchanged, on a machine without an accelerator.
 
+Ships in the package, loaded only under ``VERL_PLATFORM=cpu``; what it needs beyond the base install is the ``cpu``
+extra: ``pip install "sophiavl-verl[cpu]"`` (verl[verl-core]; ``transformers serve`` for hosting mode A).
+
 For smoke runs, CI and the quick start (``scripts/train_cpu.sh``) with tiny models. It is not a training
 backend and does not pretend to be fast. Imported by the plugin entry point only when ``VERL_PLATFORM=cpu``
 (:mod:`..backend_choice`), so a GPU user's process never loads it.

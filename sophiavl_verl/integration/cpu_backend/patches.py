@@ -82,7 +82,7 @@ def _import_qwen_vl_utils_without_torchvision() -> None:
 
 def _load_vl_processors_without_torchvision() -> None:
     """transformers 5 refuses to build Qwen2/2.5-VL processors without torchvision (for the video processor,
-    even for images): the shim of :func:`sophiavl_verl.tools.tiny_vl.install_processor_shim`."""
-    from sophiavl_verl.tools.tiny_vl import install_processor_shim
+    even for images): the shim of :func:`.processor_shim.install_processor_shim`."""
+    from sophiavl_verl.integration.cpu_backend.processor_shim import install_processor_shim
 
     install_processor_shim()

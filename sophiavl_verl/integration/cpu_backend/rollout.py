@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,9 @@ import torch
 from verl.utils.fs import copy_to_local
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
+
+from sophiavl_verl.integration.cpu_backend.processor_shim import install_processor_shim
+from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
 
 __all__ = ["TransformersReplica", "TransformersServer", "TransformersServerAdapter"]
 
@@ -63,8 +67,6 @@ class TransformersServer:
     def __init__(self, model_path: str, prompt_length: int, response_length: int, trust_remote_code: bool = False,
                  max_batch_size: int = 64, seed: int | None = None):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
-
-        from sophiavl_verl.tools.tiny_vl import install_processor_shim
 
         torch.set_num_threads(1)
         if seed is not None:  # sampling draws from torch's global generator, as vLLM's from its seed
@@ -225,10 +227,6 @@ class TransformersHTTPServer:
     """
 
     def __init__(self, model_path: str, replica_rank: int) -> None:
-        import tempfile
-
-        from sophiavl_verl.tools.local_server import LocalOpenAIServer
-
         self.host = ray.util.get_node_ip_address().strip("[]")
         log = os.path.join(tempfile.gettempdir(), f"sophiavl_reward_server_{replica_rank}_{os.getpid()}.log")
         self.server = LocalOpenAIServer(model_path, host=self.host, die_with_parent=True, log_path=log).start()

@@ -94,8 +94,8 @@ def thinking_reward_endpoint(
     """The TRM to score with: the given OpenAI-compatible endpoint, or the embedded tiny TRM served here.
 
     The embedded one is trained (once, cached) by :func:`sophiavl_verl.tools.trm_sft.make_embedded_trm` and served
-    by :class:`sophiavl_verl.tools.local_server.LocalOpenAIServer` on 127.0.0.1; the server is stopped when the
-    block exits, also on error or Ctrl-C.
+    by :class:`sophiavl_verl.integration.cpu_backend.transformers_serve.LocalOpenAIServer` on 127.0.0.1; the server
+    is stopped when the block exits, also on error or Ctrl-C.
 
     Yields:
         ``{"base_url", "model", "embedded"}``.
@@ -107,7 +107,7 @@ def thinking_reward_endpoint(
         return
     if trm_model:
         raise AuditError("--trm-model needs --trm-url (without both, the embedded tiny TRM is used)")
-    from sophiavl_verl.tools.local_server import LocalOpenAIServer
+    from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
     from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
