@@ -20,10 +20,8 @@ fooled by fluency, the TRM Trust-GRPO's trust weight exists for. The base model 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -192,8 +190,8 @@ def train_trm(work: Path, base_model: Path, *, progress: Callable[[str], None] =
 
 
 def _fingerprint(labels: str) -> str:
-    """Changes whenever what :func:`make_embedded_trm` would make may change (for the default label set, the same
-    value as before label sets existed, so that caches made then stay valid)."""
+    """Changes whenever what :func:`make_embedded_trm` would make may change."""
+    from sophiavl_verl.tools.model_cache import fingerprint
     from sophiavl_verl.tools.tiny_vl import recipe_fingerprint
 
     recipe = [recipe_fingerprint(0), LABEL_SETS[labels], BASE_SEED,
@@ -201,7 +199,7 @@ def _fingerprint(labels: str) -> str:
               *(p.read_text(encoding="utf-8") for p in (SFT_SCRIPT, RECIPE_DIR / "common.sh",
                                                         RECIPE_DIR / f"{SFT_CONFIG}.yaml",
                                                         RECIPE_DIR / "trm_sft_3b_base.yaml"))]
-    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
+    return fingerprint(recipe)
 
 
 def make_embedded_trm(cache_dir: str | os.PathLike, *, progress: Callable[[str], None] = print,
@@ -218,23 +216,16 @@ def make_embedded_trm(cache_dir: str | os.PathLike, *, progress: Callable[[str],
         How it was made (``model_dir`` is the ``huggingface`` folder to serve), read back from the cache when its
         recipe (this code, the recipe files, the sample, the labels) is unchanged.
     """
+    from sophiavl_verl.tools.model_cache import build_once
     from sophiavl_verl.tools.tiny_vl import build_tiny_qwen2_5_vl
 
     out = Path(cache_dir) / cache_folder(labels)
-    fingerprint = _fingerprint(labels)
-    try:
-        marker = json.loads((out / _MARKER).read_text())
-        if marker.pop("fingerprint") == fingerprint and Path(marker["model_dir"]).is_dir():
-            return TRMTraining(**marker)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_qwen2_5_vl(tmp / "base", seed=BASE_SEED)
-    made = train_trm(tmp, tmp / "base", progress=progress, labels=labels)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    made = TRMTraining(**{**asdict(made), "model_dir": made.model_dir.replace(str(tmp), str(out), 1),
-                          "checkpoint": made.checkpoint.replace(str(tmp), str(out), 1)})
-    (out / _MARKER).write_text(json.dumps({"fingerprint": fingerprint, **asdict(made)}, indent=1))
-    return made
+
+    def build(folder: Path) -> dict:
+        build_tiny_qwen2_5_vl(folder / "base", seed=BASE_SEED)
+        made = asdict(train_trm(folder, folder / "base", progress=progress, labels=labels))
+        # Paths relative to the folder: the marker stays true wherever the cache is (it is built under another name).
+        return {**made, **{key: str(Path(made[key]).relative_to(folder)) for key in ("model_dir", "checkpoint")}}
+
+    made = build_once(out, _fingerprint(labels), build, marker=_MARKER)
+    return TRMTraining(**{**made, **{key: str(out / made[key]) for key in ("model_dir", "checkpoint")}})
