@@ -11,9 +11,11 @@ A generated block sits between ``<!-- generated: NAME -->`` and ``<!-- /generate
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,12 +73,57 @@ def failure_kinds_table() -> str:
                   [(f"`{kind.value}`", _cell(kind.meaning), _cell(kind.retried)) for kind in TRMFailure])
 
 
+PACKAGE = ROOT / "sophiavl_verl"
+_ENTRY = re.compile(r"^    (\S+(?:\.py|/))\s+(\S.*)$")
+_MORE = re.compile(r"^     +(\S.*)$")
+
+
+def module_listing(package: Path) -> dict[str, str]:
+    """What a package's ``__init__`` docstring lists: each module (``x.py``) or subpackage (``x/``) -> what it holds.
+
+    An entry is a line indented by four spaces, a name, spaces, the text; deeper-indented lines right after it
+    continue its text.
+    """
+    source = (package / "__init__.py").read_text(encoding="utf-8")
+    listing: dict[str, str] = {}
+    last = None
+    for line in (ast.get_docstring(ast.parse(source), clean=False) or "").splitlines():
+        if entry := _ENTRY.match(line):
+            last = entry.group(1)
+            listing[last] = entry.group(2)
+        elif last and (more := _MORE.match(line)):
+            listing[last] += " " + more.group(1)
+        else:
+            last = None
+    return listing
+
+
+def layout_tree() -> str:
+    """The package's tree, each module with what its package's docstring says it holds."""
+    lines = ["sophiavl_verl/"]
+
+    def walk(package: Path, depth: int) -> None:
+        listing = module_listing(package)
+        width = max(map(len, listing)) + 2
+        for name, what in listing.items():
+            what = re.sub(r":\w+:`~?([^`]*)`", r"\1", what).replace("``", "")  # reST roles and literals read as text
+            indent = "  " * depth
+            lines.extend(textwrap.wrap(what, 118, initial_indent=f"{indent}{name:<{width}}",
+                                       subsequent_indent=" " * (len(indent) + width)))
+            if name.endswith("/"):
+                walk(package / name[:-1], depth + 1)
+
+    walk(PACKAGE, 1)
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
 #: Each generated block's name -> (the doc holding it, relative to the repository, and what renders it).
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "options:algorithm.trust_grpo": ("docs/options.md", lambda: options_table(TrustGRPOConfig)),
     "options:reward.reward_kwargs": ("docs/options.md", lambda: options_table(SophiaVLRewardConfig)),
     "metrics": ("docs/options.md", metrics_table),
     "failure-kinds": ("docs/readme_thinking_reward.md", failure_kinds_table),
+    "layout": ("docs/DESIGN.md", layout_tree),
     "verl-touch-points": ("docs/verl_integration.md", lambda: touch_point_table().rstrip("\n")),
 }
 

@@ -7,16 +7,20 @@ For smoke runs, CI and the quick start (``scripts/train_cpu.sh``) with tiny mode
 backend and does not pretend to be fast. Imported by the plugin entry point only when ``VERL_PLATFORM=cpu``
 (:mod:`..backend_choice`), so a GPU user's process never loads it.
 
-On the ``cpu`` platform it registers, through verl's registries:
+On the ``cpu`` platform it registers the platform ``cpu`` and the rollout backend ``transformers`` through verl's
+registries, and applies the narrow patches where verl has no extension point:
 
-- the platform ``cpu`` (:mod:`.platform`): device ``cpu``, backend ``gloo``, Ray resource ``GPU``;
-- the rollout backend ``transformers`` (:mod:`.rollout`): ``actor_rollout_ref.rollout.name=transformers``;
+    platform.py            the verl platform ``cpu``: device ``cpu``, backend ``gloo``, Ray resource ``GPU``
+    rollout.py             the rollout backend ``transformers`` (``actor_rollout_ref.rollout.name=transformers``):
+                           Hugging Face ``generate``, pending requests batched; as a reward model, transformers serve
+    transformers_serve.py  ``transformers serve`` for one local model beside a process (LocalOpenAIServer)
+    processor_shim.py      Qwen2/2.5-VL processors without torchvision, in every process that loads one
+    patches.py             the narrow patches of verl where it has no extension point
+    replay_buffer.py       verl's v1 replay buffer polling every 50 ms instead of 2 s
 
-and applies the narrow patches of :mod:`.patches` where verl has no extension point. Each place it touches verl
-is declared in :data:`..hooks.TOUCH_POINTS` (the table in ``docs/verl_integration.md``). What a run also needs
-in its config (Ray resources, TransferQueue units, FSDP2, eager attention, and :mod:`.replay_buffer`, verl's replay
-buffer polling every 50 ms instead of 2 s, plugged in through ``trainer.v1.sampler.custom_sampler``):
-``recipes/sophiavl_r1/sophiavl_r1_tiny_cpu.yaml``.
+Each place it touches verl is declared in :data:`..hooks.TOUCH_POINTS` (the table in ``docs/verl_integration.md``).
+What a run also needs in its config (Ray resources, TransferQueue units, FSDP2, eager attention, the replay buffer
+through ``trainer.v1.sampler.custom_sampler``): ``recipes/sophiavl_r1/sophiavl_r1_tiny_cpu.yaml``.
 """
 
 from __future__ import annotations
