@@ -27,7 +27,7 @@ if ! "$venv/bin/python" -c "import verl, sys; sys.exit(verl.__version__ != '0.9.
   pip install "verl[verl-core]==0.9.1"
 fi
 echo "[setup] installing sophiavl-verl (editable, test + serve + plot extras)"
-pip install -e "$root[test,serve,plot]"
+pip install -e "${root}[test,serve,plot]"
 if "$venv/bin/python" -c "import torchvision" 2>/dev/null; then
   echo "[setup] torchvision is installed; it breaks transformers on CPU (SPEC §4). Remove it." >&2
   exit 1

@@ -5,6 +5,6 @@
 #   bash scripts/study_cpu.sh [--out DIR] [--quick]    (default DIR: ./study_cpu_out; an interrupted study resumes)
 # Writes DIR/study.json, DIR/study.md and one figure per claim; docs/experiments.md reports the full run.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_cpu.sh" >&2
-exec "${SOPHIAVL_VENV:-$root/.venv}/bin/python" -m sophiavl_verl.tools.study_cpu "$@"
+# shellcheck source-path=SCRIPTDIR source=cpu_stack.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cpu_stack.sh" >&2
+exec "$venv_bin/python" -m sophiavl_verl.tools.study_cpu "$@"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Quick start, command 2: install the CPU stack if needed, lint (ruff), then run the whole test suite.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_cpu.sh"
+# shellcheck source-path=SCRIPTDIR source=cpu_stack.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cpu_stack.sh"
 cd "$root"
-"${SOPHIAVL_VENV:-$root/.venv}/bin/ruff" check "$root"
-exec "${SOPHIAVL_VENV:-$root/.venv}/bin/python" -m pytest tests "$@"
+"$venv_bin/ruff" check "$root"
+exec "$venv_bin/python" -m pytest tests "$@"

@@ -7,6 +7,6 @@
 # step 3; --trm-hosting B serves it beside the run), then the audit and plots of the run; DIR/run.json says what
 # ran. A smoke run on the CPU backend (VERL_PLATFORM=cpu), not a training setup.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_cpu.sh" >&2
-exec "${SOPHIAVL_VENV:-$root/.venv}/bin/python" -m sophiavl_verl.tools.train_cpu "$@"
+# shellcheck source-path=SCRIPTDIR source=cpu_stack.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cpu_stack.sh" >&2
+exec "$venv_bin/python" -m sophiavl_verl.tools.train_cpu "$@"

@@ -48,8 +48,24 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> A
     return field(default=default, metadata=metadata)
 
 
+class _Options:
+    """Base of the options dataclasses: each option is checked against its declaration (type, then choices),
+    then against the rules of its class (:meth:`_check`)."""
+
+    _prefix: str  # where the options live in verl's config; every error names ``<_prefix>.<option>``
+
+    def __post_init__(self) -> None:
+        _check_declared_types(self)
+        _check_choices(self)
+        self._check(self._prefix)
+
+    def _check(self, key: str) -> None:
+        """The ranges and rules beyond the declared types and choices; ``key`` is :attr:`_prefix`."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class TrustGRPOConfig:
+class TrustGRPOConfig(_Options):
     """Options of the ``trust_grpo`` advantage estimator (``algorithm.trust_grpo.*``); each documented where
     declared."""
 
@@ -71,10 +87,7 @@ class TrustGRPOConfig:
     epsilon: float = option(1e-6, "Added to the group std in Eq. 6, as verl's GRPO does; a finite number >= 0.")
     _prefix: str = field(default="algorithm.trust_grpo", repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        key = self._prefix
-        _check_declared_types(self)
-        _check_choices(self)
+    def _check(self, key: str) -> None:
         _require(0 <= self.alpha <= MAX_ALPHA, f"{key}.alpha",
                  f"must be a finite number in [0, {MAX_ALPHA:g}], got {self.alpha}")
         try:
@@ -251,7 +264,7 @@ DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
-class SophiaVLRewardConfig:
+class SophiaVLRewardConfig(_Options):
     """Options of the ``sophiavl`` reward manager (``reward.reward_kwargs.*``); each documented where declared."""
 
     trm_base_url: str | None = option(
@@ -311,10 +324,7 @@ class SophiaVLRewardConfig:
                                   "format (the reference code): a response without it scores 0.")
     _prefix: str = field(default="reward.reward_kwargs", repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        key = self._prefix
-        _check_declared_types(self)
-        _check_choices(self)
+    def _check(self, key: str) -> None:
         _require(self.max_concurrency >= 1, f"{key}.max_concurrency",
                  f"must be an integer >= 1, got {self.max_concurrency!r}")
         _require(self.max_retries >= 0, f"{key}.max_retries", f"must be an integer >= 0, got {self.max_retries!r}")

@@ -87,6 +87,14 @@ def _report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
 
+def _checked_report(rc: int, out: Path, capsys) -> dict:
+    """The ``report.json`` of an audit that exited 0 (else its stderr fails the test), its numbers recomputed."""
+    assert rc == 0, capsys.readouterr().err
+    report = _report(out)
+    check_report_numbers(report)
+    return report
+
+
 def check_report_numbers(report: dict) -> None:
     """Every group's γ, rewards and advantages (Eq. 1-6) and the overall numbers, recomputed independently."""
     s = report["settings"]
@@ -244,9 +252,7 @@ def test_partial_trm_failure_is_reported_as_failures_not_zeros(tmp_path, capsys)
     with keyword_trm(fail_400=markers_400, fail_503=markers_503) as server:
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
                    "--max-retries", "1", "--no-progress"])
-    assert rc == 0, capsys.readouterr().err
-    report = _report(tmp_path)
-    check_report_numbers(report)
+    report = _checked_report(rc, tmp_path, capsys)
     assert report["trm"]["failed"] == expected_failed
     assert report["trm"]["failures"] == {"http_4xx": sum("Line one:" in t for r in SAMPLE_ROWS for t in r["responses"]),
                                          "http_5xx": sum("Hmm." in t for r in SAMPLE_ROWS for t in r["responses"])}
@@ -328,9 +334,7 @@ def test_no_trust_weight_and_skip_uniform_query_policy(tmp_path, capsys):
         rc = main(["audit", "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path),
                    "--no-progress", "--no-trust-weight", "--query-policy", "skip_uniform"])
         sent = server.requests
-    assert rc == 0, capsys.readouterr().err
-    report = _report(tmp_path)
-    check_report_numbers(report)
+    report = _checked_report(rc, tmp_path, capsys)
     uniform = [g for g in report["groups"] if g["n_correct"] == 0 or g["n_wrong"] == 0]
     assert report["trm"]["skipped"] == sum(len(g["responses"]) for g in uniform) == 256 - sent
     assert all(r["trm_status"] == "skipped" and r["thinking_reward"] is None for g in uniform for r in g["responses"])
@@ -510,9 +514,7 @@ def test_audit_of_a_v1_dump_with_the_dataset(verl_dumps, tmp_path, capsys):
         rc = main(["audit", str(verl_dumps.v1.parent), "--dataset", str(verl_dumps.dataset),
                    "--trm-url", server.base_url, "--trm-model", server.model, "--out", str(tmp_path), "--no-progress"])
         requests = _sent(server)
-    assert rc == 0, capsys.readouterr().err
-    report = _report(tmp_path)
-    check_report_numbers(report)
+    report = _checked_report(rc, tmp_path, capsys)
     inp = report["input"]
     assert inp["format"] == "verl_dump" and inp["rows"] == len(DUMP_GROUPS) * 9
     assert inp["dataset_matched_groups"] == len(DUMP_GROUPS) and inp["groups_without_images"] == 0
@@ -535,9 +537,7 @@ def test_audit_of_a_legacy_dump_without_images(verl_dumps, tmp_path, capsys):
         rc = main(["audit", str(verl_dumps.legacy), "--problem-type", "numerical", "--trm-url", server.base_url,
                    "--trm-model", server.model, "--out", str(tmp_path), "--no-progress", "--step", "0"])
         requests = _sent(server)
-    assert rc == 0, capsys.readouterr().err
-    report = _report(tmp_path)
-    check_report_numbers(report)
+    report = _checked_report(rc, tmp_path, capsys)
     assert [g["problem_type"] for g in report["groups"]] == ["numerical", "numerical"]
     assert [g["question"] for g in report["groups"]] == [row["question"] for row in DUMP_GROUPS[:2]]
     assert report["input"]["groups_without_images"] == 2 and all(r["images"] == 0 for r in requests)

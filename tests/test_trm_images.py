@@ -20,6 +20,13 @@ from support.trm import FAST, ITEM, b64, jpeg_bytes, make_client, png_bytes, rgb
 pytestmark = pytest.mark.timeout(600)
 
 
+def _score_and_collect_images(items, **options):
+    """Score ``items`` once against a TRM answering 0.5; returns the client and the images the TRM received."""
+    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
+        _, client, _ = score_once(server.base_url, items, **options)
+        return client, sent_images(server)
+
+
 def test_bad_image_fails_only_its_item(tmp_path):
     items = [ITEM, ThinkingRewardItem("q", "r", (str(tmp_path / "missing.png"),)), ITEM]
     with FaultInjectionServer(lambda n, body: "<answer>0.4</answer>") as server:
@@ -123,9 +130,7 @@ def test_downscaling_to_max_image_pixels_follows_the_reference_rule():
     big = jpeg_bytes(size=(300, 100))  # 30000 pixels
     small = jpeg_bytes(size=(50, 40))  # 2000 pixels: under the cap, sent as it is
     items = [ThinkingRewardItem("q", "r", (big,)), ThinkingRewardItem("q", "r", (small,))]
-    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
-        _, client, _ = score_once(server.base_url, items, max_image_pixels=12000)
-        sent = sent_images(server)
+    client, sent = _score_and_collect_images(items, max_image_pixels=12000)
     factor = math.sqrt(12000 / 30000)  # EasyR1's process_image: sides scaled by sqrt(max / (w * h)), truncated
     shrunk = next(Image.open(io.BytesIO(data)) for data in sent if data != small)
     assert shrunk.format == "PNG" and shrunk.size == (int(300 * factor), int(100 * factor)) == (189, 63)
@@ -176,9 +181,7 @@ def test_palette_images_with_equal_indices_but_other_palettes_are_not_confused()
     red.putpalette([255, 0, 0] * 256)
     blue.putpalette([0, 0, 255] * 256)
     items = [ThinkingRewardItem("q", "r", (red,)), ThinkingRewardItem("q", "r", (blue,))]
-    with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
-        _, client, _ = score_once(server.base_url, items, max_concurrency=1)
-        sent = sent_images(server)
+    client, sent = _score_and_collect_images(items, max_concurrency=1)
     colors = sorted(Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0)) for data in sent)
     assert colors == [(0, 0, 255), (255, 0, 0)] and client.stats.image_encodes == 2
 

@@ -28,19 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sophiavl_verl.errors import DataError
-from sophiavl_verl.tools.command import OneLineErrorParser, run_command, set_command
+from sophiavl_verl.tools.command import OneLineErrorParser, at_least, run_command, set_command
 
 __all__ = ["main", "data_main", "build_parser"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
 
 
 def _add_declared(group, cls: type, names, *, defaults: dict | None = None, helps: dict | None = None) -> None:
@@ -109,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "to recover images, problem type and the clean question")
     g.add_argument("--raw-prompt", action="store_true",
                    help="verl dumps: send the whole decoded prompt to the TRM instead of the extracted question")
-    g.add_argument("--limit", type=_positive_int, default=None, help="audit only the first N groups")
+    g.add_argument("--limit", type=at_least(1), default=None, help="audit only the first N groups")
     t = a.add_argument_group("thinking reward model and rewards (reward.reward_kwargs.* of the plugin; default: "
                              "the embedded tiny TRM)")
     _add_declared(t, SophiaVLRewardConfig, REWARD_OPTIONS, defaults={"query_policy": AUDIT_QUERY_POLICY}, helps={
@@ -118,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "variable); default: the embedded tiny TRM, served on 127.0.0.1 by the command",
         "trm_model": "model name the server at --trm-url serves",
     })
-    t.add_argument("--max-concurrency", type=_positive_int, default=None,
+    t.add_argument("--max-concurrency", type=at_least(1), default=None,
                    help="TRM requests in flight (default: 1 for the embedded CPU server, 16 for --trm-url)")
     t.add_argument("--cache-dir", default=None,
                    help="where the embedded TRM is built (default $SOPHIAVL_VERL_CACHE or ~/.cache/sophiavl_verl)")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from sophiavl_verl.errors import ConfigError, InputError, UsageError
 
-__all__ = ["OneLineErrorParser", "run_command", "set_command"]
+__all__ = ["OneLineErrorParser", "at_least", "run_command", "set_command"]
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -28,6 +28,21 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def set_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int]) -> None:
     """Make ``parser`` (a leaf subcommand) run ``run(args)``; its errors are reported under its ``prog``."""
     parser.set_defaults(run=run, prog=parser.prog)
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number ``>= minimum`` (``1.5``, ``nan`` and ``x`` are refused)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _terminate(signum, frame):  # pragma: no cover - exercised by sending SIGTERM / SIGHUP

@@ -464,7 +464,7 @@ def _hosting_sentence(name: str, endpoints: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from sophiavl_verl.tools.command import OneLineErrorParser, set_command
+    from sophiavl_verl.tools.command import OneLineErrorParser, at_least, set_command
 
     parser = OneLineErrorParser(
         prog="train_cpu", description="The SophiaVL-R1 recipe on verl's own trainer, on CPU (the quick start).",
@@ -472,30 +472,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=Path("train_cpu_out"), help="output folder")
     parser.add_argument("--trainer", choices=("v1", "legacy"), default="v1", help="verl's v1 trainer or RayPPOTrainer")
-    parser.add_argument("--steps", type=_at_least(1), default=2, help="steps of the first run (then a checkpoint)")
-    parser.add_argument("--resume-steps", type=_at_least(0), default=1, help="steps of the resumed run (0: none)")
+    parser.add_argument("--steps", type=at_least(1), default=2, help="steps of the first run (then a checkpoint)")
+    parser.add_argument("--resume-steps", type=at_least(0), default=1, help="steps of the resumed run (0: none)")
     parser.add_argument("--no-validation", action="store_true", help="no validation passes")
     parser.add_argument("--no-audit", action="store_true", help="skip the audit of the rollouts")
     parser.add_argument("--trm-hosting", choices=TRM_HOSTING_MODES, default="A",
                         help="A: verl serves the TRM in the cluster behind its router (the recipes' default); "
                              "B: an external server on 127.0.0.1")
-    parser.add_argument("--trm-outage-after-step", type=_at_least(1), default=None,
+    parser.add_argument("--trm-outage-after-step", type=at_least(1), default=None,
                         help="stop the TRM server once this step is logged (an outage test; needs --trm-hosting B)")
     set_command(parser, _run)
     return parser
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
