@@ -7,7 +7,6 @@ logger (:func:`read_step_metrics`) and the TRM's endpoints from its console (:fu
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -75,15 +74,6 @@ def trm_endpoints(console: Path) -> dict[str, Any]:
 
 def read_step_metrics(path: Path) -> dict[int, dict[str, Any]]:
     """The training steps of a verl file-logger JSONL: ``{step: metrics}`` (rows with training metrics only)."""
-    steps: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line still being written
-            if "training/global_step" in row["data"]:
-                steps[int(row["step"])] = row["data"]
-    return steps
+    from sophiavl_verl.tools.training_log import file_logger_rows
+
+    return {step: data for step, data in file_logger_rows(path) if "training/global_step" in data}

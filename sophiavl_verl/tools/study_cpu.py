@@ -191,11 +191,11 @@ def _kind_shares(dump: Path, dataset: Path) -> dict[str, Any]:
 
 def _logged_steps(path: Path) -> dict[int, dict[str, Any]]:
     """Every row of a verl file-logger JSONL merged by step (validation rows included)."""
+    from sophiavl_verl.tools.training_log import file_logger_rows
+
     steps: dict[int, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            steps.setdefault(int(row["step"]), {}).update(row["data"])
+    for step, data in file_logger_rows(path):
+        steps.setdefault(step, {}).update(data)
     return steps
 
 

@@ -4,7 +4,8 @@ verl's tracker writes the metrics of each step through its console logger
 (``verl.utils.logger.aggregate_logger.LocalLogger``: ``step:N - key:value - key:value ...``, values printed by
 ``pprint.pformat``, so numpy scalars appear as ``np.float64(0.5)``; Ray prefixes lines with
 ``(TaskRunner pid=...)``) and its file logger (``verl.utils.tracking.FileLogger``: JSON lines
-``{"step": N, "data": {...}}``, NaN written as ``null``). :func:`parse_metrics_log` reads either;
+``{"step": N, "data": {...}}``, NaN written as ``null``). :func:`parse_metrics_log` reads either
+(:func:`file_logger_rows` the file logger's rows as they are);
 :func:`plot_training` draws the panels of :data:`TRAINING_PANELS`; :func:`write_series_csv` keeps every metric.
 """
 
@@ -15,12 +16,22 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sophiavl_verl.errors import PlotError
 from sophiavl_verl.tools.output import pyplot, save_png, write_atomically
 
-__all__ = ["PlotError", "TRAINING_PANELS", "parse_metrics_log", "plot_training", "write_series_csv"]
+__all__ = [
+    "PlotError",
+    "TRAINING_PANELS",
+    "file_logger_row",
+    "file_logger_rows",
+    "parse_metrics_log",
+    "plot_training",
+    "write_series_csv",
+]
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -71,22 +82,43 @@ def _parse_console_line(line: str) -> tuple[int, dict[str, float]] | None:
     return _step(match.group(1)), values
 
 
-def _parse_file_logger_line(line: str) -> tuple[int, dict[str, float]] | None:
+def file_logger_row(line: str) -> tuple[int, dict[str, Any]] | None:
+    """One line of verl's file logger as ``(step, data)``; None for any other line (a line still being written too).
+
+    Raises:
+        ValueError: The line is a logger row whose step is not a whole number >= 0.
+    """
     try:
         obj = json.loads(line)
     except ValueError:
         return None
     if not isinstance(obj, dict) or "step" not in obj or not isinstance(obj.get("data"), dict):
         return None
+    return _step(obj["step"]), obj["data"]
+
+
+def file_logger_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each row of a verl file-logger JSONL as ``(step, data)``, in order; other lines are skipped."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if (row := file_logger_row(line)) is not None:
+                yield row
+
+
+def _parse_file_logger_line(line: str) -> tuple[int, dict[str, float]] | None:
+    row = file_logger_row(line)
+    if row is None:
+        return None
+    step, data = row
     values = {}
-    for key, raw in obj["data"].items():
+    for key, raw in data.items():
         if raw is None:  # orjson writes NaN as null
             values[key] = math.nan
         elif isinstance(raw, bool):
             values[key] = float(raw)
         elif isinstance(raw, (int, float)):
             values[key] = float(raw)
-    return _step(obj["step"]), values
+    return step, values
 
 
 def parse_metrics_log(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:

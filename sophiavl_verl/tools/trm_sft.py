@@ -110,17 +110,11 @@ def write_trm_source(path: Path, *, labels: str = DEFAULT_LABELS, groups: Collec
 
 def sft_losses(log_path: Path) -> dict[int, float]:
     """``{step: train/loss}`` from verl's file-logger JSONL of an SFT run (a line being written is skipped)."""
-    losses: dict[int, float] = {}
+    from sophiavl_verl.tools.training_log import file_logger_rows
+
     if not log_path.exists():
-        return losses
-    for line in log_path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if "train/loss" in row.get("data", {}):
-            losses[int(row["step"])] = float(row["data"]["train/loss"])
-    return losses
+        return {}
+    return {step: float(data["train/loss"]) for step, data in file_logger_rows(log_path) if "train/loss" in data}
 
 
 def train_trm(work: Path, base_model: Path, *, progress: Callable[[str], None] = print,
