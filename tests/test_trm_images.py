@@ -120,10 +120,14 @@ def test_image_cache_stays_bounded_over_a_long_run():
             while sum(kept) > budget:
                 kept.pop(0)
             expected.append((len(kept), sum(kept)))
+        assert client.stats.images_prepared == 60 and client.stats.image_cache_hits == 60
+        assert sizes == expected
+        first = jpeg_bytes(color=(0, 255, 0), size=(160, 120))
+        last = jpeg_bytes(color=(59, 196, 7 * 59 % 256), size=(160, 120))
+        client.score_sync([ThinkingRewardItem("q", "r", (last,))])  # still cached: a hit
+        client.score_sync([ThinkingRewardItem("q", "r", (first,))])  # evicted long ago: prepared again
         client.close()
-    assert client.stats.images_prepared == 60 and client.stats.image_cache_hits == 60
-    assert sizes == expected
-    assert 1 < sizes[-1][0] < 60  # it keeps recent images, not all of them
+    assert client.stats.image_cache_hits == 61 and client.stats.images_prepared == 61
 
 
 def test_downscaling_to_max_image_pixels_follows_the_reference_rule():
