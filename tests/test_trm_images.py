@@ -15,6 +15,7 @@ from PIL import Image
 from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
 
 from support.fault_injection import FaultInjectionServer
+from support.images import encoded
 from support.trm import FAST, ITEM, b64, jpeg_bytes, make_client, png_bytes, rgb_image, score_once, sent_images
 
 pytestmark = pytest.mark.timeout(600)
@@ -81,12 +82,8 @@ def test_a_groups_image_is_prepared_once_from_separately_deserialized_copies():
         sent = sent_images(server)
     assert client.stats.image_encodes == 3 and client.stats.images_prepared == 3
     assert client.stats.image_cache_hits == 21
-    expected = {}
-    for uid, image in groups.items():
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        expected[uid] = buffer.getvalue()
-    assert sorted(sent) == sorted(png for png in expected.values() for _ in range(8))
+    expected = [encoded(image, "PNG") for image in groups.values()]
+    assert sorted(sent) == sorted(png for png in expected for _ in range(8))
 
 
 def test_original_bytes_are_sent_as_they_are_and_never_re_encoded(tmp_path):

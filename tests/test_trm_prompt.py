@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 
@@ -12,6 +11,7 @@ from PIL import Image
 from sophiavl_verl.thinking_reward import TRM_INSTRUCTION, ThinkingRewardItem, build_trm_prompt, parse_score
 
 from support.fault_injection import FaultInjectionServer
+from support.images import encoded
 from support.trm import b64, png_bytes, rgb_image, score_once
 
 pytestmark = pytest.mark.timeout(600)
@@ -188,9 +188,7 @@ REFERENCE_TEXT = (
 
 
 def _png_data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + b64(buffer.getvalue())
+    return "data:image/png;base64," + b64(encoded(image, "PNG"))
 
 
 @pytest.mark.parametrize("layout", ["paper", "reference"])

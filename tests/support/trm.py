@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import io
 import time
 
 from aiohttp import web
@@ -13,6 +12,8 @@ from PIL import Image
 
 from sophiavl_verl.config import SophiaVLRewardConfig
 from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardItem
+
+from support.images import encoded
 
 SECRET = "sk-test-0123456789-SECRET"
 FAST = dict(backoff_base_s=0.01, backoff_max_s=0.05)  # retries without waiting in tests
@@ -42,15 +43,11 @@ def rgb_image(color=(200, 30, 30), side=64) -> Image.Image:
 
 
 def png_bytes(color=(30, 200, 30)) -> bytes:
-    buffer = io.BytesIO()
-    rgb_image(color).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encoded(rgb_image(color), "PNG")
 
 
 def jpeg_bytes(color=(10, 120, 240), size=(96, 64)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+    return encoded(Image.new("RGB", size, color), "JPEG", quality=90)
 
 
 def b64(data: bytes) -> str:
