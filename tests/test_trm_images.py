@@ -16,7 +16,19 @@ from sophiavl_verl.thinking_reward import ThinkingRewardClient, ThinkingRewardIt
 
 from support.fault_injection import FaultInjectionServer
 from support.images import encoded
-from support.trm import FAST, ITEM, b64, jpeg_bytes, make_client, png_bytes, rgb_image, score_once, sent_images
+from support.trm import (
+    FAST,
+    ITEM,
+    b64,
+    jpeg_bytes,
+    make_client,
+    png_bytes,
+    rgb_image,
+    score_each,
+    score_once,
+    sent_image_urls,
+    sent_images,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -56,8 +68,7 @@ def test_malformed_items_fail_alone_and_non_images_are_never_sent(tmp_path):
     with FaultInjectionServer(lambda n, body: "<answer>0.6</answer>") as server:
         scores, client, _ = score_once(server.base_url, items)
         assert server.requests == 2  # only the good items were sent
-        sent = [part["image_url"]["url"] for body in server.bodies for part in body["messages"][-1]["content"]
-                if part["type"] == "image_url"]
+        sent = sent_image_urls(server)
     assert scores[0] == scores[-1] == pytest.approx(0.6)
     assert all(math.isnan(s) for s in scores[1:-1])
     assert dict(client.stats.failures) == {"bad_input": len(bad)}
@@ -73,12 +84,9 @@ def test_a_groups_image_is_prepared_once_from_separately_deserialized_copies():
              for uid, image in groups.items() for k in range(8)]
     assert items[0].images[0] is not items[1].images[0]
 
-    async def one_call_per_response(client):
-        return await asyncio.gather(*(client.score([item]) for item in items))
-
     with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
         client = make_client(server.base_url, "trm", max_concurrency=8, **FAST)
-        assert asyncio.run(one_call_per_response(client)) == [[0.5]] * 24
+        assert asyncio.run(score_each(client, items)) == [[0.5]] * 24
         sent = sent_images(server)
     assert client.stats.image_encodes == 3 and client.stats.images_prepared == 3
     assert client.stats.image_cache_hits == 21
@@ -94,8 +102,7 @@ def test_original_bytes_are_sent_as_they_are_and_never_re_encoded(tmp_path):
     items.append(ThinkingRewardItem("q", "from a file", (str(path),)))
     with FaultInjectionServer(lambda n, body: "<answer>0.5</answer>") as server:
         scores, client, _ = score_once(server.base_url, items)
-        urls = [part["image_url"]["url"] for body in server.bodies for part in body["messages"][-1]["content"]
-                if part["type"] == "image_url"]
+        urls = sent_image_urls(server)
         sent = sent_images(server)
     assert scores == [0.5] * 5
     assert sorted(sent) == sorted([jpeg, png] * 4 + [jpeg])  # byte for byte

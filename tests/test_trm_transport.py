@@ -9,14 +9,9 @@ import pytest
 from sophiavl_verl.thinking_reward import ThinkingRewardClient
 
 from support.fault_injection import FaultInjectionServer
-from support.trm import FAST, ITEM, hang, make_client, score_once, wait_until
+from support.trm import FAST, ITEM, hang, make_client, score_each, score_once, wait_until
 
 pytestmark = pytest.mark.timeout(600)
-
-
-async def _single_item_calls(client: ThinkingRewardClient, n: int) -> list[list[float]]:
-    """``n`` concurrent score() calls of one item each, as verl's reward loop makes them."""
-    return await asyncio.gather(*(client.score([ITEM]) for _ in range(n)))
 
 
 def test_concurrency_cap_is_respected():
@@ -32,9 +27,9 @@ def test_concurrency_cap_holds_across_concurrent_calls():
     """verl's reward loop scores one sample per call, many calls at once: the cap is the client's, not the call's."""
     with FaultInjectionServer(hang(0.05)) as server:
         client = make_client(server.base_url, "trm", max_concurrency=3, **FAST)
-        assert asyncio.run(_single_item_calls(client, 20)) == [[0.5]] * 20
+        assert asyncio.run(score_each(client, [ITEM] * 20)) == [[0.5]] * 20
         assert server.max_in_flight == 3
-        assert asyncio.run(_single_item_calls(client, 20)) == [[0.5]] * 20  # a new event loop gets its own cap
+        assert asyncio.run(score_each(client, [ITEM] * 20)) == [[0.5]] * 20  # a new event loop gets its own cap
 
 
 def test_single_item_calls_share_one_pool_of_kept_alive_connections():
@@ -43,8 +38,8 @@ def test_single_item_calls_share_one_pool_of_kept_alive_connections():
         client = make_client(server.base_url, "trm", max_concurrency=4, **FAST)
         loop = asyncio.new_event_loop()
         try:
-            assert loop.run_until_complete(_single_item_calls(client, 200)) == [[0.5]] * 200
-            assert loop.run_until_complete(_single_item_calls(client, 100)) == [[0.5]] * 100  # a later step
+            assert loop.run_until_complete(score_each(client, [ITEM] * 200)) == [[0.5]] * 200
+            assert loop.run_until_complete(score_each(client, [ITEM] * 100)) == [[0.5]] * 100  # a later step
         finally:
             client.close()
             loop.close()

@@ -54,6 +54,11 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+async def score_each(client: ThinkingRewardClient, items) -> list[list[float]]:
+    """One ``score([item])`` call per item, all at once, as verl's reward loop makes them (one per response)."""
+    return await asyncio.gather(*(client.score([item]) for item in items))
+
+
 def status(code: int, text: str = "injected fault", headers: dict | None = None):
     """A server script that answers ``code`` to every request."""
     return lambda n, body: web.Response(status=code, text=text, headers=headers)
@@ -75,14 +80,15 @@ def question_of(body: dict) -> str:
     return text.split("Question: ", 1)[1].split("\n", 1)[0]
 
 
+def sent_image_urls(server) -> list[str]:
+    """Every image_url (a data URL) the server received, in order."""
+    return [part["image_url"]["url"] for body in server.bodies for part in body["messages"][-1]["content"]
+            if part["type"] == "image_url"]
+
+
 def sent_images(server) -> list[bytes]:
     """The decoded bytes of every image_url the server received, in order."""
-    out = []
-    for body in server.bodies:
-        for part in body["messages"][-1]["content"]:
-            if part["type"] == "image_url":
-                out.append(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))
-    return out
+    return [base64.b64decode(url.split(",", 1)[1]) for url in sent_image_urls(server)]
 
 
 def wait_until(condition, timeout_s: float = 10.0) -> bool:
