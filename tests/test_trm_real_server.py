@@ -12,22 +12,16 @@ from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAI
 from sophiavl_verl.thinking_reward import ThinkingRewardItem, build_trm_prompt
 from sophiavl_verl.tools.tiny_vl import synthetic_trm_examples
 
-from support.trm import ITEM, b64, make_client, png_bytes, rgb_image
+from support.trm import ITEM, b64, make_client, png_bytes, rgb_image, score_each
 
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def real_server(embedded_trm_server):
-    """``transformers serve`` on 127.0.0.1 serving the fine-tuned tiny Qwen2.5-VL TRM (tests/conftest.py)."""
-    return embedded_trm_server
-
-
-def test_real_server_scores_items_with_images(real_server):
+def test_embedded_trm_server_scores_items_with_images(embedded_trm_server):
     examples = synthetic_trm_examples(9, seed=1234)
     items = [ThinkingRewardItem(q, r, images) for q, r, images in examples]
     assert any(len(item.images) == 0 for item in items) and any(len(item.images) == 2 for item in items)
-    client = make_client(real_server.base_url, real_server.model, max_concurrency=4, timeout_s=120)
+    client = make_client(embedded_trm_server.base_url, embedded_trm_server.model, max_concurrency=4, timeout_s=120)
     scores = client.score_sync(items)
     assert client.stats.failed == 0, client.stats
     assert all(0.0 <= s <= 1.0 for s in scores)  # what it judges is tested in test_trm_sft.py
@@ -36,28 +30,28 @@ def test_real_server_scores_items_with_images(real_server):
     assert 0 < summary["trm/latency_p50_s"] <= summary["trm/latency_p95_s"]
 
 
-def test_real_server_takes_several_images_of_every_kind(real_server, tmp_path):
+def test_embedded_trm_server_takes_several_images_of_every_kind(embedded_trm_server, tmp_path):
     path = tmp_path / "blue.png"
     rgb_image((20, 20, 220)).save(path)
     images = (rgb_image(), png_bytes(), str(path))
     item = ThinkingRewardItem("Which image is blue?", "<think>The third one is blue because it looks blue.</think>"
                               "<answer>3</answer>", images)
-    client = make_client(real_server.base_url, real_server.model, timeout_s=120)
+    client = make_client(embedded_trm_server.base_url, embedded_trm_server.model, timeout_s=120)
     (score,) = client.score_sync([item])
     assert 0.0 <= score <= 1.0 and client.stats.failed == 0
 
 
-def test_real_server_sees_the_images(real_server):
+def test_embedded_trm_server_sees_the_images(embedded_trm_server):
     """The server turns every image_url into image tokens: the prompt grows with each image."""
 
     async def prompt_tokens(n_images: int) -> int:
         url = f"data:image/png;base64,{b64(png_bytes())}"
         content = [{"type": "image_url", "image_url": {"url": url}}] * n_images
         content.append({"type": "text", "text": build_trm_prompt("How many?", "<think>2</think><answer>2</answer>")})
-        body = {"model": real_server.model, "messages": [{"role": "user", "content": content}],
+        body = {"model": embedded_trm_server.model, "messages": [{"role": "user", "content": content}],
                 "temperature": 0, "max_tokens": 8}
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{real_server.base_url}/chat/completions", json=body) as resp:
+            async with session.post(f"{embedded_trm_server.base_url}/chat/completions", json=body) as resp:
                 assert resp.status == 200, await resp.text()
                 return (await resp.json())["usage"]["prompt_tokens"]
 
@@ -65,19 +59,15 @@ def test_real_server_sees_the_images(real_server):
     assert two - base >= 2 * 3  # per image: vision start/end and at least one image token
 
 
-def test_real_server_sees_few_connections_for_many_calls(real_server):
+def test_embedded_trm_server_sees_few_connections_for_many_calls(embedded_trm_server):
     """The real `transformers serve` (uvicorn) logs each request's client address: count distinct ports."""
     import re
 
-    before = real_server.log_path.read_text(errors="replace")
-    client = make_client(real_server.base_url, real_server.model, max_concurrency=2, timeout_s=120)
-
-    async def calls():
-        return await asyncio.gather(*(client.score([ITEM]) for _ in range(12)))
-
-    scores = asyncio.run(calls())
+    before = embedded_trm_server.log_path.read_text(errors="replace")
+    client = make_client(embedded_trm_server.base_url, embedded_trm_server.model, max_concurrency=2, timeout_s=120)
+    scores = asyncio.run(score_each(client, [ITEM] * 12))
     assert client.stats.failed == 0 and all(0.0 <= s <= 1.0 for (s,) in scores)
-    new = real_server.log_path.read_text(errors="replace")[len(before):]
+    new = embedded_trm_server.log_path.read_text(errors="replace")[len(before):]
     ports = re.findall(r"127\.0\.0\.1:(\d+) - \"POST /v1/chat/completions", new)
     assert len(ports) == 12
     assert len(set(ports)) <= 2 and client.stats.connections == len(set(ports))
