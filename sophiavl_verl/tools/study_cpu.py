@@ -29,7 +29,6 @@ same in words, with the claims' numbers: mean and spread over seeds) and one fig
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shutil
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sophiavl_verl.errors import InputError
+from sophiavl_verl.tools.model_cache import fingerprint
 
 __all__ = ["ARMS", "FULL", "QUICK", "Arm", "Settings", "arm_config", "main", "run_metrics"]
 
@@ -229,11 +229,11 @@ def _run_one(arm: Arm, seed: int, settings: Settings, inputs: dict[str, str], ou
     overrides = run_overrides(arm, seed, settings, inputs, run_dir)
     # What the run computes: not the TRM server's port, which changes when an interrupted study starts again.
     settled = [o for o in overrides if not o.startswith("reward.reward_kwargs.trm_base_url=")]
-    fingerprint = hashlib.sha256(json.dumps([asdict(arm), settled, inputs["fingerprint"]]).encode()).hexdigest()[:16]
+    run_fingerprint = fingerprint([asdict(arm), settled, inputs["fingerprint"]])
     result_path = run_dir / "result.json"
     try:
         result = json.loads(result_path.read_text(encoding="utf-8"))
-        if result["fingerprint"] == fingerprint:
+        if result["fingerprint"] == run_fingerprint:
             bar.update(settings.steps)
             return result
     except (OSError, ValueError, KeyError):
@@ -251,7 +251,7 @@ def _run_one(arm: Arm, seed: int, settings: Settings, inputs: dict[str, str], ou
     launch_main_ppo(["--config-path", str(out / "configs"), "--config-name", arm.name, *overrides],
                     console=run_dir / "main_ppo.log", log_jsonl=run_dir / "verl.jsonl", cwd=run_dir, on_step=on_step)
     wall = time.monotonic() - started
-    result = {"arm": arm.name, "preset": arm.preset, "trm": arm.trm, "seed": seed, "fingerprint": fingerprint,
+    result = {"arm": arm.name, "preset": arm.preset, "trm": arm.trm, "seed": seed, "fingerprint": run_fingerprint,
               "overrides": overrides, "wall_s": round(wall, 1),
               "steps": run_metrics(run_dir, Path(inputs["train"]), Path(inputs["val"]))}
     result_path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
@@ -415,7 +415,7 @@ def run_study(out: Path, settings: Settings) -> Path:
 
     from sophiavl_verl.integration.cpu_backend.transformers_serve import LocalOpenAIServer
     from sophiavl_verl.tools.audit import default_cache_dir
-    from sophiavl_verl.tools.train_cpu import make_tiny_policy, prepare_data
+    from sophiavl_verl.tools.train_cpu import TINY_POLICY_MARKER, make_tiny_policy, prepare_data
     from sophiavl_verl.tools.trm_sft import make_embedded_trm
 
     wall = time.monotonic()
@@ -427,9 +427,9 @@ def run_study(out: Path, settings: Settings) -> Path:
     trms = {label: make_embedded_trm(cache, progress=_say, labels=label) for label in labels}
     policy = make_tiny_policy(cache, POLICY_MAX_RESPONSE_TOKENS, POLICY_SFT_STEPS)
     inputs = {"train": str(train), "val": str(val), "policy": str(policy)}
-    inputs["fingerprint"] = hashlib.sha256(json.dumps(
-        [(policy / "sophiavl_tiny_policy.json").read_text(), *(t.model_dir for t in trms.values())]).encode()
-    ).hexdigest()[:16]
+    # What the TRM builds recorded (losses, wall time), not only their folders: a rebuilt TRM runs the arms again.
+    inputs["fingerprint"] = fingerprint([(policy / TINY_POLICY_MARKER).read_text(),
+                                         *(asdict(t) for t in trms.values())])
     for arm in arms:
         arm_config(arm, out / "configs")
     results = []

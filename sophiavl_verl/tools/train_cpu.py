@@ -67,6 +67,8 @@ POLICY_MAX_RESPONSE_TOKENS = 80
 POLICY_SFT_STEPS = 400
 POLICY_LR = 1e-2
 POLICY_SEED = 1
+#: The marker of the tiny policy's cache folder (what its build recorded; the study fingerprints it).
+TINY_POLICY_MARKER = "sophiavl_tiny_policy.json"
 #: The label set of the quick start's TRM (``trm_sft.LABEL_SETS``): the hackable one, which scores fluent, confident
 #: reasoning above careful reasoning whatever the answer, so that the run's own report shows the trust weight
 #: catching groups where the TRM favours wrong answers. (The audit's default TRM is the honest one.)
@@ -174,7 +176,7 @@ def make_tiny_policy(cache_dir: Path, max_response_tokens: int = POLICY_MAX_RESP
         result = finetune_policy(folder, examples, steps=sft_steps, lr=POLICY_LR, seed=POLICY_SEED)
         return {"examples": len(examples), **result}
 
-    build_once(out, fingerprint(recipe), build, marker="sophiavl_tiny_policy.json")
+    build_once(out, fingerprint(recipe), build, marker=TINY_POLICY_MARKER)
     return out
 
 
