@@ -20,8 +20,9 @@ from sophiavl_verl.config import SophiaVLRewardConfig, TrustGRPOConfig
 from sophiavl_verl.keys import STEP_METRICS
 from sophiavl_verl.thinking_reward import TRMFailure
 
+from support.docs_tables import SCRIPT, docs_tables
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "docs_tables.py"
 DECLARED = {"algorithm.trust_grpo": TrustGRPOConfig, "reward.reward_kwargs": SophiaVLRewardConfig}
 
 
@@ -75,7 +76,7 @@ def test_a_drifted_table_is_caught_and_rewritten(tmp_path, doc, line, drifted_li
     """A copy of the docs with one drifted row: --check names the doc, a rewrite restores it."""
     copy = tmp_path / doc
     copy.parent.mkdir(parents=True)
-    for other in {where for where, _ in _tables().values()}:
+    for other in {where for where, _ in docs_tables()["TABLES"].values()}:
         (tmp_path / other).write_text((ROOT / other).read_text(encoding="utf-8"), encoding="utf-8")
     original = copy.read_text(encoding="utf-8")
     assert line in original
@@ -98,13 +99,6 @@ def test_the_failure_kinds_table_lists_every_kind():
     text = (ROOT / "docs" / "readme_thinking_reward.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- generated: failure-kinds -->\n(.*?)<!-- /generated -->", text, re.S).group(1)
     assert [line.split("|")[1].strip().strip("`") for line in block.splitlines()[2:]] == [k.value for k in TRMFailure]
-
-
-def _tables() -> dict:
-    """scripts/docs_tables.py's TABLES (the script is not a module of the package)."""
-    import runpy
-
-    return runpy.run_path(str(SCRIPT))["TABLES"]
 
 
 @pytest.mark.parametrize("prefix", DECLARED)

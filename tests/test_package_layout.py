@@ -7,12 +7,12 @@ top-level one. A package's ``__init__`` counts as the module named by the packag
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from support.blocked_imports import blocking
+from support.docs_tables import docs_tables
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sophiavl_verl"
 
@@ -124,13 +124,6 @@ def test_the_readmes_public_api_imports_without_verl():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
-def _script(name: str) -> Callable:
-    """A function of ``scripts/docs_tables.py`` (a script, not a module of the package)."""
-    import runpy
-
-    return runpy.run_path(str(PACKAGE.parent / "scripts" / "docs_tables.py"))[name]
-
-
 @pytest.mark.parametrize("package", sorted(p.parent.relative_to(PACKAGE.parent).as_posix()
                                            for p in PACKAGE.rglob("__init__.py")))
 def test_each_packages_docstring_lists_exactly_its_modules(package):
@@ -138,7 +131,7 @@ def test_each_packages_docstring_lists_exactly_its_modules(package):
     folder = PACKAGE.parent / package
     files = {p.name for p in folder.glob("*.py") if p.name != "__init__.py"}
     files |= {f"{p.parent.name}/" for p in folder.glob("*/__init__.py")}
-    assert set(_script("module_listing")(folder)) == files
+    assert set(docs_tables()["module_listing"](folder)) == files
 
 
 #: Modules allowed over ~600 lines, with the reason their own docstring gives: none today.
