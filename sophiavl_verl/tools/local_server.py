@@ -11,9 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sophiavl_verl.errors import ServerStartError
+__all__ = ["main"]
 
-__all__ = ["ServerStartError", "main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sophiavl_verl.tools.local_server serve MODEL [options]``: ``transformers serve`` with the shim."""

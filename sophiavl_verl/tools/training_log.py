@@ -26,7 +26,6 @@ from sophiavl_verl.tools.output import pyplot, save_png, write_atomically
 __all__ = [
     "PlotError",
     "TRAINING_PANELS",
-    "file_logger_row",
     "file_logger_rows",
     "parse_metrics_log",
     "plot_training",
@@ -82,7 +81,7 @@ def _parse_console_line(line: str) -> tuple[int, dict[str, float]] | None:
     return _step(match.group(1)), values
 
 
-def file_logger_row(line: str) -> tuple[int, dict[str, Any]] | None:
+def _file_logger_row(line: str) -> tuple[int, dict[str, Any]] | None:
     """One line of verl's file logger as ``(step, data)``; None for any other line (a line still being written too).
 
     Raises:
@@ -101,12 +100,12 @@ def file_logger_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
     """Each row of a verl file-logger JSONL as ``(step, data)``, in order; other lines are skipped."""
     with open(path, encoding="utf-8") as f:
         for line in f:
-            if (row := file_logger_row(line)) is not None:
+            if (row := _file_logger_row(line)) is not None:
                 yield row
 
 
 def _parse_file_logger_line(line: str) -> tuple[int, dict[str, float]] | None:
-    row = file_logger_row(line)
+    row = _file_logger_row(line)
     if row is None:
         return None
     step, data = row
