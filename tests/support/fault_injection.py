@@ -50,7 +50,6 @@ class FaultInjectionServer:
         self.connections = 0
         self.dropped = 0
         self.models_requests = 0
-        self.bytes_received = 0
         self._transports: weakref.WeakSet = weakref.WeakSet()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -58,6 +57,10 @@ class FaultInjectionServer:
     @property
     def requests(self) -> int:
         return len(self.bodies)
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(len(raw) for raw in list(self.raw_bodies))
 
     @property
     def open_connections(self) -> int:
@@ -79,7 +82,6 @@ class FaultInjectionServer:
         try:
             raw = await request.read()
             self.raw_bodies.append(raw)
-            self.bytes_received += len(raw)
             body = json.loads(raw)
             self.bodies.append(body)
             reply = self.script(n, body)
