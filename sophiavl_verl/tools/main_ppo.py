@@ -1,8 +1,8 @@
 """verl's ``main_ppo`` on sophiavl_verl's CPU backend, as a child process, and what its logs say.
 
 The CPU run (:mod:`sophiavl_verl.tools.train_cpu`) and the study (:mod:`sophiavl_verl.tools.study_cpu`) launch
-``python -m verl.trainer.main_ppo`` with :func:`launch_main_ppo` and read back its training steps from verl's file
-logger (:func:`read_step_metrics`) and the TRM's endpoints from its console (:func:`trm_endpoints`).
+``python -m verl.trainer.main_ppo`` with :func:`launch_main_ppo`; the CPU run also reads back its training steps
+from verl's file logger (:func:`read_step_metrics`) and the TRM's endpoints from its console (:func:`trm_endpoints`).
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ def launch_main_ppo(arguments: list[str], *, console: Path, log_jsonl: Path, cwd
     with open(console, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         seen: set[int] = set()
-        while proc.poll() is None:
-            time.sleep(1)
+        while True:
+            ended = proc.poll() is not None  # the log is read once more after the end: its last second's steps
             for step in read_step_metrics(log_jsonl) if log_jsonl.exists() else {}:
                 if step not in seen:
                     seen.add(step)
                     if on_step is not None:
                         on_step(step)
+            if ended:
+                break
+            time.sleep(1)
     if proc.returncode:
         raise RuntimeError(f"main_ppo exited with {proc.returncode}: {_last_error(console)}; its output: {console}")
 
