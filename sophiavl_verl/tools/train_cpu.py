@@ -196,8 +196,10 @@ class TinyRun:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _run_main_ppo(run: TinyRun, name: str, total_steps: int, inputs: dict[str, str], on_step=None) -> Path:
-    """``python -m verl.trainer.main_ppo`` on the tiny CPU recipe; returns its file-logger JSONL."""
+def _run_main_ppo(run: TinyRun, name: str, total_steps: int, inputs: dict[str, str], *,
+                  on_step: Callable[[int], None]) -> Path:
+    """``python -m verl.trainer.main_ppo`` on the tiny CPU recipe (``on_step`` called per logged step); returns its
+    file-logger JSONL."""
     runs = run.out / "runs"
     log_jsonl = runs / f"{name}.jsonl"
     hosting = hosting_overrides(run.trm_hosting, inputs["trm"], inputs.get("trm_url"))
