@@ -68,11 +68,15 @@ _TRAINER_MODULES = ["verl.trainer.ppo.ray_trainer", "verl.trainer.ppo.v1.trainer
 _NOT_VERL = sorted({p.module for p in hooks.TOUCH_POINTS if p.module.split(".")[0] not in ("verl", "os")})
 
 
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without verl's ``VERL_*`` settings, plus ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("VERL_")}, **extra}
+
+
 def _snapshot(imports: list[str], setup: str = "", **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
     result = subprocess.run(
         [sys.executable, "-c", SNAPSHOT.format(setup=setup), json.dumps({"imports": imports, "also": _NOT_VERL})],
-        capture_output=True, text=True, timeout=600, env={**clean, **env},
+        capture_output=True, text=True, timeout=600, env=_clean_env(**env),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
@@ -154,10 +158,9 @@ except Exception as e:
 
 
 def test_fault_injection_a_cpu_touch_point_that_changed_leaves_verl_unpatched_and_fails_validation():
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(CPU_FAULT_PROBE)], capture_output=True, text=True, timeout=300,
-        env={**clean, "VERL_PLATFORM": "cpu", "VERL_USE_EXTERNAL_PLUGINS": "none"},
+        env=_clean_env(VERL_PLATFORM="cpu", VERL_USE_EXTERNAL_PLUGINS="none"),
     )
     missing = "verl.workers.rollout.replica.RolloutReplicaRegistry.register(name) lacks loader"
     assert "REGISTERED: False" in result.stdout, result.stdout + result.stderr
