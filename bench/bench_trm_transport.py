@@ -34,7 +34,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 
-from bench_trm_client import wait_for_port
+from bench_trm_client import serve, wait_for_port
 
 from sophiavl_verl.integration.cpu_backend.transformers_serve import free_port
 
@@ -42,26 +42,6 @@ from sophiavl_verl.integration.cpu_backend.transformers_serve import free_port
 WORKER_CPU_PER_RESPONSE_S = 0.0151
 MAX_REPLY_BYTES = 2**20
 READ_CHUNK = 2**16
-REPLY = {"object": "chat.completion", "model": "trm",
-         "choices": [{"index": 0, "finish_reason": "stop",
-                      "message": {"role": "assistant", "content": "<answer>0.5</answer>"}}]}
-
-
-def serve(port: int) -> None:
-    """The loopback TRM: a chat completion at once for every POST."""
-    from aiohttp import web
-
-    body = json.dumps(REPLY).encode()
-
-    async def chat(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=body, content_type="application/json")
-
-    app = web.Application(client_max_size=64 * 2**20)
-    app.router.add_post("/v1/chat/completions", chat)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, backlog=4096)
-
-
 def request_body(image_bytes: int) -> bytes:
     """A chat completion request as the client builds it: system message, image data URL, the prompt."""
     image = base64.b64encode(os.urandom(image_bytes)).decode()
@@ -155,7 +135,7 @@ def main() -> None:
     except ImportError:
         print("openai is not installed: its SDK is built on httpx, so it costs at least httpx's figure")
     port = free_port()
-    server = multiprocessing.get_context("spawn").Process(target=serve, args=(port,), daemon=True)
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(port, 0.0, args.concurrency), daemon=True)
     server.start()
     try:
         wait_for_port(port)
