@@ -24,9 +24,9 @@ import verl
 
 from sophiavl_verl.config import ConfigError
 from sophiavl_verl.integration import hooks, trainer_legacy, trainer_v1
-from sophiavl_verl.integration.advantage import OUTSIDE_TRAINER_STEP, trainer_step
+from sophiavl_verl.integration.advantage import OUTSIDE_TRAINER_STEP
 
-__all__ = ["adapter_missing_reason", "install", "is_installed", "require_trainer_adapter", "trainer_step"]
+__all__ = ["adapter_missing_reason", "install", "is_installed", "require_trainer_adapter"]
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any
 from sophiavl_verl.integration import hooks
 from sophiavl_verl.integration.backend_choice import CPU_PLATFORM, ROLLOUT_NAME, is_cpu_platform, uses_cpu_rollout
 
-__all__ = ["CPU_PLATFORM", "ROLLOUT_NAME", "install", "is_cpu_platform", "require_registered"]
+__all__ = ["install", "require_registered"]
 
 
 def install() -> None:

@@ -38,7 +38,7 @@ from sophiavl_verl.errors import ServerStartError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalOpenAIServer", "ServerStartError", "TERMINATING_SIGNALS", "free_port", "serve"]
+__all__ = ["LocalOpenAIServer", "TERMINATING_SIGNALS", "free_port", "serve"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
