@@ -269,7 +269,7 @@ def _trust_grpo_metrics(data: DataProto) -> dict:
     """The metrics verl's own ``compute_advantage`` logs for trust_grpo at step 1 of 10 (the estimator's report)."""
     from verl.trainer.ppo import ray_trainer
 
-    from sophiavl_verl.integration.adapter import trainer_step
+    from sophiavl_verl.integration import trainer_step
 
     metrics: dict = {}
     with trainer_step(global_step=1, total_training_steps=10, metrics=metrics):

@@ -69,7 +69,7 @@ def test_client_pickles_for_ray_workers():
     import pickle
 
     client = pickle.loads(pickle.dumps(ThinkingRewardClient("http://127.0.0.1:1/v1", "trm", api_key=SECRET)))
-    assert client._api_key.value == SECRET and client.max_concurrency == 64
+    assert client._api_key.value == SECRET and client.options.max_concurrency == 64
     with FaultInjectionServer(lambda n, body: "<answer>0.4</answer>") as server:
         copy = pickle.loads(pickle.dumps(ThinkingRewardClient(server.base_url, "trm")))
         assert copy.score_sync([ITEM]) == [0.4]

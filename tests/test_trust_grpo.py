@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo import core_algos, ray_trainer
 
-from sophiavl_verl.integration.adapter import trainer_step
+from sophiavl_verl.integration import trainer_step
 from sophiavl_verl.keys import OUTCOME_KEY, THINKING_KEY, TRM_LATENCY_KEY, TRM_STATUS_KEY
 from sophiavl_verl.trust_grpo import (
     group_normalized_advantage,

@@ -24,9 +24,9 @@ import verl
 
 from sophiavl_verl.config import ConfigError
 from sophiavl_verl.integration import hooks, trainer_legacy, trainer_v1
-from sophiavl_verl.integration.advantage import trainer_step
+from sophiavl_verl.integration.advantage import OUTSIDE_TRAINER_STEP
 
-__all__ = ["adapter_missing_reason", "install", "is_installed", "require_trainer_adapter", "trainer_step"]
+__all__ = ["adapter_missing_reason", "install", "is_installed", "require_trainer_adapter"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ def adapter_missing_reason() -> str:
         )
     if not _installed:
         return "the sophiavl_verl plugin's verl adapter is not installed in this process (was verl imported?)"
-    return (
-        "it was called outside a verl trainer step; verl's trainers provide the step, other callers "
-        "wrap the call in sophiavl_verl.integration.trainer_step(...)"
-    )
+    return OUTSIDE_TRAINER_STEP
 
 
 def _wrap_validate_config(original: Callable[..., Any], check: Callable[[Any], None]) -> Callable[..., Any]:

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from sophiavl_verl.config import TRUST_GRPO
 
-__all__ = ["METRICS_META_KEY", "TRUST_GRPO_SESSIONS", "StepContext", "step_context", "trainer_step",
-           "wrap_compute_advantage"]
+__all__ = ["METRICS_META_KEY", "OUTSIDE_TRAINER_STEP", "TRUST_GRPO_SESSIONS", "StepContext", "step_context",
+           "trainer_step", "wrap_compute_advantage"]
 
 #: Where the legacy path parks the estimator's metrics between compute_advantage and compute_data_metrics.
 METRICS_META_KEY = "sophiavl_trust_grpo_metrics"
@@ -56,6 +56,12 @@ class StepContext:
     metrics: dict[str, Any] | None = None
 
 
+#: Why trust_grpo has no step when it runs with the adapter installed but outside any trainer step.
+OUTSIDE_TRAINER_STEP = (
+    "it was called outside a verl trainer step; verl's trainers provide the step, other callers "
+    "wrap the call in sophiavl_verl.integration.trainer_step(...)"
+)
+
 _STEP_CONTEXT: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("sophiavl_step", default=None)
 
 
@@ -79,10 +85,7 @@ def current_step_context() -> StepContext:
     """The current trainer step; raises outside one."""
     context = _STEP_CONTEXT.get()
     if context is None:
-        raise RuntimeError(
-            "trust_grpo does not know the global step: it was called outside a verl trainer step; verl's trainers "
-            "provide the step, other callers wrap the call in sophiavl_verl.integration.trainer_step(...)"
-        )
+        raise RuntimeError(f"trust_grpo does not know the global step: {OUTSIDE_TRAINER_STEP}")
     return context
 
 

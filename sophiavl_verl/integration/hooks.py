@@ -30,8 +30,10 @@ __all__ = [
     "CALL",
     "CPU_INSTALL",
     "CPU_PATHS",
+    "FSDP_ENGINE",
     "PLUGIN_FAILURE",
     "PLUGIN_LOAD",
+    "RAY_TRAINER",
     "REGISTER",
     "REGISTRY_WRITE",
     "SETTING",
@@ -39,6 +41,8 @@ __all__ = [
     "TESTED_VERL_VERSIONS",
     "TOUCH_POINTS",
     "TRAINER_PATHS",
+    "V1_TRAINER",
+    "V1_UTILS",
     "WRAP",
     "TouchPoint",
     "check",
@@ -116,11 +120,12 @@ class TouchPoint:
 
 
 _CORE_ALGOS = "verl.trainer.ppo.core_algos"
-_RAY_TRAINER = "verl.trainer.ppo.ray_trainer"
-_V1_UTILS = "verl.trainer.ppo.v1.utils"
-_V1_TRAINER = "verl.trainer.ppo.v1.trainer_base"
 _VERL_CONFIG = "verl.utils.config"
-_FSDP_ENGINE = "verl.workers.engine.fsdp.transformer_impl"
+#: The verl modules the trainer paths and the CPU backend patch when first imported (their ``PATCHES`` keys).
+RAY_TRAINER = "verl.trainer.ppo.ray_trainer"
+V1_UTILS = "verl.trainer.ppo.v1.utils"
+V1_TRAINER = "verl.trainer.ppo.v1.trainer_base"
+FSDP_ENGINE = "verl.workers.engine.fsdp.transformer_impl"
 _ADVANTAGE = ("data", "adv_estimator", "gamma", "lam", "num_repeat", "norm_adv_by_std_in_grpo", "config")
 _MULTI_TRAJECTORIES = ("data", "batch_keys", "adv_estimator", *_ADVANTAGE[2:])
 _WHY_ADVANTAGE = ("verl calls an estimator without the reward extra info, the step, T or a metrics dict "
@@ -137,35 +142,35 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
     TouchPoint(_VERL_CONFIG, "validate_config", WRAP, _SHARED, PLUGIN_LOAD,
                "main_ppo validates the config in the driver before Ray starts; the plugin's options are checked "
                "there too", ("config", "use_reference_policy", "use_critic")),
-    TouchPoint(_RAY_TRAINER, "compute_advantage", WRAP, _SHARED, _RAY_TRAINER, _WHY_ADVANTAGE, _ADVANTAGE),
-    TouchPoint(_RAY_TRAINER, "compute_response_mask", CALL, _SHARED, _RAY_TRAINER,
+    TouchPoint(RAY_TRAINER, "compute_advantage", WRAP, _SHARED, RAY_TRAINER, _WHY_ADVANTAGE, _ADVANTAGE),
+    TouchPoint(RAY_TRAINER, "compute_response_mask", CALL, _SHARED, RAY_TRAINER,
                "the compute_advantage wrapper fills response_mask as verl's function does", ("data",)),
-    TouchPoint(_CORE_ALGOS, "get_adv_estimator_fn", CALL, _SHARED, _RAY_TRAINER,
+    TouchPoint(_CORE_ALGOS, "get_adv_estimator_fn", CALL, _SHARED, RAY_TRAINER,
                "the compute_advantage wrapper looks up the registered trust_grpo estimator", ("name_or_enum",)),
-    TouchPoint(_CORE_ALGOS, "AdvantageEstimator.GRPO", CALL, _V1, _RAY_TRAINER,
+    TouchPoint(_CORE_ALGOS, "AdvantageEstimator.GRPO", CALL, _V1, RAY_TRAINER,
                "verl's multi-output session branch runs for it; advantage.TRUST_GRPO_SESSIONS equals it ('grpo')"),
-    TouchPoint(_RAY_TRAINER, "compute_data_metrics", WRAP, _LEGACY, _RAY_TRAINER,
+    TouchPoint(RAY_TRAINER, "compute_data_metrics", WRAP, _LEGACY, RAY_TRAINER,
                "the legacy trainer logs the metrics the estimator parked in meta_info", ("batch", "use_critic")),
-    TouchPoint(_RAY_TRAINER, "RayPPOTrainer.fit", WRAP, _LEGACY, _RAY_TRAINER,
+    TouchPoint(RAY_TRAINER, "RayPPOTrainer.fit", WRAP, _LEGACY, RAY_TRAINER,
                "the legacy trainer's step and T reach the estimator", ("self",)),
-    TouchPoint(_V1_UTILS, "compute_advantage", WRAP, _V1, _V1_UTILS,
+    TouchPoint(V1_UTILS, "compute_advantage", WRAP, _V1, V1_UTILS,
                "v1's own binding of compute_advantage (imported from ray_trainer)", _ADVANTAGE),
-    TouchPoint(_V1_UTILS, "compute_advantage_for_multi_trajectories", WRAP, _V1, _V1_UTILS, _WHY_SESSIONS,
+    TouchPoint(V1_UTILS, "compute_advantage_for_multi_trajectories", WRAP, _V1, V1_UTILS, _WHY_SESSIONS,
                _MULTI_TRAJECTORIES),
-    TouchPoint(_V1_TRAINER, "compute_advantage_for_multi_trajectories", WRAP, _V1, _V1_TRAINER,
+    TouchPoint(V1_TRAINER, "compute_advantage_for_multi_trajectories", WRAP, _V1, V1_TRAINER,
                "the v1 trainer's own binding of that function", _MULTI_TRAJECTORIES),
-    TouchPoint(_V1_TRAINER, "PPOTrainer._compute_advantage", WRAP, _V1, _V1_TRAINER,
+    TouchPoint(V1_TRAINER, "PPOTrainer._compute_advantage", WRAP, _V1, V1_TRAINER,
                "v1 fetches no reward extra info for the estimator (PR #7497): fetched, and the step passed",
                ("self", "batch", "metrics")),
-    TouchPoint(_V1_TRAINER, "PPOTrainer._log_rollout_data", WRAP, _V1, _V1_TRAINER,
+    TouchPoint(V1_TRAINER, "PPOTrainer._log_rollout_data", WRAP, _V1, V1_TRAINER,
                "its batch is what _dump_generations reads the reward extra info of", ("self", "batch")),
-    TouchPoint(_V1_TRAINER, "PPOTrainer._dump_generations", WRAP, _V1, _V1_TRAINER,
+    TouchPoint(V1_TRAINER, "PPOTrainer._dump_generations", WRAP, _V1, V1_TRAINER,
                "v1 dumps training rollouts without R^o, R^t and the TRM status: they are added",
                ("self", "inputs", "outputs", "gts", "scores", "reward_extra_infos_dict", "dump_path")),
-    TouchPoint("transfer_queue", "kv_batch_get", CALL, _V1, _V1_TRAINER,
+    TouchPoint("transfer_queue", "kv_batch_get", CALL, _V1, V1_TRAINER,
                "reads the samples' extra_fields as verl's v1 validation does", ("keys", "partition_id",
                                                                                   "select_fields")),
-    TouchPoint("verl.utils.tensordict_utils", "unwrap_non_tensor_data", CALL, _V1, _V1_TRAINER,
+    TouchPoint("verl.utils.tensordict_utils", "unwrap_non_tensor_data", CALL, _V1, V1_TRAINER,
                "unwraps each sample's extra_fields", ("data",)),
     TouchPoint("verl.plugin.platform.platform_manager", "PlatformRegistry._platforms", REGISTER, _CPU, CPU_INSTALL,
                "the cpu platform (device cpu, backend gloo)", ("platform",), key="cpu",
@@ -181,7 +186,7 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
                "the device through the platform", key="VERL_ENGINE_DEVICE"),
     TouchPoint("torch.distributed", "init_process_group", WRAP, _CPU, CPU_INSTALL,
                "verl joins cpu:gloo with the platform's cpu:gloo, a duplicate torch rejects", ("backend",)),
-    TouchPoint(_FSDP_ENGINE, "CPUOffloadPolicy", WRAP, _CPU, _FSDP_ENGINE,
+    TouchPoint(FSDP_ENGINE, "CPUOffloadPolicy", WRAP, _CPU, FSDP_ENGINE,
                "verl pins the reference policy's offloaded memory, which needs an accelerator", ("pin_memory",)),
     TouchPoint(_CORE_ALGOS, "ADV_ESTIMATOR_REGISTRY", REGISTRY_WRITE, _STAND_IN, PLUGIN_FAILURE, _WHY_STAND_IN,
                key="trust_grpo"),

@@ -49,4 +49,4 @@ def _patch_ray_trainer(module: ModuleType) -> None:
 
 
 #: verl module -> what is patched when it is first imported.
-PATCHES: dict[str, Callable[[ModuleType], None]] = {"verl.trainer.ppo.ray_trainer": _patch_ray_trainer}
+PATCHES: dict[str, Callable[[ModuleType], None]] = {hooks.RAY_TRAINER: _patch_ray_trainer}

@@ -146,6 +146,6 @@ def _patch_trainer_base(module: ModuleType) -> None:
 
 #: verl module -> what is patched when it is first imported.
 PATCHES: dict[str, Callable[[ModuleType], None]] = {
-    "verl.trainer.ppo.v1.utils": _patch_utils,
-    "verl.trainer.ppo.v1.trainer_base": _patch_trainer_base,
+    hooks.V1_UTILS: _patch_utils,
+    hooks.V1_TRAINER: _patch_trainer_base,
 }

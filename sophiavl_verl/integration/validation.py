@@ -13,7 +13,7 @@ from typing import Any
 from sophiavl_verl import outcome_reward_fn
 from sophiavl_verl.config import ConfigError, SophiaVLRewardConfig, TrustGRPOConfig, is_trust_grpo
 from sophiavl_verl.integration import adapter
-from sophiavl_verl.integration.backend_choice import ROLLOUT_NAME
+from sophiavl_verl.integration.backend_choice import uses_cpu_rollout
 
 __all__ = ["REWARD_MANAGER_NAME", "check_reward_model_path", "validate_plugin_config"]
 
@@ -31,7 +31,7 @@ def validate_plugin_config(config: Any) -> None:
         ConfigError: Naming the offending key, when trust_grpo or the ``sophiavl`` reward manager is
             misconfigured or cannot run in this process.
     """
-    if ((config.get("actor_rollout_ref") or {}).get("rollout") or {}).get("name") == ROLLOUT_NAME:
+    if uses_cpu_rollout(config):
         from sophiavl_verl.integration import cpu_backend  # only then: a GPU process never imports it
 
         cpu_backend.require_registered(config)

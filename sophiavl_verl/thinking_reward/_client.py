@@ -153,19 +153,6 @@ class ThinkingRewardClient:
         self.stats = TRMStats()
         self._init_runtime()
 
-    # The options other code reads off a client (the audit's report).
-    @property
-    def max_concurrency(self) -> int:
-        return self.options.max_concurrency
-
-    @property
-    def max_image_pixels(self) -> int | None:
-        return self.options.max_image_pixels
-
-    @property
-    def prompt(self) -> str:
-        return self.options.trm_prompt
-
     def _init_runtime(self) -> None:
         """The parts bound to this process: per-loop pools and caps, the image cache, the warning clock."""
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
@@ -399,12 +386,12 @@ class ThinkingRewardClient:
     def _sent_images(self, item: ThinkingRewardItem) -> tuple:
         """The images the request carries: all of them, or the first only (``reference``)."""
         images = tuple(item.images)
-        return images[:1] if self.prompt == "reference" else images
+        return images[:1] if self.options.trm_prompt == "reference" else images
 
     def _payload(self, item: ThinkingRewardItem, image_urls: list[str]) -> dict:
         """The JSON body of one item's request, in the client's ``prompt`` layout."""
         images = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
-        if self.prompt == "reference":
+        if self.options.trm_prompt == "reference":
             text = build_reference_trm_prompt(item.question, item.response, has_image=bool(image_urls))
             content = [{"type": "text", "text": text}, *images]
             limits: dict = {}

@@ -28,9 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 from sophiavl_verl.integration import hooks
-from sophiavl_verl.integration.backend_choice import CPU_PLATFORM, ROLLOUT_NAME, is_cpu_platform
+from sophiavl_verl.integration.backend_choice import CPU_PLATFORM, ROLLOUT_NAME, is_cpu_platform, uses_cpu_rollout
 
-__all__ = ["CPU_PLATFORM", "ROLLOUT_NAME", "install", "is_cpu_platform", "require_registered"]
+__all__ = ["install", "require_registered"]
 
 
 def install() -> None:
@@ -78,8 +78,7 @@ def require_registered(config: Any) -> None:
     """
     from sophiavl_verl.config import ConfigError
 
-    rollout = ((config.get("actor_rollout_ref") or {}).get("rollout") or {}).get("name")
-    if rollout != ROLLOUT_NAME:
+    if not uses_cpu_rollout(config):
         return
     if not is_cpu_platform():
         raise ConfigError(

@@ -19,8 +19,6 @@ from sophiavl_verl.integration import hooks
 
 __all__ = ["apply_process_patches"]
 
-_FSDP_ENGINE = "verl.workers.engine.fsdp.transformer_impl"
-
 
 def apply_process_patches() -> None:
     """Apply every patch of this module in this process (idempotent)."""
@@ -29,7 +27,7 @@ def apply_process_patches() -> None:
     # VERL_ENGINE_DEVICE is verl's own override of the device used for that lookup. The engine itself reaches the
     # device through the platform, so it runs on CPU (FSDP2 with gloo).
     hooks.set_item(os, "environ", "VERL_ENGINE_DEVICE", "cuda", overwrite=False)
-    hooks.on_import(_FSDP_ENGINE, lambda module: hooks.patch(module, "CPUOffloadPolicy", _unpinned_policy))
+    hooks.on_import(hooks.FSDP_ENGINE, lambda module: hooks.patch(module, "CPUOffloadPolicy", _unpinned_policy))
     _import_qwen_vl_utils_without_torchvision()
     _load_vl_processors_without_torchvision()
 

@@ -123,9 +123,13 @@ class TransformersServer:
             while len(self._pending) != waiting and len(self._pending) < self.max_batch_size:
                 waiting = len(self._pending)
                 await asyncio.sleep(_GATHER_S)
-            first = self._pending[0]
-            batch = [r for r in self._pending if self._batch_key(r) == self._batch_key(first)][: self.max_batch_size]
-            self._pending = [r for r in self._pending if not any(r is b for b in batch)]
+            key = self._batch_key(self._pending[0])
+            batch: list[_Request] = []
+            rest: list[_Request] = []
+            for request in self._pending:  # the first max_batch_size requests of the first one's key, in order
+                fits = len(batch) < self.max_batch_size and self._batch_key(request) == key
+                (batch if fits else rest).append(request)
+            self._pending = rest
             try:
                 outputs = await asyncio.to_thread(self._generate_batch, batch)
             except Exception as e:  # every request of the batch fails with the cause

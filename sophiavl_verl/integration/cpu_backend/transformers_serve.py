@@ -2,9 +2,10 @@
 
 Hosting mode A on the CPU backend serves the thinking reward model through it (:mod:`.rollout`, on the node's
 address); the tools serve the embedded tiny TRM on 127.0.0.1 with it (``sophiavl-verl audit``, the CPU run, the
-tests). The child runs ``python -m sophiavl_verl.integration.cpu_backend.transformers_serve MODEL [transformers
-serve options]`` (:func:`serve`): the :mod:`.processor_shim` (Qwen2.5-VL processors need it without torchvision),
-then transformers' own ``serve`` command in-process.
+tests). The child runs this file by its path, ``python .../transformers_serve.py MODEL [transformers serve
+options]``: the :mod:`.processor_shim` (Qwen2.5-VL processors need it without torchvision), then transformers' own
+``serve`` command in-process. By path, not ``-m``: the package import would run ``sophiavl_verl.integration``'s
+``import verl``, and with it the whole plugin, in every server. :func:`serve` is the same for a caller in-process.
 
 The child is in its own session (a terminal's signals do not reach it), so this process stops it: on
 :meth:`LocalOpenAIServer.stop` (the context manager's exit), at interpreter exit, and on every catchable
@@ -37,7 +38,7 @@ from sophiavl_verl.errors import ServerStartError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalOpenAIServer", "ServerStartError", "TERMINATING_SIGNALS", "free_port", "serve"]
+__all__ = ["LocalOpenAIServer", "TERMINATING_SIGNALS", "free_port", "serve"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
@@ -214,7 +215,7 @@ class LocalOpenAIServer:
         if self.num_threads is not None:
             env["OMP_NUM_THREADS"] = str(self.num_threads)
         cmd = [
-            sys.executable, "-m", __name__, self.model,  # this module: its `serve`
+            sys.executable, __file__, self.model,  # this file: its `__main__` block
             "--host", self.host, "--port", str(self.port), "--device", "cpu", *self.extra_args,
         ]  # fmt: skip
         self._progress(f"starting transformers serve for {self.model_path.name} on {self.host}:{self.port}")
@@ -305,11 +306,22 @@ def serve(argv: Sequence[str]) -> None:
     from sophiavl_verl.integration.cpu_backend.processor_shim import install_processor_shim
 
     install_processor_shim()
+    _transformers_serve(argv)
+
+
+def _transformers_serve(argv: Sequence[str]) -> None:
+    """transformers' ``serve`` command, in this process (the processor shim already installed)."""
     # transformers' CLI app, called directly: its `main()` would first check PyPI for a newer release.
     from transformers.cli.transformers import app
 
     app(args=["serve", *argv], prog_name="transformers")
 
 
-if __name__ == "__main__":
-    serve(sys.argv[1:])
+if __name__ == "__main__":  # the child of LocalOpenAIServer.start, run by file path (see the module docstring)
+    # sys.path[0] is this folder: the shim is imported from it, then the folder leaves sys.path, where its
+    # platform.py would shadow the standard library's.
+    from processor_shim import install_processor_shim
+
+    del sys.path[0]
+    install_processor_shim()
+    _transformers_serve(sys.argv[1:])

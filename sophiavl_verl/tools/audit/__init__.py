@@ -134,8 +134,8 @@ def run_audit(
                 raise
             scoring_s = time.monotonic() - scoring_started
         trm_info = {"base_url": endpoint["base_url"], "model": endpoint["model"], "embedded": endpoint["embedded"],
-                    "stats": client.stats, "max_concurrency": client.max_concurrency, "scoring_wall_s": scoring_s,
-                    "resumed": checkpoint.reused}
+                    "stats": client.stats, "max_concurrency": client.options.max_concurrency,
+                    "scoring_wall_s": scoring_s, "resumed": checkpoint.reused}
         # 3. Trust-GRPO and the report; report.json (every score) is written first.
         try:
             results = apply_trust_grpo(groups, outcomes, thinking, settings)

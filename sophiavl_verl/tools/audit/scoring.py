@@ -162,8 +162,8 @@ def request_key(item, client) -> str:
     is not part of it: the embedded TRM gets a new port every run.
     """
     digest = hashlib.sha256()
-    layout = {"model": client.model, "prompt": client.prompt, "max_tokens": client.max_tokens,
-              "max_image_pixels": client.max_image_pixels, "question": item.question, "response": item.response}
+    layout = {"model": client.model, "prompt": client.options.trm_prompt, "max_tokens": client.max_tokens,
+              "max_image_pixels": client.options.max_image_pixels, "question": item.question, "response": item.response}
     digest.update(json.dumps(layout, sort_keys=True, ensure_ascii=True).encode())
     for image in item.images:
         data = Path(image).read_bytes() if isinstance(image, Path) else image
@@ -298,7 +298,7 @@ async def score_groups(
             asked.append((i, sent))
     bar = tqdm(total=sum(len(sent) for _, sent in asked), desc="thinking rewards", unit="resp",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    slots = asyncio.Semaphore(max(1, client.max_concurrency // max(1, max(len(g.responses) for g in groups))))
+    slots = asyncio.Semaphore(max(1, client.options.max_concurrency // max(1, max(len(g.responses) for g in groups))))
 
     saved = checkpoint.scores if checkpoint is not None else {}
 
