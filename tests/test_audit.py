@@ -868,13 +868,15 @@ def test_saved_scores_are_checked_and_keyed_by_what_the_request_carries(tmp_path
 
     image = tmp_path / "a.png"
     Image.new("RGB", (4, 4), "red").save(image)
-    client = SimpleNamespace(model="m", prompt="paper", max_tokens=32, max_image_pixels=None)
+    options = SimpleNamespace(trm_prompt="paper", max_image_pixels=None)
+    client = SimpleNamespace(model="m", max_tokens=32, options=options)
+    reference = SimpleNamespace(**{**vars(options), "trm_prompt": "reference"})
     item = ThinkingRewardItem(question="Q", response="R", images=(image,))
     key = request_key(item, client)
     assert request_key(ThinkingRewardItem("Q", "R", (image.read_bytes(),)), client) == key  # the bytes, not the name
     for other_client, other_item in [
         (SimpleNamespace(**{**vars(client), "model": "m2"}), item),
-        (SimpleNamespace(**{**vars(client), "prompt": "reference"}), item),
+        (SimpleNamespace(**{**vars(client), "options": reference}), item),
         (SimpleNamespace(**{**vars(client), "max_tokens": 16}), item),
         (client, ThinkingRewardItem("Q", "R2", (image,))),
         (client, ThinkingRewardItem("Q2", "R", (image,))),
