@@ -209,9 +209,9 @@ def trust_grpo_advantage_estimator(
     """verl's registered ``trust_grpo`` estimator: :func:`compute_trust_grpo_advantage` in verl's contract.
 
     verl 0.9.1 calls registered estimators with only ``token_level_rewards, response_mask, config,
-    index``; the plugin's adapter adds ``non_tensor_batch``, ``global_step``, ``total_training_steps``
-    and a ``metrics`` dict that receives the step's metrics. Called without them (the adapter is not
-    installed), it raises and says why.
+    index``; the plugin's ``compute_advantage`` wrapper (:mod:`.advantage`) adds ``non_tensor_batch``,
+    ``global_step``, ``total_training_steps`` and a ``metrics`` dict that receives the step's metrics. Called
+    without them (the wrapper is not installed), it raises and says why.
 
     Returns:
         advantages: `(torch.Tensor)` shape (bs, response_length).
